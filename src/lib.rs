@@ -1,0 +1,8 @@
+//! Orderly: a single-node, append-only log broker for HL7 v2 messages.
+//!
+//! Clinical systems send HL7 v2 over MLLP; Orderly makes each message durable
+//! (fdatasync) before it answers with a positive ACK, then delivers it in order
+//! to every downstream. See `docs/ARCHITECTURE.md` for the codemap.
+pub mod constants;
+pub mod hl7;
+pub mod mllp;

@@ -1,0 +1,1 @@
+//! MLLP framing (decoder and encoder). Never performs I/O.
