@@ -1,1 +1,55 @@
+//! Every limit and default of the storage core, in one place, with the reason.
+//!
+//! Names end in their unit and `_max`/`_min` so related limits line up.
+//! Compile-time assertions keep the relations between them honest.
 
+/// Size at which the active segment is sealed and a new one started. Large
+/// enough that rolls are rare, small enough that retention frees space in
+/// useful steps and recovery of one segment stays bounded.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// Smallest configurable segment: a segment must hold its header and at least
+/// one maximal record.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest configurable segment: index entries store 32-bit positions.
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Age after which a non-empty active segment is rolled, so time-based
+/// retention can free old data even on a quiet queue (7 days).
+pub const SEGMENT_AGE_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+
+/// Largest payload one record may carry. Equal to the default MLLP frame
+/// limit: nothing larger can arrive.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest typed metadata area of one record (listener, peer, MSH fields).
+pub const RECORD_META_BYTES_MAX: usize = 8 * 1024;
+/// Largest value of one metadata field; longer header fields are truncated
+/// by the producer (they are routing hints, the payload stays intact).
+pub const META_FIELD_BYTES_MAX: usize = 1024;
+
+/// One offset-index entry per this many bytes of log: a lookup scans at
+/// most this much (plus one record) after the index hit.
+pub const INDEX_INTERVAL_BYTES: u32 = 4096;
+
+/// Records written in one group commit; bounds fsync latency under load and
+/// the memory a batch holds.
+pub const COMMIT_BATCH_RECORDS_MAX: usize = 4096;
+/// Bytes written in one group commit (soft: a single record may exceed it).
+pub const COMMIT_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Append requests that may wait for the writer; beyond this, producers block
+/// (the server stops reading sockets instead of buffering without bound).
+pub const APPEND_QUEUE_DEPTH_MAX: usize = 8192;
+
+/// Bytes appended between recovery checkpoints: recovery scans at most this
+/// much (plus the unflushed tail) of the active segment.
+pub const CHECKPOINT_INTERVAL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Bytes of a truncated torn tail copied into `quarantine/` for forensics;
+/// beyond this the tail is only counted and logged.
+pub const QUARANTINE_TAIL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_DEFAULT);
+const _: () = assert!((RECORD_PAYLOAD_BYTES_MAX as u64) < u32::MAX as u64);
+const _: () = assert!(COMMIT_BATCH_RECORDS_MAX.is_power_of_two());
+const _: () = assert!(CHECKPOINT_INTERVAL_BYTES < SEGMENT_BYTES_DEFAULT);
+// Index entries store positions as u32 relative to the segment start.
+const _: () = assert!(SEGMENT_BYTES_MAX + 2 * (RECORD_PAYLOAD_BYTES_MAX as u64) < u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);

@@ -6,3 +6,6 @@
 pub mod constants;
 pub mod hl7;
 pub mod mllp;
+pub mod storage;
+pub mod index;
+pub mod wal;

@@ -1,0 +1,143 @@
+//! The typed metadata area of a record: listener, peer and extracted MSH
+//! fields, stored so routing and search never reparse the payload.
+//!
+//! Encoding: a sequence of `key u8, len u16 LE, value[len]`. Readers skip keys
+//! they do not know, so later versions can add keys without a format bump.
+use crate::constants::{META_FIELD_BYTES_MAX, RECORD_META_BYTES_MAX};
+
+/// Keys of the metadata area. Values are raw bytes as received (no escape
+/// decoding) unless noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum MetaKey {
+    Listener = 1,
+    /// Peer socket address as text.
+    Peer = 2,
+    /// MSH-10.
+    ControlId = 3,
+    /// MSH-9.
+    MessageType = 4,
+    /// MSH-3.
+    SendingApp = 5,
+    /// MSH-4.
+    SendingFacility = 6,
+    /// MSH-5.
+    ReceivingApp = 7,
+    /// MSH-6.
+    ReceivingFacility = 8,
+    /// MSH-7.
+    EventTime = 9,
+    /// MSH-12.
+    Version = 10,
+    /// Receive time at the listener, u64 LE milliseconds since the epoch.
+    ReceivedAtMs = 11,
+}
+
+/// Builds a metadata area. Values longer than [`META_FIELD_BYTES_MAX`] are
+/// truncated (they are routing hints; the payload keeps the full value), and
+/// fields that would push the area past [`RECORD_META_BYTES_MAX`] are dropped.
+#[derive(Debug, Default, Clone)]
+pub struct MetaBuilder {
+    bytes: Vec<u8>,
+}
+
+impl MetaBuilder {
+    pub fn new() -> Self {
+        Self { bytes: Vec::with_capacity(256) }
+    }
+
+    pub fn push(&mut self, key: MetaKey, value: &[u8]) -> &mut Self {
+        let value = &value[..value.len().min(META_FIELD_BYTES_MAX)];
+        if self.bytes.len() + 3 + value.len() <= RECORD_META_BYTES_MAX {
+            self.bytes.push(key as u8);
+            self.bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            self.bytes.extend_from_slice(value);
+        }
+        self
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        debug_assert!(self.bytes.len() <= RECORD_META_BYTES_MAX);
+        self.bytes
+    }
+}
+
+/// Reads a metadata area. Malformed trailing bytes end the iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct MetaView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> MetaView<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    /// The first value stored under `key`.
+    pub fn get(&self, key: MetaKey) -> Option<&'a [u8]> {
+        self.iter().find(|(k, _)| *k == key as u8).map(|(_, v)| v)
+    }
+
+    /// Like [`Self::get`], as text (lossy: the payload is the source of truth).
+    pub fn get_str(&self, key: MetaKey) -> String {
+        self.get(key).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+    }
+
+    /// `(key, value)` pairs in stored order.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &'a [u8])> + 'a {
+        let mut rest = self.bytes;
+        std::iter::from_fn(move || {
+            if rest.len() < 3 {
+                return None;
+            }
+            let key = rest[0];
+            let len = u16::from_le_bytes([rest[1], rest[2]]) as usize;
+            let value = rest.get(3..3 + len)?;
+            rest = &rest[3 + len..];
+            Some((key, value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_unknown_keys_are_skipped() {
+        let mut b = MetaBuilder::new();
+        b.push(MetaKey::ControlId, b"CTRL1").push(MetaKey::MessageType, b"ORU^R01");
+        let mut bytes = b.finish();
+        bytes.extend_from_slice(&[200, 2, 0, b'x', b'y']);
+        bytes.extend_from_slice(&[MetaKey::Version as u8, 3, 0, b'2', b'.', b'5']);
+        let v = MetaView::new(&bytes);
+        assert_eq!(v.get(MetaKey::ControlId), Some(&b"CTRL1"[..]));
+        assert_eq!(v.get(MetaKey::MessageType), Some(&b"ORU^R01"[..]));
+        assert_eq!(v.get(MetaKey::Version), Some(&b"2.5"[..]));
+        assert_eq!(v.get(MetaKey::Peer), None);
+    }
+
+    #[test]
+    fn truncated_area_never_panics() {
+        let mut b = MetaBuilder::new();
+        b.push(MetaKey::Listener, b"lab");
+        let bytes = b.finish();
+        for cut in 0..bytes.len() {
+            let _ = MetaView::new(&bytes[..cut]).iter().count();
+        }
+        assert_eq!(MetaView::new(&bytes[..bytes.len() - 1]).get(MetaKey::Listener), None);
+    }
+
+    #[test]
+    fn long_values_are_truncated_and_area_is_bounded() {
+        let mut b = MetaBuilder::new();
+        let long = vec![b'a'; META_FIELD_BYTES_MAX * 2];
+        for _ in 0..20 {
+            b.push(MetaKey::Peer, &long);
+        }
+        let bytes = b.finish();
+        assert!(bytes.len() <= RECORD_META_BYTES_MAX);
+        assert_eq!(MetaView::new(&bytes).get(MetaKey::Peer).map(|v| v.len()), Some(META_FIELD_BYTES_MAX));
+    }
+}

@@ -1,0 +1,416 @@
+//! The writer thread: group commit.
+//!
+//! It takes every waiting [`AppendRequest`] (up to the batch limits), encodes
+//! them into one buffer, writes it with one positional write, issues one
+//! `fdatasync`, publishes the new durable end, and only then completes each
+//! request. A failed fsync is latched: every later append fails with
+//! [`AppendError::Failed`], because after a failed fsync the kernel may have
+//! dropped the dirty pages and a retried fsync would lie.
+use super::checkpoint::Checkpoint;
+use super::files::{self, IndexFiles};
+use super::open::Recovered;
+use super::record::{self, RECORD_HEADER_BYTES};
+use super::segment::{self, SEGMENT_HEADER_BYTES};
+use super::shared::{Segment, Shared};
+use super::{now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError};
+use crate::constants::{RECORD_META_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX};
+use crate::index::{IndexPoint, INDEX_HEADER_BYTES, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::storage;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Called by the writer after it sent a batch's completions (once per batch
+/// per distinct notifier), e.g. to wake an event loop.
+pub trait Notify: Send + Sync {
+    fn notify(&self);
+}
+
+enum Msg {
+    Append(AppendRequest),
+    Shutdown,
+}
+
+/// A cloneable producer handle. Submitting blocks when the writer's queue is
+/// full: that is the backpressure that keeps memory bounded.
+#[derive(Clone)]
+pub struct Appender {
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+/// Why [`Appender::try_submit`] did not take a request; the request is handed back.
+pub enum TrySubmitError {
+    Full(AppendRequest),
+    Closed(AppendRequest),
+}
+
+impl Appender {
+    /// Queues a request, waiting while the queue is full. On a closed log
+    /// the request is handed back.
+    pub fn submit(&self, req: AppendRequest) -> Result<(), AppendRequest> {
+        self.tx.send(Msg::Append(req)).map_err(|e| match e.0 {
+            Msg::Append(r) => r,
+            Msg::Shutdown => unreachable!("only Append was sent"),
+        })
+    }
+
+    /// Queues a request if there is room now.
+    pub fn try_submit(&self, req: AppendRequest) -> Result<(), TrySubmitError> {
+        self.tx.try_send(Msg::Append(req)).map_err(|e| match e {
+            TrySendError::Full(Msg::Append(r)) => TrySubmitError::Full(r),
+            TrySendError::Disconnected(Msg::Append(r)) => TrySubmitError::Closed(r),
+            _ => unreachable!("only Append was sent"),
+        })
+    }
+
+    /// Appends one record and waits until it is durable (or failed).
+    pub fn append(&self, meta: Vec<u8>, payload: Vec<u8>) -> Result<Appended, AppendError> {
+        let (reply, done) = bounded(1);
+        let req = AppendRequest { payload, meta, tag: 0, reply, notify: None };
+        self.submit(req).map_err(|_| AppendError::Closed)?;
+        done.recv().map_err(|_| AppendError::Closed)?.result
+    }
+
+    /// The latched failure, if the log refuses writes.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn request_shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+}
+
+pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
+    let (tx, rx) = bounded(rec.shared.config.queue_depth_max);
+    let shared = rec.shared.clone();
+    let last_point = rec.active.segment.index.read().last();
+    let index_written = rec.active.segment.index.read().len();
+    let writer = Writer {
+        shared: rec.shared,
+        rx,
+        seg: rec.active.segment,
+        index_files: rec.active.index_files,
+        index_written,
+        index_files_ok: true,
+        last_point,
+        pos: rec.active.pos,
+        next: rec.active.next,
+        last_ts: rec.active.last_timestamp_ms,
+        since_checkpoint: 0,
+        buf: Vec::with_capacity(1 << 20),
+        staged: Vec::new(),
+        points: Vec::new(),
+    };
+    let dir = shared.dir.clone();
+    let handle = std::thread::Builder::new()
+        .name("orderly-wal".into())
+        .spawn(move || writer.run())
+        .map_err(|e| WalError::io(&dir, e))?;
+    Ok((Appender { tx, shared }, handle))
+}
+
+struct Staged {
+    req: AppendRequest,
+    appended: Appended,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<Msg>,
+    seg: Arc<Segment>,
+    index_files: IndexFiles,
+    /// Index entries already written to the index files.
+    index_written: usize,
+    index_files_ok: bool,
+    last_point: Option<IndexPoint>,
+    /// Durable end of the active segment.
+    pos: u64,
+    /// Offset of the next record to become durable.
+    next: Offset,
+    last_ts: u64,
+    since_checkpoint: u64,
+    buf: Vec<u8>,
+    staged: Vec<Staged>,
+    points: Vec<IndexPoint>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.shared.config.batch_records_max);
+        let mut open = true;
+        while open {
+            let Ok(first) = self.rx.recv() else { break };
+            open = self.gather(first, &mut batch);
+            self.commit(&mut batch);
+        }
+        while let Ok(Msg::Append(req)) = self.rx.try_recv() {
+            reply(req, Err(AppendError::Closed));
+        }
+        if self.shared.failure().is_none() {
+            self.checkpoint();
+        }
+        tracing::debug!(dir = %self.shared.dir.display(), "writer stopped");
+    }
+
+    /// Collects a batch starting with `first`; false once shutdown was asked.
+    fn gather(&mut self, first: Msg, batch: &mut Vec<AppendRequest>) -> bool {
+        let (max_records, max_bytes) = (self.shared.config.batch_records_max, self.shared.config.batch_bytes_max);
+        let mut bytes = 0;
+        let mut msg = first;
+        loop {
+            match msg {
+                Msg::Append(req) => {
+                    bytes += req.payload.len() + req.meta.len();
+                    batch.push(req);
+                }
+                Msg::Shutdown => return false,
+            }
+            if batch.len() >= max_records || bytes >= max_bytes {
+                return true;
+            }
+            match self.rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Appends a batch; every request in it is completed (durable or failed)
+    /// before its notifiers are woken.
+    fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
+        let notifiers = distinct_notifiers(batch);
+        let now = now_ms();
+        let mut failed: Option<AppendError> = self.shared.failure().map(AppendError::Failed);
+        for req in batch.drain(..) {
+            if let Some(e) = &failed {
+                reply(req, Err(e.clone()));
+                continue;
+            }
+            if let Err(e) = check_size(&req) {
+                reply(req, Err(e));
+                continue;
+            }
+            let len = (RECORD_HEADER_BYTES + req.meta.len() + req.payload.len()) as u64;
+            if self.must_roll(len, now) {
+                if let Err(e) = self.flush().and_then(|_| self.roll(now)) {
+                    reply(req, Err(e.clone()));
+                    failed = Some(e);
+                    continue;
+                }
+            }
+            self.stage(req, now);
+        }
+        let _ = self.flush();
+        notifiers.iter().for_each(|n| n.notify());
+    }
+
+    fn must_roll(&self, len: u64, now: u64) -> bool {
+        let end = self.pos + self.buf.len() as u64;
+        let has_records = end > SEGMENT_HEADER_BYTES as u64;
+        let full = end + len > self.shared.config.segment_bytes;
+        let old = now.saturating_sub(self.seg.created_ms) >= self.shared.config.segment_age_ms;
+        has_records && (full || old)
+    }
+
+    fn stage(&mut self, req: AppendRequest, now: u64) {
+        let ts = now.max(self.staged.last().map_or(self.last_ts, |s| s.appended.timestamp_ms));
+        let offset = Offset(self.next.0 + self.staged.len() as u64);
+        let position = self.pos + self.buf.len() as u64;
+        let last_point = self.points.last().copied().or(self.last_point);
+        if segment::wants_index_point(last_point, position) {
+            let p = IndexPoint {
+                relative_offset: u32::try_from(offset.0 - self.seg.base.0).expect("segment holds < 2^32 records"),
+                position: u32::try_from(position).expect("segment smaller than 4 GiB"),
+                timestamp_ms: ts,
+            };
+            self.points.push(p);
+        }
+        record::encode(&mut self.buf, offset, ts, &req.meta, &req.payload);
+        self.staged.push(Staged { req, appended: Appended { offset, timestamp_ms: ts } });
+    }
+
+    /// Writes and syncs the staged records, then completes them.
+    fn flush(&mut self) -> Result<(), AppendError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let written = storage::write_all_at(self.seg.file.as_ref(), &self.buf, self.pos).map_err(classify);
+        let result = written.and_then(|_| self.sync());
+        if let Err(e) = result {
+            self.undo_failed_write(&e);
+            for s in self.staged.drain(..) {
+                reply(s.req, Err(e.clone()));
+            }
+            self.buf.clear();
+            self.points.clear();
+            return Err(e);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), AppendError> {
+        if self.shared.config.fsync == FsyncMode::Never {
+            return Ok(());
+        }
+        self.seg.file.sync_data().map_err(|e| {
+            let reason = format!("fdatasync of {} failed: {e}", self.seg.path.display());
+            self.shared.latch_failure(reason.clone());
+            AppendError::Failed(reason)
+        })
+    }
+
+    /// After a failed write (not fsync), cut the file back to the durable end
+    /// so no partial batch can be mistaken for records after a crash.
+    fn undo_failed_write(&mut self, e: &AppendError) {
+        if matches!(e, AppendError::Failed(_)) {
+            return;
+        }
+        tracing::warn!(segment = %self.seg.path.display(), error = %e, "append batch failed; truncating to the durable end");
+        if let Err(te) = self.seg.file.set_len(self.pos) {
+            self.shared.latch_failure(format!("could not truncate {} after a failed write: {te}", self.seg.path.display()));
+        }
+    }
+
+    /// Makes the synced batch visible: index, tail, completions, notifications.
+    fn publish(&mut self) {
+        let last = self.staged.last().expect("flush checked non-empty").appended;
+        self.pos += self.buf.len() as u64;
+        self.next = Offset(last.offset.0 + 1);
+        self.last_ts = last.timestamp_ms;
+        self.since_checkpoint += self.buf.len() as u64;
+        self.buf.clear();
+        if !self.points.is_empty() {
+            let mut idx = self.seg.index.write();
+            self.points.drain(..).for_each(|p| idx.push(p));
+            self.last_point = idx.last();
+        }
+        self.write_index_entries();
+        let (next, pos, ts) = (self.next, self.pos, self.last_ts);
+        self.shared.publish(|t| {
+            t.next_offset = next;
+            t.active_end = pos;
+            t.last_timestamp_ms = ts;
+        });
+        for s in self.staged.drain(..) {
+            reply(s.req, Ok(s.appended));
+        }
+        if self.since_checkpoint >= self.shared.config.checkpoint_interval_bytes {
+            self.checkpoint();
+        }
+    }
+
+    /// Appends new index entries to the active index files. They are made
+    /// durable by the next checkpoint; a failure only means recovery will
+    /// rescan more, so it disables checkpoints instead of failing appends.
+    fn write_index_entries(&mut self) {
+        let idx = self.seg.index.read();
+        if !self.index_files_ok || idx.len() == self.index_written {
+            return;
+        }
+        let from = self.index_written;
+        let o = &idx.offset_entry_bytes(idx.len())[from * OFFSET_ENTRY_BYTES..];
+        let t = &idx.time_entry_bytes(idx.len())[from * TIME_ENTRY_BYTES..];
+        let at = |n: usize| (INDEX_HEADER_BYTES + from * n) as u64;
+        let res = storage::write_all_at(self.index_files.offsets.as_ref(), o, at(OFFSET_ENTRY_BYTES))
+            .and_then(|_| storage::write_all_at(self.index_files.times.as_ref(), t, at(TIME_ENTRY_BYTES)));
+        match res {
+            Ok(()) => self.index_written = idx.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, segment = %self.seg.path.display(), "index write failed; recovery will rebuild from the log");
+                self.index_files_ok = false;
+            }
+        }
+    }
+
+    /// Records how far the active segment is durable and indexed.
+    fn checkpoint(&mut self) {
+        if !self.index_files_ok {
+            return;
+        }
+        let storage = self.shared.storage.as_ref();
+        let synced = self.index_files.offsets.sync_data().and_then(|_| self.index_files.times.sync_data());
+        let ckpt = Checkpoint {
+            segment_base: self.seg.base,
+            position: self.pos,
+            next_offset: self.next,
+            last_timestamp_ms: self.last_ts,
+            index_entries: self.index_written as u32,
+        };
+        match synced.and_then(|_| ckpt.store(storage, &self.shared.dir)) {
+            Ok(()) => self.since_checkpoint = 0,
+            Err(e) => tracing::warn!(error = %e, dir = %self.shared.dir.display(), "checkpoint not written; recovery will scan further"),
+        }
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    /// The new segment is created first: if that fails (disk full) nothing
+    /// changed and the append fails cleanly.
+    fn roll(&mut self, now: u64) -> Result<(), AppendError> {
+        debug_assert!(self.staged.is_empty() && self.buf.is_empty());
+        let storage = self.shared.storage.as_ref();
+        let dir = self.shared.dir.clone();
+        let (seg, index_files) = files::create_segment(storage, &dir, self.next, now, &self.shared.config).map_err(|e| match e {
+            WalError::Io { source, .. } => classify(source),
+            other => AppendError::Io(other.to_string()),
+        })?;
+        if let Err(e) = files::seal(storage, &dir, &self.seg, self.pos, self.last_ts) {
+            let reason = format!("sealing {} failed: {e}", self.seg.path.display());
+            self.shared.latch_failure(reason.clone());
+            return Err(AppendError::Failed(reason));
+        }
+        self.shared.segments.write().push(seg.clone());
+        tracing::info!(sealed = %self.seg.path.display(), next = %seg.path.display(), "segment rolled");
+        self.seg = seg;
+        self.index_files = index_files;
+        self.index_written = 0;
+        self.index_files_ok = true;
+        self.last_point = None;
+        self.pos = SEGMENT_HEADER_BYTES as u64;
+        let pos = self.pos;
+        self.shared.publish(|t| t.active_end = pos);
+        self.checkpoint();
+        Ok(())
+    }
+}
+
+fn distinct_notifiers(batch: &[AppendRequest]) -> Vec<Arc<dyn Notify>> {
+    let mut out: Vec<Arc<dyn Notify>> = Vec::new();
+    for n in batch.iter().filter_map(|r| r.notify.as_ref()) {
+        if !out.iter().any(|m| std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(n))) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+fn check_size(req: &AppendRequest) -> Result<(), AppendError> {
+    if req.payload.len() > RECORD_PAYLOAD_BYTES_MAX {
+        return Err(AppendError::TooLarge { bytes: req.payload.len(), limit: RECORD_PAYLOAD_BYTES_MAX });
+    }
+    if req.meta.len() > RECORD_META_BYTES_MAX {
+        return Err(AppendError::TooLarge { bytes: req.meta.len(), limit: RECORD_META_BYTES_MAX });
+    }
+    Ok(())
+}
+
+fn classify(e: io::Error) -> AppendError {
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {
+        AppendError::StorageFull(e.to_string())
+    } else {
+        AppendError::Io(e.to_string())
+    }
+}
+
+fn reply(req: AppendRequest, result: Result<Appended, AppendError>) {
+    let AppendRequest { payload, tag, reply, .. } = req;
+    // A producer that went away no longer needs its answer.
+    let _ = reply.send(AppendDone { tag, result, payload });
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the WAL tests.
+#![allow(dead_code)]
+use orderly::storage::SimStorage;
+use orderly::wal::meta::{MetaBuilder, MetaKey};
+use orderly::wal::{AppendDone, AppendRequest, Log, LogConfig, Offset};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const DIR: &str = "/sim/queues/q";
+
+/// Small segments so tests roll often; preallocation as given.
+pub fn small_config(preallocate: bool) -> LogConfig {
+    LogConfig { segment_bytes: 64 * 1024, preallocate, checkpoint_interval_bytes: 16 * 1024, ..LogConfig::default() }
+}
+
+pub fn open_sim(sim: &SimStorage, config: LogConfig) -> Log {
+    Log::open_with(Arc::new(sim.clone()), Path::new(DIR), config).expect("open")
+}
+
+/// A distinguishable payload of `len` bytes for record `i`.
+pub fn payload(i: u64, len: usize) -> Vec<u8> {
+    let head = format!("MSH|^~\\&|T|F|R|F|20260101||ORU^R01|C{i}|P|2.5\r");
+    let mut p = head.into_bytes();
+    while p.len() < len {
+        p.push(b'a' + (p.len() % 26) as u8);
+    }
+    p.truncate(len.max(1));
+    p
+}
+
+pub fn meta(i: u64) -> Vec<u8> {
+    let mut m = MetaBuilder::new();
+    m.push(MetaKey::ControlId, format!("C{i}").as_bytes());
+    m.finish()
+}
+
+/// Submits `items` as one burst (they may share group commits) and waits for all.
+pub fn append_burst(log: &Log, items: &[(u64, usize)]) -> Vec<AppendDone> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let appender = log.appender();
+    for (tag, &(i, len)) in items.iter().enumerate() {
+        let req = AppendRequest { payload: payload(i, len), meta: meta(i), tag: tag as u64, reply: tx.clone(), notify: None };
+        assert!(appender.submit(req).is_ok(), "log open");
+    }
+    let mut done: Vec<AppendDone> = (0..items.len()).map(|_| rx.recv().expect("completion")).collect();
+    done.sort_by_key(|d| d.tag);
+    done
+}
+
+/// Every record from the start, as (offset, payload).
+pub fn read_all(log: &Log) -> Vec<(Offset, Vec<u8>)> {
+    let mut r = log.reader(log.start_offset());
+    let mut out = Vec::new();
+    while let Some(rec) = r.next().expect("read") {
+        out.push((rec.offset, rec.payload.to_vec()));
+    }
+    out
+}
