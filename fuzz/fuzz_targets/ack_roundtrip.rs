@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use orderly::hl7::ack::{self, AckCode, AckError, AckKind, AckMode, ErrorCode, Hl7Timestamp, Severity};
+use orderly::hl7::ack::{
+    self, AckCode, AckError, AckKind, AckMode, ErrorCode, Hl7Timestamp, Severity,
+};
 use orderly::hl7::{parse_header, validate, Message, ValidationLevel};
 
 fn expected_code(mode: AckMode, kind: AckKind) -> AckCode {
@@ -26,15 +28,30 @@ fuzz_target!(|data: &[u8]| {
     let (text_bytes, inbound) = rest.split_at(split);
     let text = String::from_utf8_lossy(text_bytes);
     let kind = [AckKind::Accept, AckKind::Error, AckKind::Reject][usize::from(selector % 3)];
-    let error = AckError { code: ErrorCode::ApplicationInternalError, severity: Severity::Error, text: &text, location: None };
+    let error = AckError {
+        code: ErrorCode::ApplicationInternalError,
+        severity: Severity::Error,
+        text: &text,
+        location: None,
+    };
     let header = parse_header(inbound).ok();
     let mut out = Vec::new();
     let with_error = selector & 0x80 != 0;
-    ack::build_ack(header.as_ref(), kind, with_error.then_some(&error), b"ACK-1", Hl7Timestamp::from_unix_seconds(u64::from(selector) << 24), &mut out);
+    ack::build_ack(
+        header.as_ref(),
+        kind,
+        with_error.then_some(&error),
+        b"ACK-1",
+        Hl7Timestamp::from_unix_seconds(u64::from(selector) << 24),
+        &mut out,
+    );
     assert!(out.len() <= ack::ACK_BYTES_MAX);
 
     let parsed = ack::parse_ack(&out).expect("our own ACK parses");
-    assert_eq!(parsed.code, expected_code(ack::ack_mode(header.as_ref()), kind));
+    assert_eq!(
+        parsed.code,
+        expected_code(ack::ack_mode(header.as_ref()), kind)
+    );
     let sent_id = header.map_or(&b""[..], |h| h.control_id());
     if sent_id.len() <= ack::ACK_ECHO_FIELD_BYTES_MAX {
         assert_eq!(parsed.control_id, sent_id);
@@ -49,10 +66,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(info.code, Some(207));
         let sent = text.as_bytes();
         if let Some(got) = parsed.text.map(|t| t.decoded().into_owned()) {
-            assert!(sent.starts_with(&got), "MSA-3 decodes to a prefix of the text");
+            assert!(
+                sent.starts_with(&got),
+                "MSA-3 decodes to a prefix of the text"
+            );
         }
         if sent.len() <= ack::ACK_TEXT_BYTES_MAX / 5 && sent.iter().any(|&b| b != b' ') {
-            assert_eq!(parsed.text.map(|t| t.decoded().into_owned()).as_deref(), Some(sent));
+            assert_eq!(
+                parsed.text.map(|t| t.decoded().into_owned()).as_deref(),
+                Some(sent)
+            );
         }
     }
 });

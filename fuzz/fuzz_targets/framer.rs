@@ -32,12 +32,20 @@ fn drain(decoder: &mut FrameDecoder, buf: &[u8], events: &mut Vec<Event>) -> boo
             Decoded::NeedMore => return true,
             Decoded::Frame(range) => {
                 let payload = &buf[range];
-                assert!(payload.len() <= decoder.max_frame_bytes(), "frame within limit");
-                assert!(!payload.contains(&0x0B) && !payload.contains(&0x1C), "no control bytes inside");
+                assert!(
+                    payload.len() <= decoder.max_frame_bytes(),
+                    "frame within limit"
+                );
+                assert!(
+                    !payload.contains(&0x0B) && !payload.contains(&0x1C),
+                    "no control bytes inside"
+                );
                 Event::Frame(payload.to_vec())
             }
             Decoded::Junk { bytes } => Event::Junk(bytes),
-            Decoded::Invalid(FrameError::TooLarge { prefix, .. }) => Event::TooLarge(buf[prefix].to_vec()),
+            Decoded::Invalid(FrameError::TooLarge { prefix, .. }) => {
+                Event::TooLarge(buf[prefix].to_vec())
+            }
             Decoded::Invalid(FrameError::TooMuchJunk { .. }) => {
                 events.push(Event::TooMuchJunk);
                 return false;
