@@ -10,7 +10,7 @@ mod fs;
 mod sim;
 
 pub use fs::FsStorage;
-pub use sim::{SimFault, SimStorage};
+pub use sim::{SimFault, SimStorage, SyncHook};
 
 use std::io;
 use std::ops::Deref;
@@ -54,6 +54,14 @@ pub enum Mapping {
     Mmap(memmap2::Mmap),
     Owned(Arc<[u8]>),
     Empty,
+}
+
+impl Mapping {
+    /// Whether later writes to the file show through this view (a shared
+    /// mmap does; a copy does not).
+    pub fn is_coherent(&self) -> bool {
+        matches!(self, Mapping::Mmap(_))
+    }
 }
 
 impl Deref for Mapping {

@@ -48,7 +48,7 @@ fn try_create(storage: &dyn Storage, dir: &Path, base: Offset, now_ms: u64, conf
         created_ms: now_ms,
         path: path.to_path_buf(),
         file,
-        map: RwLock::new(Arc::new(map)),
+        map: Segment::map_state(map, SEGMENT_HEADER_BYTES as u64),
         index: RwLock::new(SegmentIndex::empty()),
         sealed: OnceLock::new(),
     };
@@ -92,7 +92,7 @@ pub fn seal(storage: &dyn Storage, dir: &Path, seg: &Segment, end: u64, max_time
     };
     let mapped = map_sealed_index(storage, dir, seg.base, count)?;
     *seg.index.write() = mapped;
-    *seg.map.write() = Arc::new(seg.file.map(end)?);
+    *seg.map.write() = (Arc::new(seg.file.map(end)?), end);
     let sealed = seg.sealed.set(SealedInfo { end, max_timestamp_ms });
     assert!(sealed.is_ok(), "a segment is sealed once");
     Ok(())

@@ -153,7 +153,7 @@ fn open_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Optio
         }
     };
     let max_ts = last_timestamp(&map, base, &index);
-    let seg = Segment { base, created_ms, path, file, map: RwLock::new(Arc::new(map)), index: RwLock::new(index), sealed: OnceLock::new() };
+    let seg = Segment { base, created_ms, path, file, map: Segment::map_state(map, end), index: RwLock::new(index), sealed: OnceLock::new() };
     let _ = seg.sealed.set(SealedInfo { end, max_timestamp_ms: max_ts });
     Ok(Arc::new(seg))
 }
@@ -254,7 +254,7 @@ fn try_open_sealed_last(storage: &dyn Storage, dir: &Path, base: Offset) -> Resu
         return Ok(None);
     }
     let end = map.len() as u64;
-    let seg = Segment { base, created_ms, path, file, map: RwLock::new(Arc::new(map)), index: RwLock::new(index), sealed: OnceLock::new() };
+    let seg = Segment { base, created_ms, path, file, map: Segment::map_state(map, end), index: RwLock::new(index), sealed: OnceLock::new() };
     let _ = seg.sealed.set(SealedInfo { end, max_timestamp_ms: run.last_timestamp_ms });
     tracing::info!(segment = %seg.path.display(), "last segment was sealed by an interrupted roll; starting a new one");
     Ok(Some((Arc::new(seg), run.next_offset)))
@@ -288,7 +288,7 @@ fn open_active(storage: &dyn Storage, dir: &Path, base: Offset, config: &LogConf
     let map = file.map(file.len().map_err(|e| WalError::io(&path, e))?).map_err(|e| WalError::io(&path, e))?;
     let ckpt = Checkpoint { segment_base: base, position: end, next_offset: run.next_offset, last_timestamp_ms: run.last_timestamp_ms, index_entries: points.len() as u32 };
     ckpt.store(storage, dir).map_err(|e| WalError::io(dir, e))?;
-    let segment = Arc::new(Segment { base, created_ms, path, file, map: RwLock::new(Arc::new(map)), index: RwLock::new(index), sealed: OnceLock::new() });
+    let segment = Arc::new(Segment { base, created_ms, path, file, map: Segment::map_state(map, end), index: RwLock::new(index), sealed: OnceLock::new() });
     Ok(ActiveState { segment, index_files, pos: end, next: run.next_offset, last_timestamp_ms: run.last_timestamp_ms })
 }
 

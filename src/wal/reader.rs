@@ -31,6 +31,8 @@ struct Cursor {
     /// Base of the next segment, once known.
     limit: Option<Offset>,
     map: Arc<Mapping>,
+    /// Leading bytes of `map` that are valid.
+    valid: u64,
     /// Position of the record at the reader's `next` offset, if known.
     pos: Option<u64>,
 }
@@ -104,13 +106,13 @@ impl LogReader {
             let (seg, limit) = self.shared.locate(next).ok_or(WalError::Deleted { offset: next, start: tail.start_offset })?;
             let same = self.cur.as_ref().is_some_and(|c| Arc::ptr_eq(&c.seg, &seg));
             let pos = if same { self.cur.as_ref().and_then(|c| c.pos) } else { None };
-            let map = seg.map.read().clone();
-            self.cur = Some(Cursor { seg, limit, map, pos });
+            let (map, valid) = seg.map.read().clone();
+            self.cur = Some(Cursor { seg, limit, map, valid, pos });
         }
         let cur = self.cur.as_mut().expect("set above");
         let need = cur.seg.sealed.get().map_or(tail.active_end, |s| s.end);
-        if (cur.map.len() as u64) < need {
-            cur.map = cur.seg.map_covering(need).map_err(|e| WalError::io(&cur.seg.path, e))?;
+        if cur.valid < need {
+            (cur.map, cur.valid) = cur.seg.map_covering(need).map_err(|e| WalError::io(&cur.seg.path, e))?;
         }
         Ok(())
     }

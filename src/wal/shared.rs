@@ -17,9 +17,10 @@ pub struct Segment {
     pub created_ms: u64,
     pub path: PathBuf,
     pub file: Box<dyn StorageFile>,
-    /// A read-only view of the file; for the active segment it may be shorter
-    /// than the durable end and is then remapped by the reader that needs more.
-    pub map: RwLock<Arc<Mapping>>,
+    /// A read-only view of the file and how many of its leading bytes are
+    /// valid (all of them for a coherent mmap; for a copy, the durable end
+    /// when it was taken). Remapped by the reader that needs more.
+    pub map: RwLock<(Arc<Mapping>, u64)>,
     pub index: RwLock<SegmentIndex>,
     pub sealed: OnceLock<SealedInfo>,
 }
@@ -33,15 +34,25 @@ pub struct SealedInfo {
 }
 
 impl Segment {
-    /// A mapping covering at least `[0, len)`, remapping if the current one is shorter.
-    pub fn map_covering(&self, len: u64) -> std::io::Result<Arc<Mapping>> {
+    /// A mapping whose first `len` bytes are valid, remapping if needed.
+    /// Returns the mapping and how many bytes of it are valid.
+    pub fn map_covering(&self, len: u64) -> std::io::Result<(Arc<Mapping>, u64)> {
         let current = self.map.read().clone();
-        if current.len() as u64 >= len {
+        if current.1 >= len {
             return Ok(current);
         }
-        let fresh = Arc::new(self.file.map(len)?);
-        *self.map.write() = fresh.clone();
-        Ok(fresh)
+        let file_len = self.file.len()?.max(len);
+        let fresh = self.file.map(file_len)?;
+        let valid = if fresh.is_coherent() { fresh.len() as u64 } else { len };
+        let state = (Arc::new(fresh), valid);
+        *self.map.write() = state.clone();
+        Ok(state)
+    }
+
+    /// Initial map state for a mapping of which `valid` leading bytes are durable.
+    pub fn map_state(map: Mapping, valid: u64) -> RwLock<(Arc<Mapping>, u64)> {
+        let valid = if map.is_coherent() { map.len() as u64 } else { valid.min(map.len() as u64) };
+        RwLock::new((Arc::new(map), valid))
     }
 }
 

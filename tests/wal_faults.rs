@@ -1,0 +1,266 @@
+//! Injected storage faults, corruption, index damage and retention.
+mod wal_common;
+use orderly::storage::{SimFault, SimStorage, Storage};
+use orderly::wal::verify::verify_dir;
+use orderly::wal::{AppendError, LogConfig, Offset, RetentionPolicy, WalError};
+use std::path::{Path, PathBuf};
+use wal_common::*;
+
+fn fill(sim: &SimStorage, config: LogConfig, n: u64, len: usize) {
+    let log = open_sim(sim, config);
+    for i in 0..n {
+        log.append(&meta(i), &payload(i, len)).expect("append");
+    }
+    log.close().expect("close");
+}
+
+fn segment_files(sim: &SimStorage, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(ext)).map(|n| Path::new(DIR).join(n)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn failed_fsync_is_latched_and_never_reported_durable() {
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, small_config(true));
+    for i in 0..5 {
+        log.append(&meta(i), &payload(i, 200)).expect("append");
+    }
+    sim.inject(SimFault::SyncFailsOnce);
+    let err = log.append(&meta(5), &payload(5, 200)).expect_err("fsync failed");
+    assert!(matches!(err, AppendError::Failed(_)), "{err:?}");
+    // The fault is gone, but the log must not retry the fsync and pretend.
+    let err = log.append(&meta(6), &payload(6, 200)).expect_err("latched");
+    assert!(matches!(err, AppendError::Failed(_)), "{err:?}");
+    assert!(log.failure().is_some());
+    assert_eq!(log.end_offset(), Offset(5), "nothing after the failure became visible");
+    drop(log);
+    let reopened = open_sim(&sim.crash(None), small_config(true));
+    let all = read_all(&reopened);
+    assert_eq!(all.len(), 5, "the five acknowledged records survive, the failed one is not invented");
+    assert_eq!(reopened.append(&meta(5), &payload(5, 200)).unwrap().offset, Offset(5));
+}
+
+#[test]
+fn disk_full_fails_the_batch_and_appends_resume_when_space_returns() {
+    for prealloc in [false, true] {
+        let sim = SimStorage::new();
+        let log = open_sim(&sim, small_config(prealloc));
+        for i in 0..3 {
+            log.append(&meta(i), &payload(i, 500)).expect("append");
+        }
+        // Enough room for nothing more (preallocated segments fail at the next roll).
+        sim.inject(SimFault::NoSpaceAfter(0));
+        let mut saw_full = false;
+        let mut next = 3;
+        for i in 3..200u64 {
+            match log.append(&meta(i), &payload(i, 500)) {
+                Ok(a) => {
+                    assert_eq!(a.offset, Offset(next));
+                    next += 1;
+                }
+                Err(AppendError::StorageFull(_)) => {
+                    saw_full = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert!(saw_full, "disk full was reported");
+        assert!(log.failure().is_none(), "disk full is not fatal");
+        sim.clear_faults();
+        let a = log.append(&meta(next), &payload(next, 500)).expect("space is back");
+        assert_eq!(a.offset, Offset(next), "the failed append consumed no offset");
+        drop(log);
+        let reopened = open_sim(&sim.crash(Some(0)), small_config(prealloc));
+        let all = read_all(&reopened);
+        assert_eq!(all.len() as u64, next + 1);
+        for (k, (off, p)) in all.iter().enumerate() {
+            assert_eq!((off.0, p), (k as u64, &payload(k as u64, 500)));
+        }
+    }
+}
+
+#[test]
+fn short_writes_are_completed() {
+    let sim = SimStorage::new();
+    sim.inject(SimFault::ShortWrites);
+    let log = open_sim(&sim, small_config(false));
+    for i in 0..20 {
+        log.append(&meta(i), &payload(i, 3000)).expect("append");
+    }
+    drop(log);
+    let reopened = open_sim(&sim.crash(Some(0)), small_config(false));
+    assert_eq!(read_all(&reopened).len(), 20);
+}
+
+#[test]
+fn write_errors_fail_the_batch_without_leaving_garbage() {
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, small_config(false));
+    log.append(&meta(0), &payload(0, 300)).unwrap();
+    sim.inject(SimFault::WriteFails);
+    assert!(matches!(log.append(&meta(1), &payload(1, 300)), Err(AppendError::Io(_))));
+    sim.clear_faults();
+    assert_eq!(log.append(&meta(1), &payload(1, 300)).unwrap().offset, Offset(1));
+    drop(log);
+    let reopened = open_sim(&sim.crash(Some(0)), small_config(false));
+    assert_eq!(read_all(&reopened).len(), 2);
+}
+
+/// Position of record `k` in a segment of equal-sized records.
+fn position_of(k: u64, len: usize, meta_len: usize) -> u64 {
+    64 + k * (32 + meta_len + len) as u64
+}
+
+#[test]
+fn corrupt_record_in_sealed_segment_is_quarantined_never_served() {
+    let sim = SimStorage::new();
+    fill(&sim, small_config(true), 200, 1000);
+    let first = segment_files(&sim, ".log")[0].clone();
+    let meta_len = meta(3).len(); // "C3": same length for offsets 0..9
+    sim.corrupt_byte(&first, position_of(3, 1000, meta_len) + 100);
+    let log = open_sim(&sim, small_config(true));
+    match log.read(Offset(3)) {
+        Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, Offset(3)),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert!(!log.quarantined().is_empty(), "quarantine records the damage");
+    assert_eq!(log.read(Offset(2)).unwrap().payload, payload(2, 1000));
+    // Records after the damage stay reachable through the index.
+    assert_eq!(log.read(Offset(150)).unwrap().payload, payload(150, 1000));
+    let report = verify_dir(&sim, Path::new(DIR)).unwrap();
+    assert!(!report.is_clean(), "verify reports the corruption");
+    assert!(report.problems.iter().any(|p| p.file == first), "{:?}", report.problems);
+}
+
+#[test]
+fn corrupt_record_found_while_rebuilding_index_is_quarantined_and_skipped_over() {
+    let sim = SimStorage::new();
+    fill(&sim, small_config(true), 200, 1000);
+    let first = segment_files(&sim, ".log")[0].clone();
+    sim.corrupt_byte(&first, position_of(4, 1000, meta(4).len()) + 50);
+    for idx in segment_files(&sim, ".index") {
+        sim.remove(&idx).unwrap();
+    }
+    let log = open_sim(&sim, small_config(true));
+    let q = log.quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].offset, Offset(4));
+    assert!(matches!(log.read(Offset(4)), Err(WalError::Corrupt { .. })));
+    assert_eq!(log.read(Offset(5)).unwrap().payload, payload(5, 1000), "resync found the next record");
+    let mut r = log.reader(Offset(0));
+    let mut got = Vec::new();
+    loop {
+        match r.next() {
+            Ok(Some(rec)) => got.push(rec.offset.0),
+            Ok(None) => break,
+            Err(WalError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, Offset(4));
+                r.seek(Offset(offset.0 + 1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(got.len(), 199);
+    assert!(!got.contains(&4));
+}
+
+#[test]
+fn lost_or_damaged_indexes_are_rebuilt() {
+    let sim = SimStorage::new();
+    fill(&sim, small_config(true), 300, 700);
+    let idx = segment_files(&sim, ".index");
+    let tidx = segment_files(&sim, ".timeindex");
+    assert!(idx.len() >= 3);
+    sim.remove(&idx[0]).unwrap();
+    sim.corrupt_byte(&idx[1], 50);
+    sim.corrupt_byte(&tidx[2], 10);
+    let last_idx = idx.last().unwrap().clone();
+    sim.corrupt_byte(&last_idx, 45); // active segment's index entries
+    let log = open_sim(&sim, small_config(true));
+    assert!(log.quarantined().is_empty(), "index damage is not data damage");
+    let all = read_all(&log);
+    assert_eq!(all.len(), 300);
+    for i in [0u64, 17, 120, 250, 299] {
+        assert_eq!(log.read(Offset(i)).unwrap().payload, payload(i, 700));
+    }
+    drop(log);
+    let report = verify_dir(&sim, Path::new(DIR)).unwrap();
+    assert!(report.is_clean() && report.notes.is_empty(), "{report:?}");
+}
+
+#[test]
+fn damaged_checkpoint_means_a_full_scan_not_data_loss() {
+    let sim = SimStorage::new();
+    fill(&sim, small_config(true), 50, 400);
+    sim.corrupt_byte(&Path::new(DIR).join("checkpoint"), 30);
+    let log = open_sim(&sim, small_config(true));
+    assert_eq!(read_all(&log).len(), 50);
+}
+
+#[test]
+fn corrupt_active_tail_is_truncated_and_kept_in_quarantine() {
+    let sim = SimStorage::new();
+    let config = LogConfig { checkpoint_interval_bytes: 1 << 30, ..small_config(false) };
+    fill(&sim, config.clone(), 10, 300);
+    let active = segment_files(&sim, ".log").last().unwrap().clone();
+    // Simulate a damaged last record (as a torn write would leave).
+    let len = sim.contents(&active).unwrap().len() as u64;
+    sim.corrupt_byte(&active, len - 5);
+    // Make the checkpoint older than the damage so recovery scans it.
+    sim.remove(&Path::new(DIR).join("checkpoint")).unwrap();
+    let log = open_sim(&sim, config);
+    assert_eq!(read_all(&log).len(), 9);
+    let saved = sim.list(&Path::new(DIR).join("quarantine")).unwrap();
+    assert_eq!(saved.len(), 1, "the cut bytes are kept for inspection");
+}
+
+#[test]
+fn retention_never_deletes_what_a_reader_still_needs() {
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, small_config(true));
+    for i in 0..400 {
+        log.append(&meta(i), &payload(i, 1000)).unwrap();
+    }
+    let segs_before = segment_files(&sim, ".log").len();
+    assert!(segs_before >= 5);
+    let reader = log.register_reader("ehr", Offset(0));
+    let everything = RetentionPolicy { max_age_ms: Some(0), max_bytes: Some(0) };
+    let now = orderly::wal::now_ms() + 10;
+    assert!(log.enforce_retention(&everything, now).unwrap().is_empty(), "reader at 0 protects all");
+    reader.set(Offset(130));
+    let deleted = log.enforce_retention(&everything, now).unwrap();
+    assert!(!deleted.is_empty());
+    let start = log.start_offset();
+    assert!(start <= Offset(130), "the segment holding 130 survives (start {start})");
+    assert_eq!(log.read(Offset(130)).unwrap().payload, payload(130, 1000));
+    assert!(matches!(log.read(Offset(0)), Err(WalError::Deleted { .. })));
+    // A second reader further behind protects its data too.
+    let _late = log.register_reader("billing", start);
+    reader.set(Offset(400));
+    assert!(log.enforce_retention(&everything, now).unwrap().is_empty());
+    drop(_late);
+    log.enforce_retention(&everything, now).unwrap();
+    assert_eq!(segment_files(&sim, ".log").len(), 1, "only the active segment remains");
+    assert_eq!(log.append(&meta(400), &payload(400, 10)).unwrap().offset, Offset(400));
+    drop(log);
+    let reopened = open_sim(&sim.crash(Some(0)), small_config(true));
+    assert_eq!(reopened.end_offset(), Offset(401));
+    assert!(reopened.start_offset() > Offset(0));
+}
+
+#[test]
+fn retention_policy_alone_keeps_young_small_logs() {
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, small_config(true));
+    for i in 0..300 {
+        log.append(&meta(i), &payload(i, 1000)).unwrap();
+    }
+    let keep = RetentionPolicy { max_age_ms: Some(3_600_000), max_bytes: Some(1 << 30) };
+    assert!(log.enforce_retention(&keep, orderly::wal::now_ms()).unwrap().is_empty());
+    let by_size = RetentionPolicy { max_age_ms: None, max_bytes: Some(150 * 1024) };
+    assert!(!log.enforce_retention(&by_size, orderly::wal::now_ms()).unwrap().is_empty());
+    assert_eq!(read_all(&log).last().unwrap().0, Offset(299));
+}
