@@ -24,7 +24,7 @@ fn corpus() -> Vec<Vec<u8>> {
     manifest
         .lines()
         .skip(1)
-        .filter_map(|l| l.split_once('\t').map(|(file, rest)| (file, rest)))
+        .filter_map(|l| l.split_once('\t'))
         .filter(|(_, rest)| rest.split('\t').nth(2) == Some("accept"))
         .map(|(file, _)| std::fs::read(dir.join(file)).expect("corpus file"))
         .collect()

@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn non_msh_start_names_what_was_found() {
         let err = parse_header(b"\0\0\x02MSH").unwrap_err();
-        assert_eq!(err.to_string().contains("'\\x00\\x00\\x02'"), true);
+        assert!(err.to_string().contains("'\\x00\\x00\\x02'"), "{err}");
         assert_eq!(parse_header(b"").unwrap_err(), HeaderError::Empty);
     }
 }
