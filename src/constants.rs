@@ -53,3 +53,25 @@ const _: () = assert!(CHECKPOINT_INTERVAL_BYTES < SEGMENT_BYTES_DEFAULT);
 // Index entries store positions as u32 relative to the segment start.
 const _: () = assert!(SEGMENT_BYTES_MAX + 2 * (RECORD_PAYLOAD_BYTES_MAX as u64) < u32::MAX as u64);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+
+/// Connections one listener accepts by default; more are refused.
+pub const LISTENER_CONNECTIONS_DEFAULT: usize = 1024;
+/// Upper bound on `max_connections` (file descriptors are finite).
+pub const LISTENER_CONNECTIONS_MAX: usize = 65_536;
+/// Seconds without a byte after which a connection is closed.
+pub const IDLE_TIMEOUT_S_DEFAULT: u64 = 600;
+/// Seconds a frame may take from its first byte to its last (slow-drip peers).
+pub const FRAME_TIMEOUT_S_DEFAULT: u64 = 60;
+/// Appends one connection may have waiting for their fsync (pipelining).
+pub const CONNECTION_INFLIGHT_DEFAULT: usize = 64;
+pub const CONNECTION_INFLIGHT_MAX: usize = 4096;
+/// ACK bytes one connection may have queued before it stops being read
+/// (a peer that sends but never reads).
+pub const CONNECTION_WRITE_BUFFER_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes read from a socket per read call.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Payload bytes waiting for the WAL across all connections; above this the
+/// server stops reading sockets (backpressure instead of unbounded buffering).
+pub const INFLIGHT_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Seconds a graceful shutdown waits for in-flight appends and ACK writes.
+pub const SHUTDOWN_GRACE_S: u64 = 10;

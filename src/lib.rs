@@ -9,3 +9,6 @@ pub mod mllp;
 pub mod storage;
 pub mod index;
 pub mod wal;
+pub mod config;
+pub mod metrics;
+pub mod server;

@@ -1,1 +1,310 @@
-fn main() {}
+//! The `orderly` command line: parses arguments and calls into the library.
+use clap::{Parser, Subcommand};
+use orderly::config::{queue_dir, Config};
+use orderly::hl7::ack::parse_ack;
+use orderly::mllp::{encode_frame, Decoded, FrameDecoder, FRAME_BYTES_MAX_DEFAULT};
+use orderly::server::Server;
+use orderly::storage::FsStorage;
+use orderly::wal::meta::{MetaKey, MetaView};
+use orderly::wal::{inspect, verify, Offset};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Orderly: a durable, ordered HL7 v2 message broker (MLLP in, MLLP out).
+#[derive(Parser)]
+#[command(name = "orderly", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the embedded default config when no --config is given).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print one line per stored record: offset timestamp_ms bytes control_id message_type.
+    Inspect {
+        /// Queue name.
+        queue: String,
+        /// Data directory (default: from --config, else ./orderly-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Configuration file whose data_dir to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// First offset to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most records to print.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Check every segment and index of every queue; non-zero exit on corruption.
+    Verify {
+        /// Data directory (default: from --config, else ./orderly-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Configuration file whose data_dir to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Send each file as one HL7 message over MLLP and print each ACK.
+    Send {
+        /// Broker address, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Seconds to wait for each ACK.
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+        /// Files, one message each (LF and CRLF segment ends become CR).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Inspect { queue, data_dir, config, from, limit } => {
+            with_data_dir(data_dir, config, |dir| inspect_queue(dir, &queue, Offset(from), limit.unwrap_or(u64::MAX)))
+        }
+        Command::Verify { data_dir, config } => with_data_dir(data_dir, config, verify_all),
+        Command::Send { to, timeout_s, files } => send(&to, Duration::from_secs(timeout_s), &files),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("orderly: configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(config: Option<&Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let server = match Server::start(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("orderly: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("orderly: config {}", config.source);
+    println!("orderly: data dir {}", config.data_dir.display());
+    for (name, addr, queue) in server.bound() {
+        println!("orderly: listener {name} on {addr} -> queue {queue}");
+    }
+    println!("orderly: ready");
+    let _ = std::io::stdout().flush();
+    let handle = server.shutdown_handle();
+    if let Err(e) = install_signal_handler(handle) {
+        eprintln!("orderly: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderly: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM and SIGINT start a graceful shutdown.
+fn install_signal_handler(handle: orderly::server::ShutdownHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new().name("orderly-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "signal received");
+            handle.shutdown();
+        }
+    })?;
+    Ok(())
+}
+
+fn with_data_dir(data_dir: Option<PathBuf>, config: Option<PathBuf>, f: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
+    let dir = match (data_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => match load_config(Some(&c)) {
+            Ok(cfg) => cfg.data_dir,
+            Err(code) => return code,
+        },
+        (None, None) => PathBuf::from("./orderly-data"),
+    };
+    f(&dir)
+}
+
+fn inspect_queue(data_dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode {
+    let dir = queue_dir(data_dir, queue);
+    if !dir.is_dir() {
+        eprintln!("orderly: no queue `{queue}` under {}", data_dir.display());
+        return ExitCode::from(1);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = inspect::for_each_record(&FsStorage, &dir, from, limit, |r| {
+        let meta = MetaView::new(r.meta);
+        let field = |k| meta.get(k).filter(|v: &&[u8]| !v.is_empty()).map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(out, "{} {} {} {} {}", r.offset, r.timestamp_ms, r.payload.len(), field(MetaKey::ControlId), field(MetaKey::MessageType));
+    });
+    let _ = out.flush();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderly: {e}; run `orderly verify` for a full report");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn verify_all(data_dir: &Path) -> ExitCode {
+    let queues_dir = data_dir.join("queues");
+    let mut queues: Vec<String> = match std::fs::read_dir(&queues_dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) => {
+            eprintln!("orderly: cannot read {}: {e}", queues_dir.display());
+            return ExitCode::from(1);
+        }
+    };
+    queues.sort();
+    let mut damaged = false;
+    for q in &queues {
+        match verify::verify_dir(&FsStorage, &queue_dir(data_dir, q)) {
+            Ok(report) => {
+                let range = match (report.first_offset, report.next_offset) {
+                    (Some(a), Some(b)) => format!("offsets {a}..{b}"),
+                    _ => "empty".into(),
+                };
+                let verdict = if report.is_clean() { "OK" } else { "CORRUPT" };
+                println!("queue {q}: {verdict}: {} segment(s), {} record(s), {range}", report.segments, report.records);
+                for p in &report.problems {
+                    println!("  problem: {} at byte {}: {}", p.file.display(), p.position, p.what);
+                }
+                for n in &report.notes {
+                    println!("  note: {n}");
+                }
+                damaged |= !report.is_clean();
+            }
+            Err(e) => {
+                println!("queue {q}: CORRUPT: {e}");
+                damaged = true;
+            }
+        }
+    }
+    if damaged {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn send(to: &str, timeout: Duration, files: &[PathBuf]) -> ExitCode {
+    let addr = match to.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+        Some(a) => a,
+        None => {
+            eprintln!("orderly: cannot resolve `{to}` (expected HOST:PORT)");
+            return ExitCode::from(2);
+        }
+    };
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("orderly: cannot connect to {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut all_positive = true;
+    let mut buf = Vec::new();
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT);
+    for file in files {
+        let line = match send_one(&mut stream, file, &mut buf, &mut decoder) {
+            Ok((positive, line)) => {
+                all_positive &= positive;
+                line
+            }
+            Err(e) => {
+                all_positive = false;
+                format!("ERROR {e}")
+            }
+        };
+        println!("{}: {line}", file.display());
+    }
+    if all_positive {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Sends one file and returns (positive?, "MSA-1 MSA-2 text").
+fn send_one(stream: &mut TcpStream, file: &Path, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> Result<(bool, String), String> {
+    let raw = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let mut framed = Vec::with_capacity(raw.len() + 3);
+    encode_frame(&normalize_segment_ends(&raw), &mut framed);
+    stream.write_all(&framed).map_err(|e| format!("send failed: {e}"))?;
+    let ack = read_frame(stream, buf, decoder)?;
+    let parsed = parse_ack(&ack).map_err(|e| format!("unreadable ACK: {e}"))?;
+    let text = parsed.text.or(parsed.error.and_then(|e| e.text)).map(|t| String::from_utf8_lossy(&t.decoded()).into_owned()).unwrap_or_default();
+    let line = format!("{} {} {}", parsed.code.as_str(), String::from_utf8_lossy(parsed.control_id), text);
+    Ok((parsed.code.is_positive(), line.trim_end().to_string()))
+}
+
+fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> Result<Vec<u8>, String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match decoder.decode(buf) {
+            Decoded::Frame(r) => {
+                let frame = buf[r].to_vec();
+                decoder.compact(buf);
+                return Ok(frame);
+            }
+            Decoded::NeedMore | Decoded::Junk { .. } => {}
+            Decoded::Invalid(e) => return Err(format!("bad ACK framing: {e}")),
+            _ => {}
+        }
+        let n = stream.read(&mut chunk).map_err(|e| format!("no ACK: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before the ACK".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// CRLF and LF segment ends become CR, as HL7 requires; a trailing newline
+/// becomes the last segment's CR.
+fn normalize_segment_ends(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                out.push(b'\r');
+                i += 1;
+            }
+            b'\n' => out.push(b'\r'),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}

@@ -10,6 +10,7 @@
 //! `sync_data` covering its bytes returned `Ok`; after a failed `sync_data`
 //! the log refuses every later append until reopened.
 mod checkpoint;
+pub mod inspect;
 mod files;
 pub mod meta;
 mod open;
@@ -24,7 +25,7 @@ mod writer;
 pub use reader::{LogReader, OwnedRecord};
 pub use retention::{ReaderPosition, RetentionPolicy};
 pub use shared::QuarantinedRange;
-pub use writer::{Appender, Notify};
+pub use writer::{Appender, Notify, TrySubmitError};
 
 use crate::constants::*;
 use crate::storage::{FsStorage, Storage};

@@ -1,0 +1,460 @@
+//! The mio event loop: accepts connections, decodes frames, hands appends
+//! to the WAL writers and writes ACKs back in arrival order.
+//!
+//! Architecture Invariant: the loop never blocks on disk. Appends go to the
+//! writer thread with `try_submit`; completions come back on a channel and a
+//! mio `Waker`. When the writer's queue is full, or too many bytes wait for
+//! it, the loop stops taking frames from every socket (backpressure) and
+//! resumes when completions drain it. mio is edge-triggered, so whenever a
+//! connection may want to read again the loop drives it proactively instead
+//! of waiting for a readiness event.
+use super::conn::{push_ready, AckSlot, Conn, ConnState};
+use super::ingest::{self, AckIds};
+use crate::config::ListenerConfig;
+use crate::constants::{INFLIGHT_BYTES_MAX, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S};
+use crate::hl7::ack::AckKind;
+use crate::hl7::parse_header;
+use crate::metrics::Metrics;
+use crate::mllp::{Decoded, FrameError};
+use crate::wal::TrySubmitError;
+use crate::wal::{now_ms, AppendDone, AppendError, AppendRequest, Appender, Notify};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAKER: Token = Token(usize::MAX);
+const CONN_BASE: usize = 1 << 20;
+/// Recycled payload buffers kept for reuse, and the largest one kept.
+const POOL_BUFFERS_MAX: usize = 1024;
+const POOL_BUFFER_BYTES_MAX: usize = 64 * 1024;
+
+pub struct ListenerSlot {
+    pub config: ListenerConfig,
+    pub socket: Option<TcpListener>,
+    pub appender: Appender,
+    pub active: usize,
+}
+
+struct WakerNotify(Arc<Waker>);
+
+impl Notify for WakerNotify {
+    fn notify(&self) {
+        if let Err(e) = self.0.wake() {
+            tracing::error!(error = %e, "cannot wake the event loop");
+        }
+    }
+}
+
+/// Asks a running loop to shut down gracefully.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    waker: Arc<Waker>,
+    notify: Arc<dyn Notify>,
+    listeners: Vec<ListenerSlot>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    next_generation: u32,
+    done_tx: Sender<AppendDone>,
+    done_rx: Receiver<AppendDone>,
+    /// Requests the writer had no room for, in submission order.
+    stalled: VecDeque<(usize, AppendRequest)>,
+    inflight_bytes: usize,
+    pool: Vec<Vec<u8>>,
+    ids: AckIds,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    drain_deadline: Option<Instant>,
+    dirty: Vec<usize>,
+    chunk: Box<[u8]>,
+}
+
+impl EventLoop {
+    pub fn new(listeners: Vec<ListenerSlot>, metrics: Arc<Metrics>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listeners = listeners;
+        for (i, l) in listeners.iter_mut().enumerate() {
+            if let Some(socket) = &mut l.socket {
+                // Listener sockets are registered once; index i is their token.
+                poll.registry().register(socket, Token(i), Interest::READABLE)?;
+            }
+        }
+        // Completions are bounded by construction: at most max_inflight per
+        // connection and max_connections per listener can be outstanding.
+        let (done_tx, done_rx) = unbounded();
+        Ok(Self {
+            notify: Arc::new(WakerNotify(waker.clone())),
+            poll,
+            waker,
+            listeners,
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
+            done_tx,
+            done_rx,
+            stalled: VecDeque::new(),
+            inflight_bytes: 0,
+            pool: Vec::new(),
+            ids: AckIds::new(),
+            metrics,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            drain_deadline: None,
+            dirty: Vec::new(),
+            chunk: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+        })
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { flag: self.shutdown.clone(), waker: self.waker.clone() }
+    }
+
+    /// Runs until a shutdown was requested and in-flight work finished.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        loop {
+            let timeout = if self.drain_deadline.is_some() { Duration::from_millis(50) } else { Duration::from_secs(1) };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    Token(t) if t < CONN_BASE => self.accept_all(t),
+                    Token(t) => self.dirty.push(t - CONN_BASE),
+                }
+            }
+            let blocked_before = self.globally_blocked();
+            self.handle_completions();
+            self.retry_stalled();
+            if blocked_before && !self.globally_blocked() {
+                self.dirty.extend(self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(i, _)| i));
+            }
+            self.drive_dirty();
+            if self.shutdown.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
+                self.begin_drain();
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                self.sweep_timeouts();
+                last_sweep = Instant::now();
+            }
+            if self.drain_finished() {
+                tracing::info!("shutdown complete");
+                return Ok(());
+            }
+        }
+    }
+
+    fn globally_blocked(&self) -> bool {
+        !self.stalled.is_empty() || self.inflight_bytes >= INFLIGHT_BYTES_MAX
+    }
+
+    fn accept_all(&mut self, l: usize) {
+        loop {
+            let Some(socket) = &self.listeners[l].socket else { return };
+            match socket.accept() {
+                Ok((stream, peer)) => self.admit(l, stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(listener = %self.listeners[l].config.name, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, l: usize, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        let listener = &mut self.listeners[l];
+        if listener.active >= listener.config.max_connections {
+            Metrics::inc(&self.metrics.connections_refused);
+            tracing::warn!(listener = %listener.config.name, %peer, max_connections = listener.config.max_connections, "connection refused: listener at max_connections");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE) {
+            tracing::error!(%peer, error = %e, "cannot register connection");
+            self.free.push(slot);
+            return;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        listener.active += 1;
+        Metrics::inc(&self.metrics.connections_accepted);
+        tracing::debug!(listener = %listener.config.name, %peer, "connection accepted");
+        self.conns[slot] = Some(Conn::new(stream, peer, l, self.next_generation, listener.config.max_frame_bytes));
+        self.dirty.push(slot);
+    }
+
+    fn drive_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &slot in &dirty {
+            self.drive(slot);
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    /// Brings one connection up to date: frames, reads, writes, interest, close.
+    fn drive(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else { return };
+        let alive = self.pump(slot, &mut conn);
+        let done = !alive || (conn.state != ConnState::Open && conn.inflight == 0 && conn.is_quiet());
+        if done {
+            self.close(slot, conn);
+            return;
+        }
+        let want_write = conn.pending_write() > 0;
+        if want_write != conn.writable_registered {
+            let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if self.poll.registry().reregister(&mut conn.stream, Token(CONN_BASE + slot), interest).is_err() {
+                self.close(slot, conn);
+                return;
+            }
+            conn.writable_registered = want_write;
+        }
+        self.conns[slot] = Some(conn);
+    }
+
+    /// Processes buffered frames, reads while wanted, flushes. False if the socket failed.
+    fn pump(&mut self, slot: usize, conn: &mut Conn) -> bool {
+        loop {
+            self.take_frames(slot, conn);
+            if !self.wants_read(conn) {
+                break;
+            }
+            match conn.stream.read(&mut self.chunk) {
+                Ok(0) => {
+                    conn.state = ConnState::PeerClosed;
+                    break;
+                }
+                Ok(n) => {
+                    Metrics::add(&self.metrics.bytes_received, n as u64);
+                    conn.rbuf.extend_from_slice(&self.chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection read failed");
+                    return false;
+                }
+            }
+        }
+        conn.flush().is_ok()
+    }
+
+    fn wants_read(&self, conn: &Conn) -> bool {
+        let max_inflight = self.listeners[conn.listener].config.max_inflight;
+        conn.accepts_frames(max_inflight) && !self.globally_blocked() && self.drain_deadline.is_none()
+    }
+
+    /// Decodes and handles complete frames while the connection may take them.
+    fn take_frames(&mut self, slot: usize, conn: &mut Conn) {
+        while self.wants_read(conn) {
+            match conn.decoder.decode(&conn.rbuf) {
+                Decoded::Frame(range) => self.on_frame(slot, conn, range),
+                Decoded::Junk { bytes } => {
+                    Metrics::inc(&self.metrics.junk_events);
+                    Metrics::add(&self.metrics.junk_bytes, bytes as u64);
+                    tracing::info!(peer = %conn.peer, bytes, "discarded bytes outside MLLP frames");
+                }
+                Decoded::NeedMore => break,
+                Decoded::Invalid(FrameError::TooLarge { limit_bytes, prefix }) => self.on_too_large(conn, prefix, limit_bytes),
+                Decoded::Invalid(e) => {
+                    Metrics::inc(&self.metrics.connections_closed_protocol);
+                    tracing::warn!(peer = %conn.peer, error = %e, "closing connection");
+                    conn.state = ConnState::Closing;
+                    break;
+                }
+            }
+        }
+        conn.decoder.compact(&mut conn.rbuf);
+        conn.frame_started = if conn.rbuf.is_empty() { None } else { conn.frame_started.or(Some(Instant::now())) };
+    }
+
+    fn on_frame(&mut self, slot: usize, conn: &mut Conn, range: Range<usize>) {
+        Metrics::inc(&self.metrics.frames_received);
+        conn.last_read = Instant::now();
+        let msg = &conn.rbuf[range];
+        let listener = &self.listeners[conn.listener];
+        if let Some(reason) = listener.appender.failure() {
+            Metrics::inc(&self.metrics.messages_storage_failed);
+            tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), %reason, "message refused: storage failed");
+            let header = parse_header(msg).ok();
+            let err = ingest::storage_error(&AppendError::Failed(reason));
+            let ids = &mut self.ids;
+            push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(header.as_ref(), AckKind::Error, Some(&err), ids, out));
+            return;
+        }
+        match ingest::check_frame(msg, &listener.config) {
+            Err(rej) => {
+                Metrics::inc(&self.metrics.messages_rejected);
+                tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), reason = %rej.reason, "message rejected");
+                let header = parse_header(msg).ok();
+                let ids = &mut self.ids;
+                push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(header.as_ref(), AckKind::Reject, Some(&rej.error), ids, out));
+            }
+            Ok(header) => {
+                let meta = ingest::record_meta(&header, &listener.config, &conn.peer, now_ms());
+                let mut payload = self.pool.pop().unwrap_or_default();
+                payload.clear();
+                payload.extend_from_slice(msg);
+                self.inflight_bytes += payload.len();
+                let tag = (slot as u64) << 32 | u64::from(conn.generation);
+                let req = AppendRequest { payload, meta, tag, reply: self.done_tx.clone(), notify: Some(self.notify.clone()) };
+                conn.acks.push_back(AckSlot::Waiting);
+                conn.inflight += 1;
+                self.submit(conn.listener, req);
+            }
+        }
+    }
+
+    fn submit(&mut self, listener: usize, req: AppendRequest) {
+        if !self.stalled.is_empty() {
+            self.stalled.push_back((listener, req));
+            return;
+        }
+        match self.listeners[listener].appender.try_submit(req) {
+            Ok(()) => {}
+            Err(TrySubmitError::Full(req)) => self.stalled.push_back((listener, req)),
+            Err(TrySubmitError::Closed(req)) => self.complete_locally(req, AppendError::Closed),
+        }
+    }
+
+    fn retry_stalled(&mut self) {
+        while let Some((l, req)) = self.stalled.pop_front() {
+            match self.listeners[l].appender.try_submit(req) {
+                Ok(()) => {}
+                Err(TrySubmitError::Full(req)) => {
+                    self.stalled.push_front((l, req));
+                    return;
+                }
+                Err(TrySubmitError::Closed(req)) => self.complete_locally(req, AppendError::Closed),
+            }
+        }
+    }
+
+    fn complete_locally(&mut self, req: AppendRequest, e: AppendError) {
+        let done = AppendDone { tag: req.tag, result: Err(e), payload: req.payload };
+        let _ = self.done_tx.send(done);
+    }
+
+    fn on_too_large(&mut self, conn: &mut Conn, prefix: Range<usize>, limit_bytes: usize) {
+        Metrics::inc(&self.metrics.frames_too_large);
+        let head = &conn.rbuf[prefix];
+        match parse_header(head) {
+            Ok(h) => {
+                tracing::warn!(peer = %conn.peer, control_id = %String::from_utf8_lossy(h.control_id()), limit_bytes, "frame over max_frame_bytes refused");
+                let err = ingest::too_large_error();
+                let ids = &mut self.ids;
+                push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(Some(&h), AckKind::Reject, Some(&err), ids, out));
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.connections_closed_protocol);
+                tracing::warn!(peer = %conn.peer, limit_bytes, "frame over max_frame_bytes with unreadable header; closing connection");
+                conn.state = ConnState::Closing;
+            }
+        }
+    }
+
+    fn handle_completions(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.inflight_bytes -= done.payload.len();
+            let slot = (done.tag >> 32) as usize;
+            let generation = done.tag as u32;
+            match &done.result {
+                Ok(_) => Metrics::inc(&self.metrics.messages_accepted),
+                Err(e) => {
+                    Metrics::inc(&self.metrics.messages_storage_failed);
+                    tracing::warn!(control_id = %ingest::control_id_text(&done.payload), error = %e, "message not stored");
+                }
+            }
+            if let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut).filter(|c| c.generation == generation) {
+                conn.inflight -= 1;
+                let ids = &mut self.ids;
+                conn.fill_oldest_waiting(|out| ingest::write_completion_ack(&done.payload, &done.result, ids, out));
+                self.dirty.push(slot);
+            }
+            let mut payload = done.payload;
+            if payload.capacity() <= POOL_BUFFER_BYTES_MAX && self.pool.len() < POOL_BUFFERS_MAX {
+                payload.clear();
+                self.pool.push(payload);
+            }
+        }
+    }
+
+    fn sweep_timeouts(&mut self) {
+        for slot in 0..self.conns.len() {
+            let Some(conn) = &self.conns[slot] else { continue };
+            let cfg = &self.listeners[conn.listener].config;
+            let idle = conn.inflight == 0 && conn.is_quiet() && conn.last_read.elapsed() > Duration::from_secs(cfg.idle_timeout_s);
+            let slow = conn.inflight == 0 && conn.frame_started.is_some_and(|t| t.elapsed() > Duration::from_secs(cfg.frame_timeout_s));
+            if !(idle || slow) {
+                continue;
+            }
+            let (counter, what) = if slow {
+                (&self.metrics.connections_closed_slow, "partial frame older than frame_timeout_s")
+            } else {
+                (&self.metrics.connections_closed_idle, "no message for idle_timeout_s")
+            };
+            Metrics::inc(counter);
+            tracing::info!(listener = %cfg.name, peer = %conn.peer, reason = what, "closing connection");
+            if let Some(conn) = self.conns[slot].take() {
+                self.close(slot, conn);
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize, mut conn: Conn) {
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.listeners[conn.listener].active -= 1;
+        self.free.push(slot);
+        tracing::debug!(peer = %conn.peer, "connection closed");
+    }
+
+    fn begin_drain(&mut self) {
+        tracing::info!("shutdown requested: no new connections; finishing in-flight appends and ACKs");
+        for l in &mut self.listeners {
+            if let Some(mut s) = l.socket.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+        }
+        self.drain_deadline = Some(Instant::now() + Duration::from_secs(SHUTDOWN_GRACE_S));
+    }
+
+    fn drain_finished(&self) -> bool {
+        let Some(deadline) = self.drain_deadline else { return false };
+        let busy = !self.stalled.is_empty() || self.conns.iter().flatten().any(|c| c.inflight > 0 || c.pending_write() > 0);
+        if busy && Instant::now() >= deadline {
+            tracing::warn!("shutdown grace period over with work still pending; unanswered messages were not acknowledged and will be resent by their senders");
+            return true;
+        }
+        !busy
+    }
+}

@@ -1,0 +1,104 @@
+//! The MLLP server: opens each queue's log, binds the listeners, and runs
+//! the event loop until SIGTERM/SIGINT (or a [`ShutdownHandle`]).
+//!
+//! Architecture Invariant: a positive ACK (AA/CA) is written only from an
+//! append completion whose result is `Ok`, which the WAL sends only after
+//! the record's `fdatasync` returned.
+mod conn;
+mod event_loop;
+pub mod ingest;
+
+pub use event_loop::ShutdownHandle;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::wal::{Log, WalError};
+use event_loop::{EventLoop, ListenerSlot};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("data dir {dir}: {source}")]
+    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("data dir {dir} is in use by another Orderly process (lock file {lock}); stop it or choose another data_dir")]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("listener `{name}`: cannot listen on {addr}: {source}; change `listen` or stop the other process")]
+    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    #[error("queue `{queue}`: {source}")]
+    Wal { queue: String, source: WalError },
+    #[error("event loop: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started broker: logs open, sockets bound, not yet serving.
+pub struct Server {
+    logs: BTreeMap<String, Log>,
+    event_loop: EventLoop,
+    metrics: Arc<Metrics>,
+    bound: Vec<(String, SocketAddr, String)>,
+    _lock: File,
+}
+
+impl Server {
+    pub fn start(config: &Config) -> Result<Server, ServeError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let mut logs = BTreeMap::new();
+        for queue in config.queues() {
+            let log = Log::open(config.queue_dir(&queue), config.wal.clone()).map_err(|source| ServeError::Wal { queue: queue.clone(), source })?;
+            logs.insert(queue, log);
+        }
+        let mut slots = Vec::new();
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let socket = mio::net::TcpListener::bind(l.listen).map_err(|source| ServeError::Bind { name: l.name.clone(), addr: l.listen, source })?;
+            let addr = socket.local_addr()?;
+            bound.push((l.name.clone(), addr, l.queue.clone()));
+            let appender = logs.get(&l.queue).expect("a log per configured queue").appender();
+            slots.push(ListenerSlot { config: l.clone(), socket: Some(socket), appender, active: 0 });
+        }
+        let metrics = Arc::new(Metrics::default());
+        let event_loop = EventLoop::new(slots, metrics.clone())?;
+        Ok(Server { logs, event_loop, metrics, bound, _lock: lock })
+    }
+
+    /// `(listener name, bound address, queue)` for every listener.
+    pub fn bound(&self) -> &[(String, SocketAddr, String)] {
+        &self.bound
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.event_loop.shutdown_handle()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until shut down, then closes every log (final checkpoint).
+    pub fn run(mut self) -> Result<(), ServeError> {
+        self.event_loop.run()?;
+        drop(self.event_loop);
+        for (queue, log) in std::mem::take(&mut self.logs) {
+            log.close().map_err(|source| ServeError::Wal { queue, source })?;
+        }
+        tracing::info!(metrics = %self.metrics.summary(), "stopped");
+        Ok(())
+    }
+}
+
+/// One broker per data dir: two writers on one log would corrupt it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<File, ServeError> {
+    std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir { dir: dir.to_path_buf(), source })?;
+    let lock = dir.join("orderly.lock");
+    let file = File::options().create(true).truncate(false).write(true).open(&lock).map_err(|source| ServeError::DataDir { dir: dir.to_path_buf(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Locked { dir: dir.to_path_buf(), lock }),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServeError::DataDir { dir: dir.to_path_buf(), source }),
+    }
+}
