@@ -1,0 +1,183 @@
+//! orderly-load: an MLLP load generator that checks every ACK.
+//!
+//! N connections, each lockstep (window 1) or pipelined (window W), sending
+//! HL7 ORU^R01 messages of a chosen size for a count or a duration. Prints
+//! messages/s and ACK latency percentiles, and counts every ACK that is not
+//! positive or whose MSA-2 is not the control id just sent.
+//!
+//!   orderly-load --to 127.0.0.1:2575 --connections 32 --window 1 --size 1500 --duration-s 10
+use clap::Parser;
+use orderly::hl7::ack::parse_ack;
+use orderly::mllp::{encode_frame, Decoded, FrameDecoder};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Clone)]
+#[command(name = "orderly-load", about = "MLLP load generator with ACK checking")]
+struct Args {
+    /// Server address.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Messages in flight per connection (1 = lockstep).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 1500)]
+    size: usize,
+    /// Messages per connection (overrides --duration-s).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seconds to run when no --count is given.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Extra idle connections to open and hold during the run (memory tests).
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for any single ACK before giving up.
+    #[arg(long, default_value_t = 30)]
+    ack_timeout_s: u64,
+}
+
+#[derive(Default)]
+struct ConnResult {
+    sent: u64,
+    positive: u64,
+    negative: u64,
+    mismatched: u64,
+    latencies_us: Vec<u32>,
+    error: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.window == 0 || args.connections == 0 || args.size < 200 {
+        eprintln!("orderly-load: --window and --connections must be >= 1 and --size >= 200");
+        return ExitCode::from(2);
+    }
+    let idle: Vec<TcpStream> = (0..args.idle).filter_map(|_| TcpStream::connect(args.to).ok()).collect();
+    if idle.len() < args.idle {
+        eprintln!("orderly-load: opened only {} of {} idle connections", idle.len(), args.idle);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..args.connections)
+        .map(|c| {
+            let a = args.clone();
+            std::thread::spawn(move || run_connection(&a, c, deadline))
+        })
+        .collect();
+    let results: Vec<ConnResult> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| ConnResult { error: Some("thread panicked".into()), ..Default::default() })).collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(idle);
+    report(&args, &results, elapsed)
+}
+
+fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
+    let sum = |f: fn(&ConnResult) -> u64| results.iter().map(f).sum::<u64>();
+    let (positive, negative, mismatched) = (sum(|r| r.positive), sum(|r| r.negative), sum(|r| r.mismatched));
+    let mut lat: Vec<u32> = results.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| if lat.is_empty() { 0 } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+    let rate = positive as f64 / elapsed;
+    let errors: Vec<&str> = results.iter().filter_map(|r| r.error.as_deref()).collect();
+    if args.json {
+        println!(
+            "{{\"connections\":{},\"window\":{},\"size\":{},\"seconds\":{elapsed:.3},\"acked\":{positive},\"negative\":{negative},\"mismatched\":{mismatched},\"msgs_per_s\":{rate:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{}}}",
+            args.connections, args.window, args.size, pct(0.5), pct(0.99), pct(0.999), errors.len()
+        );
+    } else {
+        println!("connections={} window={} size={}B seconds={elapsed:.2}", args.connections, args.window, args.size);
+        println!("acked={positive} negative={negative} mismatched_msa2={mismatched} errors={}", errors.len());
+        println!("throughput: {rate:.0} msgs/s");
+        println!("ack latency: p50={}us p99={}us p999={}us", pct(0.5), pct(0.99), pct(0.999));
+    }
+    for e in &errors {
+        eprintln!("orderly-load: connection error: {e}");
+    }
+    if negative == 0 && mismatched == 0 && errors.is_empty() && positive > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// An ORU^R01 of exactly `size` bytes with control id `id`.
+fn message(id: &str, size: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"MSH|^~\\&|LOADGEN|LAB|ORDERLY|HOSP|20261123090000||ORU^R01^ORU_R01|");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"|P|2.5.1\rPID|1||123456^^^HOSP^MR||DOE^JANE||19700101|F\rOBR|1||LAB1|CBC\rOBX|1|TX|NOTE||");
+    while out.len() + 1 < size {
+        out.push(b'a' + (out.len() % 26) as u8);
+    }
+    out.push(b'\r');
+}
+
+fn run_connection(args: &Args, conn: usize, deadline: Instant) -> ConnResult {
+    let mut r = ConnResult::default();
+    if let Err(e) = drive(args, conn, deadline, &mut r) {
+        r.error = Some(e);
+    }
+    r
+}
+
+fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Result<(), String> {
+    let mut stream = TcpStream::connect(args.to).map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(args.ack_timeout_s))).ok();
+    let mut inflight: std::collections::VecDeque<(String, Instant)> = Default::default();
+    let (mut msg, mut frame, mut rbuf) = (Vec::new(), Vec::new(), Vec::new());
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let more = |r: &ConnResult| match args.count {
+        Some(n) => r.sent < n,
+        None => Instant::now() < deadline,
+    };
+    loop {
+        while inflight.len() < args.window && more(r) {
+            let id = format!("L{conn}-{}", r.sent);
+            message(&id, args.size, &mut msg);
+            frame.clear();
+            encode_frame(&msg, &mut frame);
+            let sent_at = Instant::now();
+            stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
+            inflight.push_back((id, sent_at));
+            r.sent += 1;
+        }
+        let Some((id, sent_at)) = inflight.pop_front() else { return Ok(()) };
+        let ack = read_ack(&mut stream, &mut rbuf, &mut decoder)?;
+        r.latencies_us.push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        match parse_ack(&ack) {
+            Ok(a) if !a.acknowledges(id.as_bytes()) => r.mismatched += 1,
+            Ok(a) if a.code.is_positive() => r.positive += 1,
+            _ => r.negative += 1,
+        }
+    }
+}
+
+fn read_ack(stream: &mut TcpStream, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> Result<Vec<u8>, String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match decoder.decode(buf) {
+            Decoded::Frame(range) => {
+                let ack = buf[range].to_vec();
+                decoder.compact(buf);
+                return Ok(ack);
+            }
+            Decoded::Invalid(e) => return Err(format!("framing: {e}")),
+            _ => {}
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("server closed the connection".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("waiting for ACK: {e}")),
+        }
+    }
+}
