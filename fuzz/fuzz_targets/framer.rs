@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         if !drain(&mut decoder, &buf, &mut chunked) {
             break;
         }
-        if rng.next() % 2 == 0 {
+        if rng.next() & 1 == 0 {
             decoder.compact(&mut buf);
         }
     }

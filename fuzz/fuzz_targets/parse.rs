@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(out, data, "re-serialising must reproduce the input");
     let from_input = data
         .split(|&b| b == b'\r')
-        .last()
+        .next_back()
         .and_then(|tail| std::str::from_utf8(tail).ok())
         .and_then(|s| FieldPath::parse(s).ok());
     let paths = PATHS
