@@ -128,7 +128,7 @@ impl Config {
             if !names.insert(parsed.name.clone()) {
                 return Err(invalid(key("name"), format!("listener name `{}` is used twice", parsed.name)));
             }
-            if !addrs.insert(parsed.listen) {
+            if parsed.listen.port() != 0 && !addrs.insert(parsed.listen) {
                 return Err(invalid(key("listen"), format!("{} is used by two listeners", parsed.listen)));
             }
             listeners.push(parsed);

@@ -306,7 +306,7 @@ impl EventLoop {
         if let Some(reason) = listener.appender.failure() {
             Metrics::inc(&self.metrics.messages_storage_failed);
             tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), %reason, "message refused: storage failed");
-            let header = parse_header(msg).ok();
+            let header = ingest::readable_header(msg);
             let err = ingest::storage_error(&AppendError::Failed(reason));
             let ids = &mut self.ids;
             push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(header.as_ref(), AckKind::Error, Some(&err), ids, out));
@@ -316,7 +316,7 @@ impl EventLoop {
             Err(rej) => {
                 Metrics::inc(&self.metrics.messages_rejected);
                 tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), reason = %rej.reason, "message rejected");
-                let header = parse_header(msg).ok();
+                let header = ingest::readable_header(msg);
                 let ids = &mut self.ids;
                 push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(header.as_ref(), AckKind::Reject, Some(&rej.error), ids, out));
             }

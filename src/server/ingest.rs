@@ -2,7 +2,8 @@
 //! append: validation, record metadata, ACK and NAK bytes. No sockets here.
 use crate::config::ListenerConfig;
 use crate::hl7::ack::{build_ack, AckError, AckKind, ErrorCode, Hl7Timestamp, Severity};
-use crate::hl7::{parse_header, validate, MshHeader};
+use crate::hl7::batch::is_batch;
+use crate::hl7::{parse_header, split_batch, validate, MshHeader, ValidationLevel};
 use crate::mllp::{END_BLOCK, START_BLOCK, TRAILER};
 use crate::wal::meta::{MetaBuilder, MetaKey};
 use crate::wal::AppendError;
@@ -66,7 +67,22 @@ pub fn record_meta(h: &MshHeader<'_>, listener: &ListenerConfig, peer: &SocketAd
 /// Decides what to do with a frame: `Ok(header)` to store it, or the NAK
 /// details and a reason for the log.
 pub fn check_frame<'a>(msg: &'a [u8], listener: &ListenerConfig) -> Result<MshHeader<'a>, Rejection> {
-    validate(msg, listener.validation).map_err(|e| Rejection { error: e.ack_error(), reason: e.to_string() })
+    frame_header(msg, listener.validation)
+}
+
+/// The header that speaks for a frame: its MSH, or for a batch envelope
+/// (FHS/BHS ...) the MSH of its first message. A batch is stored whole, as
+/// one record, exactly as received; its ACK answers that first MSH.
+pub fn frame_header(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>, Rejection> {
+    if is_batch(msg) {
+        let batch = split_batch(msg).map_err(|e| Rejection {
+            error: AckError { code: ErrorCode::SegmentSequenceError, severity: Severity::Error, text: "batch holds no readable message", location: None },
+            reason: e.to_string(),
+        })?;
+        let first = batch.messages.first().copied().unwrap_or_default();
+        return validate(first, level).map_err(|e| Rejection { error: e.ack_error(), reason: format!("first message of batch: {e}") });
+    }
+    validate(msg, level).map_err(|e| Rejection { error: e.ack_error(), reason: e.to_string() })
 }
 
 /// Why a frame was refused.
@@ -78,7 +94,7 @@ pub struct Rejection {
 /// The ACK for a completed append, written from the stored payload (which
 /// was validated before it was appended, so its header parses).
 pub fn write_completion_ack(payload: &[u8], result: &Result<crate::wal::Appended, AppendError>, ids: &mut AckIds, out: &mut Vec<u8>) {
-    let header = parse_header(payload).ok();
+    let header = frame_header(payload, ValidationLevel::None).ok();
     debug_assert!(header.is_some(), "only validated payloads are appended");
     match result {
         Ok(_) => write_framed_ack(header.as_ref(), AckKind::Accept, None, ids, out),
@@ -104,5 +120,10 @@ pub fn too_large_error() -> AckError<'static> {
 
 /// Printable control id for logs (never the body).
 pub fn control_id_text(msg: &[u8]) -> String {
-    parse_header(msg).map(|h| String::from_utf8_lossy(h.control_id()).into_owned()).unwrap_or_else(|_| "-".into())
+    frame_header(msg, ValidationLevel::None).map(|h| String::from_utf8_lossy(h.control_id()).into_owned()).unwrap_or_else(|_| "-".into())
+}
+
+/// The readable header of a frame, if any, for building its NAK.
+pub fn readable_header(msg: &[u8]) -> Option<MshHeader<'_>> {
+    frame_header(msg, ValidationLevel::None).ok().or_else(|| parse_header(msg).ok())
 }

@@ -12,6 +12,7 @@ pub use event_loop::ShutdownHandle;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::storage::{FsStorage, Storage};
 use crate::wal::{Log, WalError};
 use event_loop::{EventLoop, ListenerSlot};
 use std::collections::BTreeMap;
@@ -46,10 +47,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: &Config) -> Result<Server, ServeError> {
+        Self::start_with(config, Arc::new(FsStorage))
+    }
+
+    /// Starts on any [`Storage`] for the logs (tests inject faults this way;
+    /// the data-dir lock always uses the real file system).
+    pub fn start_with(config: &Config, storage: Arc<dyn Storage>) -> Result<Server, ServeError> {
         let lock = lock_data_dir(&config.data_dir)?;
         let mut logs = BTreeMap::new();
         for queue in config.queues() {
-            let log = Log::open(config.queue_dir(&queue), config.wal.clone()).map_err(|source| ServeError::Wal { queue: queue.clone(), source })?;
+            let log = Log::open_with(storage.clone(), &config.queue_dir(&queue), config.wal.clone()).map_err(|source| ServeError::Wal { queue: queue.clone(), source })?;
             logs.insert(queue, log);
         }
         let mut slots = Vec::new();

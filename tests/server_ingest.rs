@@ -1,0 +1,257 @@
+//! The real `orderly` binary on an ephemeral port: what every kind of input
+//! gets back, and that what was acknowledged is stored byte for byte.
+mod server_common;
+use orderly::hl7::ack::AckCode;
+use orderly::storage::FsStorage;
+use orderly::wal::{inspect, Offset};
+use server_common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+}
+
+/// (file, expect) pairs from MANIFEST.tsv.
+fn manifest() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(corpus_dir().join("MANIFEST.tsv")).expect("shared corpus manifest");
+    text.lines().skip(1).filter(|l| !l.trim().is_empty()).map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (f[0].to_string(), f[3].to_string())
+    }).collect()
+}
+
+/// Every stored payload of `queue`, in log order.
+fn stored(data_dir: &Path, queue: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    inspect::for_each_record(&FsStorage, &data_dir.join("queues").join(queue), Offset(0), u64::MAX, |r| out.push(r.payload.to_vec())).expect("read log");
+    out
+}
+
+#[test]
+fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut client = Client::connect(broker.addr());
+    let mut expected_stored = Vec::new();
+    let entries = manifest();
+    assert!(entries.len() >= 80, "the whole corpus is exercised");
+    for (file, expect) in &entries {
+        let bytes = std::fs::read(corpus_dir().join(file)).unwrap();
+        client.send(&bytes);
+        let ack = client.recv().unwrap_or_else(|| panic!("{file}: connection closed instead of an ACK"));
+        let (code, _) = ack_of(&ack);
+        match expect.as_str() {
+            "accept" | "batch" => {
+                assert!(code.is_positive(), "{file}: expected a positive ACK, got {}", code.as_str());
+                expected_stored.push(bytes);
+            }
+            "reject" => assert!(!code.is_positive(), "{file}: expected a negative ACK, got {}", code.as_str()),
+            "either" => {
+                if code.is_positive() {
+                    expected_stored.push(bytes);
+                }
+            }
+            other => panic!("unknown manifest expectation {other}"),
+        }
+    }
+    assert!(broker.terminate().success(), "SIGTERM exits 0");
+    let got = stored(&broker.data_dir, "lab");
+    assert_eq!(got.len(), expected_stored.len(), "exactly the accepted messages are stored");
+    for (i, (g, e)) in got.iter().zip(&expected_stored).enumerate() {
+        assert!(g == e, "record {i} differs from the bytes sent");
+    }
+}
+
+#[test]
+fn rejected_message_gets_ar_with_an_err_segment_that_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    c.send(b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20260101||ORU^R01||P|2.5\rPID|1\r");
+    let ack = c.recv().expect("NAK");
+    let text = String::from_utf8_lossy(&ack).into_owned();
+    assert!(text.contains("MSA|AR|"), "{text}");
+    assert!(text.contains("\rERR|") && text.contains("MSH-10"), "{text}");
+    c.send(b"PID|1||x\r");
+    let (code, _) = ack_of(&c.recv().expect("NAK for non-HL7"));
+    assert_eq!(code, AckCode::ApplicationReject);
+    assert_eq!(c.roundtrip(&oru("after-reject", 300)), (AckCode::ApplicationAccept, "after-reject".into()), "connection survives");
+}
+
+#[test]
+fn frames_split_at_every_byte_boundary_are_reassembled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    let mut frame = Vec::new();
+    orderly::mllp::encode_frame(&oru("split", 200), &mut frame);
+    for k in 1..frame.len() {
+        let id = format!("S{k}");
+        let mut f = Vec::new();
+        orderly::mllp::encode_frame(&oru(&id, 200), &mut f);
+        c.send_raw(&f[..k]);
+        c.send_raw(&f[k..]);
+        let (code, msa2) = ack_of(&c.recv().expect("ACK"));
+        assert!(code.is_positive() && msa2 == id, "split at {k}: {} {msa2}", code.as_str());
+    }
+    let ids: Vec<String> = inspect(&broker.data_dir, "lab").into_iter().map(|r| r.2).collect();
+    let want: Vec<String> = (1..frame.len()).map(|k| format!("S{k}")).collect();
+    assert_eq!(ids, want);
+}
+
+#[test]
+fn pipelined_frames_in_one_write_get_acks_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    let mut burst = Vec::new();
+    for i in 0..200 {
+        // A rejected message in the middle must not overtake earlier ACKs.
+        if i == 100 {
+            orderly::mllp::encode_frame(b"MSH|^~\\&|A|B|C|D|2026||ORU^R01||P|2.5\r", &mut burst);
+        }
+        orderly::mllp::encode_frame(&oru(&format!("P{i}"), 400 + i * 7), &mut burst);
+    }
+    c.send_raw(&burst);
+    for i in 0..201 {
+        let (code, msa2) = ack_of(&c.recv().expect("ACK"));
+        if i == 100 {
+            assert_eq!(code, AckCode::ApplicationReject);
+            continue;
+        }
+        let n = if i < 100 { i } else { i - 1 };
+        assert_eq!((code, msa2), (AckCode::ApplicationAccept, format!("P{n}")), "ACK {i} in arrival order");
+    }
+}
+
+#[test]
+fn real_sender_habits_junk_bom_and_missing_trailing_cr_all_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    // Junk before a frame, no CR after 0x1C, junk between frames, a BOM before MSH.
+    let mut bytes = b"\r\n  \r\n".to_vec();
+    bytes.push(0x0b);
+    bytes.extend_from_slice(&oru("J1", 150));
+    bytes.push(0x1c);
+    bytes.extend_from_slice(b"\n\n garbage \r");
+    bytes.push(0x0b);
+    bytes.extend_from_slice(b"\xef\xbb\xbf");
+    bytes.extend_from_slice(&oru("J2", 150));
+    bytes.extend_from_slice(&[0x1c, 0x0d]);
+    c.send_raw(&bytes);
+    assert_eq!(ack_of(&c.recv().unwrap()), (AckCode::ApplicationAccept, "J1".into()));
+    assert_eq!(ack_of(&c.recv().unwrap()), (AckCode::ApplicationAccept, "J2".into()));
+    assert_eq!(c.roundtrip(&oru("J3", 100)), (AckCode::ApplicationAccept, "J3".into()));
+    drop(c);
+    let stored = stored(&broker.data_dir, "lab");
+    assert!(stored[1].starts_with(b"\xef\xbb\xbfMSH"), "BOM kept: payload stored exactly");
+}
+
+#[test]
+fn oversized_frame_gets_a_nak_when_its_header_is_readable_else_the_connection_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "max_frame_bytes = 4096")]));
+    let mut c = Client::connect(broker.addr());
+    let (code, msa2) = c.roundtrip(&oru("BIG", 20_000));
+    assert_eq!((code, msa2.as_str()), (AckCode::ApplicationReject, "BIG"));
+    assert_eq!(c.roundtrip(&oru("SMALL", 1000)), (AckCode::ApplicationAccept, "SMALL".into()), "connection continues");
+    let mut junk = vec![0x0b];
+    junk.extend(std::iter::repeat_n(b'z', 20_000));
+    c.send_raw(&junk);
+    assert!(c.is_closed_by_server(), "unreadable oversized frame closes the connection");
+    let ids: Vec<String> = inspect(&broker.data_dir, "lab").into_iter().map(|r| r.2).collect();
+    assert_eq!(ids, vec!["SMALL".to_string()]);
+}
+
+#[test]
+fn idle_and_slow_drip_peers_are_closed_after_their_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "idle_timeout_s = 1\nframe_timeout_s = 1")]));
+    let mut idle = Client::connect(broker.addr());
+    let mut slow = Client::connect(broker.addr());
+    slow.send_raw(b"\x0bMSH|^~\\&|A|B|C|D|2026||ORU^R01|X|P|2.5\r");
+    let t = std::time::Instant::now();
+    assert!(idle.is_closed_by_server());
+    assert!(slow.is_closed_by_server());
+    assert!(t.elapsed() < std::time::Duration::from_secs(20));
+    let fresh = Client::connect(broker.addr()).roundtrip(&oru("after", 100));
+    assert_eq!(fresh, (AckCode::ApplicationAccept, "after".into()), "the broker keeps serving");
+}
+
+#[test]
+fn connections_over_max_are_refused_and_existing_ones_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "max_connections = 2")]));
+    let mut a = Client::connect(broker.addr());
+    let mut b = Client::connect(broker.addr());
+    assert!(a.roundtrip(&oru("A1", 100)).0.is_positive());
+    assert!(b.roundtrip(&oru("B1", 100)).0.is_positive());
+    let mut c = Client::connect(broker.addr());
+    assert!(c.is_closed_by_server(), "third connection refused");
+    assert!(a.roundtrip(&oru("A2", 100)).0.is_positive());
+    drop(b);
+    // A slot frees up once the broker sees the close: retry until it does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut d = Client::connect(broker.addr());
+        d.send(&oru("D1", 100));
+        if let Some(ack) = d.recv() {
+            assert!(ack_of(&ack).0.is_positive());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+    }
+}
+
+#[test]
+fn several_listeners_feed_one_queue_and_separate_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab1", "lab", ""), ("lab2", "lab", ""), ("adt", "adt", "")]));
+    assert!(Client::connect(broker.addr_of("lab1")).roundtrip(&oru("L1", 100)).0.is_positive());
+    assert!(Client::connect(broker.addr_of("lab2")).roundtrip(&oru("L2", 100)).0.is_positive());
+    assert!(Client::connect(broker.addr_of("adt")).roundtrip(&oru("A1", 100)).0.is_positive());
+    let lab: Vec<String> = inspect(&broker.data_dir, "lab").into_iter().map(|r| r.2).collect();
+    let adt: Vec<String> = inspect(&broker.data_dir, "adt").into_iter().map(|r| r.2).collect();
+    assert_eq!((lab, adt), (vec!["L1".to_string(), "L2".to_string()], vec!["A1".to_string()]));
+}
+
+#[test]
+fn config_errors_name_file_key_and_reason_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[listener]]\nname = \"lab\"\nlisten = \"not-an-address\"\nqueue = \"lab\"\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("listener[0].listen") && err.contains("not-an-address"), "{err}");
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &[("lab", "lab", "")]);
+    let _first = Broker::start(&config);
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another Orderly process"));
+}
+
+#[test]
+fn send_command_prints_each_ack_and_fails_on_a_negative_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let good = corpus_dir().join("adt_a01_v25_crlf_rethink_01_lf.hl7");
+    let bad = corpus_dir().join("reject_no_msh10_cdc_01.hl7");
+    let ok = Command::new(BIN).args(["send", "--to", &broker.addr().to_string()]).arg(&good).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(": AA MSG006"));
+    let mixed = Command::new(BIN).args(["send", "--to", &broker.addr().to_string()]).arg(&good).arg(&bad).output().unwrap();
+    assert_eq!(mixed.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&mixed.stdout);
+    assert!(out.lines().nth(1).is_some_and(|l| (l.contains(": AR ") || l.contains(": CR ")) && l.contains("MSH-10")), "{out}");
+    // LF segment ends were normalised to CR before sending.
+    let stored = stored(&broker.data_dir, "lab");
+    assert!(!stored[0].contains(&b'\n'));
+}
