@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# End-to-end ingest benchmarks, all in one run on this machine:
+#   fio 1500 B + fdatasync baseline, Orderly at 1 and 32 lockstep connections,
+#   the non-durable orderly-ackd at 1 and 32, RSS with 1,000 idle connections
+#   and after 1 M messages. Each load figure is the median of $RUNS runs.
+#   usage: tools/bench-ingest.sh [seconds-per-run] [runs]   (needs fio)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+RUNS=${2:-3}
+ulimit -n 8192
+cargo build --release --bins >&2
+bin=target/release
+work=target/bench-ingest
+rm -rf "$work" && mkdir -p "$work"
+cat > "$work/orderly.toml" <<TOML
+data_dir = "$work/data"
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:0"
+queue = "bench"
+max_connections = 2048
+TOML
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+"$bin/orderly" serve --config "$work/orderly.toml" > "$work/orderly.out" 2> "$work/orderly.err" &
+opid=$!; pids+=($opid)
+"$bin/orderly-ackd" --listen 127.0.0.1:0 > "$work/ackd.out" &
+pids+=($!)
+for _ in $(seq 100); do grep -q ready "$work/orderly.out" 2>/dev/null && grep -q listening "$work/ackd.out" 2>/dev/null && break; sleep 0.1; done
+oaddr=$(sed -n 's/^orderly: listener bench on \([^ ]*\).*/\1/p' "$work/orderly.out")
+aaddr=$(sed -n 's/^orderly-ackd: listening on //p' "$work/ackd.out")
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+load() { "$bin/orderly-load" --to "$1" --connections "$2" --duration-s "$secs" --json; }
+median_run() { # addr conns -> median JSON line by msgs_per_s
+  for _ in $(seq "$RUNS"); do load "$1" "$2"; done | python3 -c '
+import sys, json
+rows = sorted((json.loads(l) for l in sys.stdin), key=lambda r: r["msgs_per_s"])
+print(json.dumps(rows[len(rows)//2]))'
+}
+fio_iops() {
+  mkdir -p "$work/fio"
+  fio --name=b --directory="$work/fio" --rw=write --bs=1500 --fdatasync=1 --ioengine=sync \
+      --size=256m --runtime="$secs" --time_based --output-format=json 2>/dev/null |
+    python3 -c 'import sys,json; print(json.load(sys.stdin)["jobs"][0]["write"]["iops"])'
+}
+
+echo "running (each figure: median of $RUNS x ${secs}s) ..." >&2
+fio1=$(for _ in $(seq "$RUNS"); do fio_iops; done | sort -n | sed -n "$(( (RUNS+1)/2 ))p")
+o1=$(median_run "$oaddr" 1)
+o32=$(median_run "$oaddr" 32)
+a1=$(median_run "$aaddr" 1)
+a32=$(median_run "$aaddr" 32)
+
+# Memory: 1,000 idle connections held during a short run, then 1 M messages.
+"$bin/orderly-load" --to "$oaddr" --connections 1 --idle 1000 --duration-s 4 --json > "$work/idle.json" &
+lp=$!
+for _ in $(seq 40); do sleep 0.1; done
+rss_idle=$(rss_kb "$opid")
+wait $lp
+rss_before=$(rss_kb "$opid")
+"$bin/orderly-load" --to "$oaddr" --connections 32 --count 31250 --json > "$work/million.json"
+rss_after=$(rss_kb "$opid")
+
+python3 - "$fio1" "$o1" "$o32" "$a1" "$a32" "$rss_idle" "$rss_before" "$rss_after" "$work/million.json" <<'PY'
+import sys, json
+fio1 = float(sys.argv[1]); o1, o32, a1, a32 = (json.loads(x) for x in sys.argv[2:6])
+rss_idle, rss_before, rss_after = (int(x) for x in sys.argv[6:9])
+million = json.load(open(sys.argv[9]))
+print(f"fio bs=1500 fdatasync=1:         {fio1:9.0f} writes/s")
+for name, r in [("orderly 1 conn lockstep", o1), ("orderly 32 conn lockstep", o32), ("ackd (non-durable) 1 conn", a1), ("ackd (non-durable) 32 conn", a32)]:
+    print(f"{name:32s} {r['msgs_per_s']:9.0f} msgs/s  p50={r['p50_us']}us p99={r['p99_us']}us p999={r['p999_us']}us  negative={r['negative']} mismatched={r['mismatched']}")
+print(f"ratio 1 conn vs fio:              {o1['msgs_per_s']/fio1:.2f}  (target >= 0.85)")
+print(f"ratio 32 conn vs ackd 32:         {o32['msgs_per_s']/a32['msgs_per_s']:.2f}  (target >= 0.8)")
+print(f"RSS with 1,000 idle connections:  {rss_idle/1024:.1f} MiB")
+print(f"RSS before / after 1 M messages:  {rss_before/1024:.1f} / {rss_after/1024:.1f} MiB  ({million['acked']} acked at {million['msgs_per_s']:.0f} msgs/s)")
+PY
