@@ -4,7 +4,7 @@
 //! The keys under `[[listener]]` and `data_dir` are a contract with
 //! operators' scripts: extend, never rename.
 use crate::constants::*;
-use crate::hl7::ValidationLevel;
+use crate::hl7::{FieldPath, ValidationLevel};
 use crate::wal::{FsyncMode, LogConfig, RetentionPolicy};
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -29,6 +29,73 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub wal: LogConfig,
     pub retention: RetentionPolicy,
+    pub destinations: Vec<DestinationConfig>,
+}
+
+/// How a destination orders deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ordering {
+    /// One lane: every message in log order.
+    Strict,
+    /// `lanes` lanes; a message goes to lane `hash(key) % lanes` (lane 0 without a key),
+    /// so order holds per key and one stuck key stops only its lane.
+    Partitioned { key: FieldPath, lanes: u16 },
+}
+
+/// What to do with a message a destination will not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Keep the lane's head in place; deliver nothing behind it until an operator acts.
+    Block,
+    /// Write a durable dead-letter record with full context and move on.
+    DeadLetter,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FilterConfig {
+    /// `TYPE^TRIGGER` (or `TYPE`); empty = all.
+    pub message_types: Vec<String>,
+    /// MSH-4 (its first component, or whole); empty = all.
+    pub sending_facilities: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DestinationConfig {
+    pub name: String,
+    pub queue: String,
+    pub connect: String,
+    pub ordering: Ordering,
+    pub ack_timeout_ms: u64,
+    pub on_reject: FailurePolicy,
+    pub on_exhausted: FailurePolicy,
+    pub rate_limit_per_s: u32,
+    pub filter: FilterConfig,
+    pub retry: RetryConfig,
+    pub circuit_breaker: BreakerConfig,
+}
+
+impl DestinationConfig {
+    pub fn lanes(&self) -> u16 {
+        match &self.ordering {
+            Ordering::Strict => 1,
+            Ordering::Partitioned { lanes, .. } => *lanes,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +134,52 @@ struct RawConfig {
     listener: Vec<RawListener>,
     wal: Option<RawWal>,
     retention: Option<RawRetention>,
+    #[serde(default)]
+    destination: Vec<RawDestination>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    name: String,
+    queue: String,
+    connect: String,
+    ordering: Option<String>,
+    partition_key: Option<String>,
+    lanes: Option<u16>,
+    ack_timeout_ms: Option<u64>,
+    on_reject: Option<String>,
+    on_exhausted: Option<String>,
+    rate_limit_per_s: Option<u32>,
+    filter: Option<RawFilter>,
+    retry: Option<RawRetry>,
+    circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    #[serde(default)]
+    message_types: Vec<String>,
+    #[serde(default)]
+    sending_facilities: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    multiplier: Option<f64>,
+    jitter: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failure_threshold: Option<u32>,
+    open_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -142,7 +255,17 @@ impl Config {
         if data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir".into(), "must not be empty".into()));
         }
-        Ok(Config { source: file.into(), data_dir, listeners, wal, retention })
+        let mut destinations = Vec::new();
+        let mut dest_names = BTreeSet::new();
+        for (i, d) in raw.destination.into_iter().enumerate() {
+            let key = |k: &str| format!("destination[{i}].{k}");
+            let parsed = destination(d, &key).map_err(|(k, r)| invalid(k, r))?;
+            if !dest_names.insert(parsed.name.clone()) {
+                return Err(invalid(key("name"), format!("destination name `{}` is used twice", parsed.name)));
+            }
+            destinations.push(parsed);
+        }
+        Ok(Config { source: file.into(), data_dir, listeners, wal, retention, destinations })
     }
 
     /// The directory of a queue's log.
@@ -150,10 +273,12 @@ impl Config {
         queue_dir(&self.data_dir, queue)
     }
 
-    /// Distinct queue names, in listener order.
+    /// Distinct queue names: those listeners feed, then those destinations read.
     pub fn queues(&self) -> Vec<String> {
         let mut seen = BTreeSet::new();
-        self.listeners.iter().filter(|l| seen.insert(l.queue.clone())).map(|l| l.queue.clone()).collect()
+        let fed = self.listeners.iter().map(|l| l.queue.clone());
+        let read = self.destinations.iter().map(|d| d.queue.clone());
+        fed.chain(read).filter(|q| seen.insert(q.clone())).collect()
     }
 }
 
@@ -202,6 +327,77 @@ fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!("`{name}` must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'"))
     }
+}
+
+fn destination(d: RawDestination, key: &dyn Fn(&str) -> String) -> Result<DestinationConfig, KeyError> {
+    check_name(&d.name).map_err(|r| (key("name"), r))?;
+    check_name(&d.queue).map_err(|r| (key("queue"), r))?;
+    if d.connect.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).and_then(|p| p.parse::<u16>().ok()).is_none() {
+        return Err((key("connect"), format!("`{}` is not HOST:PORT", d.connect)));
+    }
+    let ordering = match (d.ordering.as_deref().unwrap_or("strict"), d.partition_key, d.lanes) {
+        ("strict", None, None | Some(1)) => Ordering::Strict,
+        ("strict", Some(_), _) => return Err((key("partition_key"), "only applies to ordering = \"partitioned\"".into())),
+        ("strict", None, Some(_)) => return Err((key("lanes"), "only applies to ordering = \"partitioned\"".into())),
+        ("partitioned", None, _) => return Err((key("partition_key"), "is required for ordering = \"partitioned\" (e.g. \"PID-3.1\")".into())),
+        ("partitioned", Some(k), lanes) => {
+            let path = FieldPath::parse(&k).map_err(|e| (key("partition_key"), format!("`{k}`: {e}")))?;
+            let lanes = lanes.unwrap_or(DESTINATION_LANES_DEFAULT);
+            if !(1..=DESTINATION_LANES_MAX).contains(&lanes) {
+                return Err((key("lanes"), format!("must be between 1 and {DESTINATION_LANES_MAX}")));
+            }
+            Ordering::Partitioned { key: path, lanes }
+        }
+        (other, _, _) => return Err((key("ordering"), format!("`{other}` is not one of \"strict\", \"partitioned\""))),
+    };
+    let policy = |k: &str, v: Option<String>, default: FailurePolicy| match v.as_deref() {
+        None => Ok(default),
+        Some("block") => Ok(FailurePolicy::Block),
+        Some("dead-letter") => Ok(FailurePolicy::DeadLetter),
+        Some(other) => Err((key(k), format!("`{other}` is not one of \"block\", \"dead-letter\""))),
+    };
+    let on_reject = policy("on_reject", d.on_reject, FailurePolicy::DeadLetter)?;
+    let on_exhausted = policy("on_exhausted", d.on_exhausted, FailurePolicy::Block)?;
+    let ack_timeout_ms = d.ack_timeout_ms.unwrap_or(30_000);
+    if !(10..=600_000).contains(&ack_timeout_ms) {
+        return Err((key("ack_timeout_ms"), "must be between 10 and 600000".into()));
+    }
+    let r = d.retry.unwrap_or_default();
+    let retry = RetryConfig {
+        max_attempts: r.max_attempts.unwrap_or(10),
+        initial_backoff_ms: r.initial_backoff_ms.unwrap_or(200),
+        max_backoff_ms: r.max_backoff_ms.unwrap_or(60_000),
+        multiplier: r.multiplier.unwrap_or(2.0),
+        jitter: r.jitter.unwrap_or(0.2),
+    };
+    if !(1..=RETRY_ATTEMPTS_MAX).contains(&retry.max_attempts) {
+        return Err((key("retry.max_attempts"), format!("must be between 1 and {RETRY_ATTEMPTS_MAX}")));
+    }
+    if retry.initial_backoff_ms == 0 || retry.max_backoff_ms < retry.initial_backoff_ms || retry.max_backoff_ms > 3_600_000 {
+        return Err((key("retry.max_backoff_ms"), "need 0 < initial_backoff_ms <= max_backoff_ms <= 3600000".into()));
+    }
+    if !(1.0..=10.0).contains(&retry.multiplier) || !(0.0..=1.0).contains(&retry.jitter) {
+        return Err((key("retry.multiplier"), "multiplier must be within 1..10 and jitter within 0..1".into()));
+    }
+    let b = d.circuit_breaker.unwrap_or_default();
+    let circuit_breaker = BreakerConfig { failure_threshold: b.failure_threshold.unwrap_or(5), open_ms: b.open_ms.unwrap_or(30_000) };
+    if circuit_breaker.failure_threshold == 0 || circuit_breaker.open_ms == 0 {
+        return Err((key("circuit_breaker.failure_threshold"), "failure_threshold and open_ms must be positive".into()));
+    }
+    let f = d.filter.unwrap_or_default();
+    Ok(DestinationConfig {
+        name: d.name,
+        queue: d.queue,
+        connect: d.connect,
+        ordering,
+        ack_timeout_ms,
+        on_reject,
+        on_exhausted,
+        rate_limit_per_s: d.rate_limit_per_s.unwrap_or(0),
+        filter: FilterConfig { message_types: f.message_types, sending_facilities: f.sending_facilities },
+        retry,
+        circuit_breaker,
+    })
 }
 
 fn wal_config(raw: Option<RawWal>) -> Result<LogConfig, KeyError> {
@@ -266,6 +462,49 @@ mod tests {
         assert_eq!(c.listeners[0].max_frame_bytes, 16_777_216);
         assert_eq!(c.listeners[0].idle_timeout_s, 600);
         assert_eq!(c.queues(), vec!["lab".to_string()]);
+    }
+
+    #[test]
+    fn destination_contract_keys_parse() {
+        let text = r#"
+            [[listener]]
+            name = "lab"
+            listen = "127.0.0.1:2575"
+            queue = "lab"
+            [[destination]]
+            name = "ehr"
+            queue = "lab"
+            connect = "127.0.0.1:6661"
+            ordering = "partitioned"
+            partition_key = "PID-3.1"
+            lanes = 8
+            ack_timeout_ms = 30000
+            on_reject = "dead-letter"
+            on_exhausted = "block"
+            rate_limit_per_s = 0
+            [destination.filter]
+            message_types = ["ORU^R01"]
+            sending_facilities = []
+            [destination.retry]
+            max_attempts = 10
+            initial_backoff_ms = 200
+            max_backoff_ms = 60000
+            multiplier = 2.0
+            jitter = 0.2
+            [destination.circuit_breaker]
+            failure_threshold = 5
+            open_ms = 30000
+        "#;
+        let c = Config::parse(text, "d.toml").expect("valid");
+        let d = &c.destinations[0];
+        assert_eq!(d.lanes(), 8);
+        assert_eq!(d.on_reject, FailurePolicy::DeadLetter);
+        assert_eq!(d.on_exhausted, FailurePolicy::Block);
+        assert_eq!(d.filter.message_types, vec!["ORU^R01".to_string()]);
+        let strict = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='h:1'\nlanes=4\n";
+        assert!(Config::parse(strict, "s").unwrap_err().to_string().contains("destination[0].lanes"));
+        let nokey = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='h:1'\nordering='partitioned'\n";
+        assert!(Config::parse(nokey, "s").unwrap_err().to_string().contains("partition_key"));
     }
 
     #[test]

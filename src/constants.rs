@@ -75,3 +75,19 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const INFLIGHT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Seconds a graceful shutdown waits for in-flight appends and ACK writes.
 pub const SHUTDOWN_GRACE_S: u64 = 10;
+
+/// Lanes of a partitioned destination by default, and at most.
+pub const DESTINATION_LANES_DEFAULT: u16 = 8;
+pub const DESTINATION_LANES_MAX: u16 = 256;
+/// Upper bound on `retry.max_attempts`.
+pub const RETRY_ATTEMPTS_MAX: u32 = 1_000_000;
+/// Deliveries a lane may complete ahead of its durably committed cursor.
+/// After a crash at most this many per lane (plus the one in flight) are
+/// delivered again; it lets cursor fsyncs overlap with sending.
+pub const CURSOR_LEAD_MAX: u64 = 64;
+/// Cursor records appended before the cursor file is compacted to one record per lane.
+pub const CURSOR_RECORDS_BEFORE_COMPACTION: u64 = 16_384;
+/// Longest error text kept in a blocked-head state or a dead-letter record.
+pub const ERROR_TEXT_BYTES_MAX: usize = 512;
+/// Slice of a blocking wait, so stop and operator commands are seen promptly.
+pub const DELIVERY_POLL_MS: u64 = 100;

@@ -12,3 +12,6 @@ pub mod wal;
 pub mod config;
 pub mod metrics;
 pub mod server;
+pub mod cursor;
+pub mod delivery;
+pub mod control;

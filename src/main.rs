@@ -55,6 +55,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Operator actions against the running broker (found through its data_dir).
+    Ctl {
+        /// Configuration file of the running broker (default: the embedded default).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Data directory of the running broker (overrides --config).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
     /// Send each file as one HL7 message over MLLP and print each ACK.
     Send {
         /// Broker address, HOST:PORT.
@@ -69,6 +80,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Per destination and lane: committed offset, log end, lag, blocked head, circuit, paused.
+    Status,
+    /// Stop delivering to a destination (messages keep being accepted and stored).
+    Pause { destination: String },
+    /// Resume a paused destination.
+    Resume { destination: String },
+    /// Retry a failed head now (all lanes with one, or --lane N).
+    Retry {
+        destination: String,
+        #[arg(long)]
+        lane: Option<u16>,
+    },
+    /// Move a lane's failed head to the dead-letter queue and continue.
+    Skip {
+        destination: String,
+        #[arg(long)]
+        lane: u16,
+        /// Why (kept in the dead-letter record).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
@@ -79,6 +115,7 @@ fn main() -> ExitCode {
         }
         Command::Verify { data_dir, config } => with_data_dir(data_dir, config, verify_all),
         Command::Send { to, timeout_s, files } => send(&to, Duration::from_secs(timeout_s), &files),
+        Command::Ctl { config, data_dir, action } => with_data_dir(data_dir, config, |dir| ctl(dir, action)),
     }
 }
 
@@ -151,6 +188,38 @@ fn with_data_dir(data_dir: Option<PathBuf>, config: Option<PathBuf>, f: impl FnO
         (None, None) => PathBuf::from("./orderly-data"),
     };
     f(&dir)
+}
+
+fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
+    let lane_text;
+    let words: Vec<&str> = match &action {
+        CtlAction::Status => vec!["status"],
+        CtlAction::Pause { destination } => vec!["pause", destination],
+        CtlAction::Resume { destination } => vec!["resume", destination],
+        CtlAction::Retry { destination, lane: None } => vec!["retry", destination],
+        CtlAction::Retry { destination, lane: Some(l) } => {
+            lane_text = l.to_string();
+            vec!["retry", destination, &lane_text]
+        }
+        CtlAction::Skip { destination, lane, reason } => {
+            if reason.trim().is_empty() || reason.contains(['\t', '\n']) {
+                eprintln!("orderly: --reason must be non-empty text on one line");
+                return ExitCode::from(2);
+            }
+            lane_text = lane.to_string();
+            vec!["skip", destination, &lane_text, reason]
+        }
+    };
+    match orderly::control::request(data_dir, &words) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("orderly: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn inspect_queue(data_dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode {

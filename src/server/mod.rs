@@ -13,7 +13,9 @@ pub use event_loop::ShutdownHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::{FsStorage, Storage};
-use crate::wal::{Log, WalError};
+use crate::control::ControlServer;
+use crate::delivery::{DeliveryError, Engine};
+use crate::wal::{Log, RetentionPolicy, WalError};
 use event_loop::{EventLoop, ListenerSlot};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -34,11 +36,54 @@ pub enum ServeError {
     Wal { queue: String, source: WalError },
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
+    #[error("delivery: {0}")]
+    Delivery(#[from] DeliveryError),
 }
+
+/// Applies the retention policy every minute, in the background.
+struct Maintenance {
+    stop: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Maintenance {
+    fn start(logs: &BTreeMap<String, Arc<Log>>, policy: RetentionPolicy) -> Result<Option<Maintenance>, ServeError> {
+        if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
+            return Ok(None);
+        }
+        let logs: Vec<(String, Arc<Log>)> = logs.iter().map(|(q, l)| (q.clone(), l.clone())).collect();
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new().name("orderly-retention".into()).spawn(move || loop {
+            for (queue, log) in &logs {
+                match log.enforce_retention(&policy, crate::wal::now_ms()) {
+                    Ok(deleted) if !deleted.is_empty() => tracing::info!(%queue, segments = deleted.len(), "retention deleted segments every reader had passed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(%queue, error = %e, "retention failed"),
+                }
+            }
+            match stopped.recv_timeout(RETENTION_INTERVAL) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        })?;
+        Ok(Some(Maintenance { stop, thread }))
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// How often retention runs.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A started broker: logs open, sockets bound, not yet serving.
 pub struct Server {
-    logs: BTreeMap<String, Log>,
+    logs: BTreeMap<String, Arc<Log>>,
+    engine: Arc<Engine>,
+    control: Option<ControlServer>,
+    maintenance: Option<Maintenance>,
     event_loop: EventLoop,
     metrics: Arc<Metrics>,
     bound: Vec<(String, SocketAddr, String)>,
@@ -57,7 +102,7 @@ impl Server {
         let mut logs = BTreeMap::new();
         for queue in config.queues() {
             let log = Log::open_with(storage.clone(), &config.queue_dir(&queue), config.wal.clone()).map_err(|source| ServeError::Wal { queue: queue.clone(), source })?;
-            logs.insert(queue, log);
+            logs.insert(queue, Arc::new(log));
         }
         let mut slots = Vec::new();
         let mut bound = Vec::new();
@@ -70,7 +115,10 @@ impl Server {
         }
         let metrics = Arc::new(Metrics::default());
         let event_loop = EventLoop::new(slots, metrics.clone())?;
-        Ok(Server { logs, event_loop, metrics, bound, _lock: lock })
+        let engine = Arc::new(Engine::start(config, &logs, storage)?);
+        let control = ControlServer::start(&config.data_dir, engine.clone()).map_err(|source| ServeError::DataDir { dir: config.data_dir.clone(), source })?;
+        let maintenance = Maintenance::start(&logs, config.retention)?;
+        Ok(Server { logs, engine, control: Some(control), maintenance, event_loop, metrics, bound, _lock: lock })
     }
 
     /// `(listener name, bound address, queue)` for every listener.
@@ -86,15 +134,33 @@ impl Server {
         self.metrics.clone()
     }
 
-    /// Serves until shut down, then closes every log (final checkpoint).
+    /// Serves until shut down, then stops delivery (committing cursors) and
+    /// closes every log (final checkpoint).
     pub fn run(mut self) -> Result<(), ServeError> {
-        self.event_loop.run()?;
+        let served = self.event_loop.run();
         drop(self.event_loop);
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+        if let Some(m) = self.maintenance.take() {
+            m.stop();
+        }
+        self.engine.stop();
+        drop(self.engine);
+        served?;
         for (queue, log) in std::mem::take(&mut self.logs) {
-            log.close().map_err(|source| ServeError::Wal { queue, source })?;
+            match Arc::try_unwrap(log) {
+                Ok(log) => log.close().map_err(|source| ServeError::Wal { queue, source })?,
+                Err(_) => tracing::warn!(%queue, "log still referenced at shutdown; closing without a final checkpoint"),
+            }
         }
         tracing::info!(metrics = %self.metrics.summary(), "stopped");
         Ok(())
+    }
+
+    /// The delivery engine (status and operator actions).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
     }
 }
 

@@ -32,6 +32,29 @@ pub enum MetaKey {
     Version = 10,
     /// Receive time at the listener, u64 LE milliseconds since the epoch.
     ReceivedAtMs = 11,
+    // Dead-letter context (records in `dlq/<destination>/`).
+    /// Destination that gave up on the message.
+    Destination = 20,
+    /// Lane, u16 LE.
+    Lane = 21,
+    /// Queue the message came from.
+    SourceQueue = 22,
+    /// Offset in that queue, u64 LE.
+    SourceOffset = 23,
+    /// Error class name (`rejected`, `timeout`, ...).
+    ErrorClass = 24,
+    /// Delivery attempts, u32 LE.
+    Attempts = 25,
+    /// First failure, u64 LE ms since the epoch.
+    FirstFailureMs = 26,
+    /// Last failure, u64 LE ms since the epoch.
+    LastFailureMs = 27,
+    /// The downstream's last ACK, raw (at most 1 KiB).
+    LastAck = 28,
+    /// Last error text.
+    ErrorText = 29,
+    /// Why it was dead-lettered: policy, or the operator's reason for a skip.
+    Reason = 30,
 }
 
 /// Builds a metadata area. Values longer than [`META_FIELD_BYTES_MAX`] are

@@ -1,0 +1,84 @@
+//! The dead-letter queue: one log per destination under `dlq/<destination>/`,
+//! each record the original payload with its original metadata plus the
+//! delivery context (destination, lane, source offset, error class and text,
+//! attempts, first/last failure, last ACK, reason). Later work searches,
+//! edits and resubmits these records; this module only writes them, durably.
+use crate::cursor::HeadState;
+use crate::wal::meta::{MetaBuilder, MetaKey, MetaView};
+use crate::wal::{AppendError, Appended, Log, LogConfig, Offset, OwnedRecord, WalError};
+use std::path::Path;
+
+/// Dead-letter logs are small: no preallocation, modest segments.
+pub fn dlq_log_config() -> LogConfig {
+    LogConfig { segment_bytes: 16 * 1024 * 1024, preallocate: false, ..LogConfig::default() }
+}
+
+pub fn open(data_dir: &Path, destination: &str) -> Result<Log, WalError> {
+    Log::open(data_dir.join("dlq").join(destination), dlq_log_config())
+}
+
+/// What is known about the failure that sends a message to the DLQ.
+pub struct Context<'a> {
+    pub destination: &'a str,
+    pub lane: u16,
+    pub queue: &'a str,
+    pub head: &'a HeadState,
+    pub last_ack: Option<&'a [u8]>,
+    pub reason: &'a str,
+}
+
+/// Appends the dead-letter record and returns once it is durable.
+pub fn dead_letter(dlq: &Log, record: &OwnedRecord, ctx: &Context<'_>) -> Result<Appended, AppendError> {
+    let mut m = MetaBuilder::new();
+    for (key, value) in MetaView::new(&record.meta).iter() {
+        if key < MetaKey::Destination as u8 {
+            push_raw(&mut m, key, value);
+        }
+    }
+    m.push(MetaKey::Destination, ctx.destination.as_bytes())
+        .push(MetaKey::Lane, &ctx.lane.to_le_bytes())
+        .push(MetaKey::SourceQueue, ctx.queue.as_bytes())
+        .push(MetaKey::SourceOffset, &record.offset.0.to_le_bytes())
+        .push(MetaKey::ErrorClass, ctx.head.class.name().as_bytes())
+        .push(MetaKey::Attempts, &ctx.head.attempts.to_le_bytes())
+        .push(MetaKey::FirstFailureMs, &ctx.head.first_failure_ms.to_le_bytes())
+        .push(MetaKey::LastFailureMs, &ctx.head.last_failure_ms.to_le_bytes())
+        .push(MetaKey::ErrorText, ctx.head.text.as_bytes())
+        .push(MetaKey::Reason, ctx.reason.as_bytes());
+    if let Some(ack) = ctx.last_ack {
+        m.push(MetaKey::LastAck, ack);
+    }
+    dlq.append(&m.finish(), &record.payload)
+}
+
+fn push_raw(m: &mut MetaBuilder, key: u8, value: &[u8]) {
+    let known = [
+        MetaKey::Listener,
+        MetaKey::Peer,
+        MetaKey::ControlId,
+        MetaKey::MessageType,
+        MetaKey::SendingApp,
+        MetaKey::SendingFacility,
+        MetaKey::ReceivingApp,
+        MetaKey::ReceivingFacility,
+        MetaKey::EventTime,
+        MetaKey::Version,
+        MetaKey::ReceivedAtMs,
+    ];
+    if let Some(k) = known.into_iter().find(|k| *k as u8 == key) {
+        m.push(k, value);
+    }
+}
+
+/// Reads a little-endian integer stored under `key`.
+pub fn meta_u64(meta: &[u8], key: MetaKey) -> Option<u64> {
+    let v = MetaView::new(meta).get(key)?;
+    let mut b = [0u8; 8];
+    b[..v.len().min(8)].copy_from_slice(&v[..v.len().min(8)]);
+    Some(u64::from_le_bytes(b))
+}
+
+/// The source offset a dead-letter record came from.
+pub fn source_offset(meta: &[u8]) -> Option<Offset> {
+    meta_u64(meta, MetaKey::SourceOffset).map(Offset)
+}

@@ -1,0 +1,287 @@
+//! One delivery lane: reads its queue in log order, takes the messages its
+//! router assigns to it, delivers each, and moves its cursor only after a
+//! positive ACK (or a durable dead-letter record). A failing head is retried
+//! with backoff, then handled by policy; a blocked head holds the lane (and
+//! only this lane) until an operator retries or skips it.
+use super::dlq::{self, Context};
+use super::link::{Link, Outcome};
+use super::policy::{backoff_ms, Jitter};
+use super::{Destination, LaneCommand};
+use crate::config::FailurePolicy;
+use crate::constants::DELIVERY_POLL_MS;
+use crate::cursor::{clamp_to_log_start, ErrorClass, HeadState, HeadStatus, LaneCursor};
+use crate::wal::meta::{MetaKey, MetaView};
+use crate::wal::{now_ms, Offset, OwnedRecord, WalError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(DELIVERY_POLL_MS);
+/// Filtered or other-lane records skipped before the cursor is committed anyway.
+const SKIPPED_BEFORE_COMMIT: u64 = 1024;
+
+pub struct Lane {
+    dest: Arc<Destination>,
+    lane: u16,
+    stop: Arc<AtomicBool>,
+    link: Link,
+    jitter: Jitter,
+    reader: crate::wal::LogReader,
+    next: Offset,
+    head: Option<HeadState>,
+    /// The record at the head of the lane, once read.
+    current: Option<OwnedRecord>,
+    skipped_uncommitted: u64,
+}
+
+impl Lane {
+    pub fn new(dest: Arc<Destination>, lane: u16, stop: Arc<AtomicBool>, start: LaneCursor) -> Lane {
+        let log_start = dest.log.start_offset();
+        let next = clamp_to_log_start(&start, log_start);
+        if next != start.next_offset {
+            tracing::error!(destination = %dest.config.name, lane, from = start.next_offset.0, to = next.0, "cursor points before the queue's start (deleted by retention); continuing at the start");
+        }
+        let head = start.head.filter(|h| h.offset == next);
+        let reader = dest.log.reader(next);
+        let seed = now_ms() ^ (u64::from(lane) << 32) ^ dest.config.name.len() as u64;
+        let link = Link::new(&dest.config.connect);
+        let l = Lane { dest, lane, stop, link, jitter: Jitter::new(seed), reader, next, head, current: None, skipped_uncommitted: 0 };
+        l.update_status();
+        l
+    }
+
+    pub fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            self.handle_commands(Duration::ZERO);
+            if self.dest.paused.load(Ordering::Relaxed) || self.head.as_ref().is_some_and(|h| h.status == HeadStatus::Blocked) {
+                self.handle_commands(POLL);
+                continue;
+            }
+            match self.fill_current() {
+                Ok(true) => self.attempt(),
+                Ok(false) => self.wait_for_records(),
+                Err(e) => self.on_unreadable(e),
+            }
+        }
+        if self.skipped_uncommitted > 0 {
+            self.commit();
+        }
+    }
+
+    /// Ensures `current` holds the lane's next record; false if there is none yet.
+    fn fill_current(&mut self) -> Result<bool, WalError> {
+        if self.current.is_some() {
+            return Ok(true);
+        }
+        loop {
+            if self.reader.position() != self.next {
+                self.reader.seek(self.next);
+            }
+            let Some(rec) = self.reader.next()? else { return Ok(false) };
+            if self.dest.router.lane_of(rec.offset, rec.payload) == Some(self.lane) {
+                self.current = Some(OwnedRecord::from(rec));
+                return Ok(true);
+            }
+            self.next = Offset(self.next.0 + 1);
+            self.skipped_uncommitted += 1;
+            if self.skipped_uncommitted >= SKIPPED_BEFORE_COMMIT {
+                self.commit();
+            }
+        }
+    }
+
+    fn wait_for_records(&mut self) {
+        if self.skipped_uncommitted > 0 {
+            self.commit();
+        }
+        if !self.dest.log.wait_for(self.next, POLL) {
+            self.handle_commands(Duration::ZERO);
+        }
+    }
+
+    /// One delivery attempt of `current`, unless backoff, breaker or rate limit say wait.
+    fn attempt(&mut self) {
+        let now = Instant::now();
+        if let Some(h) = &self.head {
+            let wait_ms = h.next_retry_ms.saturating_sub(now_ms());
+            if wait_ms > 0 {
+                self.handle_commands(Duration::from_millis(wait_ms).min(POLL));
+                return;
+            }
+        }
+        if let Err(wait) = self.dest.breaker.permit(now).and_then(|_| self.dest.limiter.acquire(now)) {
+            self.handle_commands(wait.min(POLL));
+            return;
+        }
+        let rec = self.current.as_ref().expect("filled");
+        let control_id = MetaView::new(&rec.meta).get(MetaKey::ControlId).unwrap_or_default().to_vec();
+        let timeout = Duration::from_millis(self.dest.config.ack_timeout_ms);
+        match self.link.deliver(&rec.payload, &control_id, timeout, &self.stop) {
+            Outcome::Delivered => {
+                self.dest.breaker.record(true, Instant::now());
+                let offset = rec.offset;
+                self.dest.stats_delivered(self.lane);
+                self.advance(Offset(offset.0 + 1));
+            }
+            Outcome::Failed { .. } if self.stop.load(Ordering::Relaxed) => {}
+            Outcome::Failed { class, text, ack } => self.on_failure(class, text, ack),
+        }
+    }
+
+    fn on_failure(&mut self, class: ErrorClass, text: String, ack: Option<Vec<u8>>) {
+        let rec_offset = self.current.as_ref().expect("filled").offset;
+        let now = now_ms();
+        let mut h = self.head.take().filter(|h| h.offset == rec_offset).unwrap_or(HeadState {
+            offset: rec_offset,
+            attempts: 0,
+            class,
+            status: HeadStatus::Retrying,
+            first_failure_ms: now,
+            last_failure_ms: now,
+            next_retry_ms: 0,
+            text: String::new(),
+        });
+        h.attempts += 1;
+        h.class = class;
+        h.last_failure_ms = now;
+        h.text = crate::cursor::record::truncate_utf8(&text, crate::constants::ERROR_TEXT_BYTES_MAX).to_string();
+        let cfg = &self.dest.config;
+        let policy = if class.is_transient() {
+            self.dest.breaker.record(false, Instant::now());
+            if h.attempts < cfg.retry.max_attempts {
+                h.status = HeadStatus::Retrying;
+                h.next_retry_ms = now + backoff_ms(&cfg.retry, h.attempts, self.jitter.next_unit());
+                tracing::warn!(destination = %cfg.name, lane = self.lane, offset = rec_offset.0, attempts = h.attempts, class = class.name(), error = %h.text, retry_in_ms = h.next_retry_ms - now, "delivery failed; will retry");
+                self.head = Some(h);
+                self.commit();
+                return;
+            }
+            cfg.on_exhausted
+        } else {
+            self.dest.breaker.release_trial();
+            cfg.on_reject
+        };
+        match policy {
+            FailurePolicy::DeadLetter => {
+                let reason = if class.is_transient() { "retries exhausted (on_exhausted = dead-letter)" } else { "rejected (on_reject = dead-letter)" };
+                // On failure the lane is blocked and the error logged by dead_letter.
+                let _ = self.dead_letter(h, ack.as_deref(), reason);
+            }
+            FailurePolicy::Block => self.block(h),
+        }
+    }
+
+    fn block(&mut self, mut h: HeadState) {
+        h.status = HeadStatus::Blocked;
+        tracing::error!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, attempts = h.attempts, class = h.class.name(), error = %h.text, "lane blocked: nothing behind this message is delivered until an operator runs `orderly ctl retry` or `orderly ctl skip`");
+        self.head = Some(h);
+        self.commit();
+    }
+
+    /// Writes the head to the DLQ durably, then moves past it.
+    fn dead_letter(&mut self, h: HeadState, ack: Option<&[u8]>, reason: &str) -> Result<(), String> {
+        let rec = self.current.as_ref().expect("filled");
+        let offset = rec.offset;
+        let ctx = Context { destination: &self.dest.config.name, lane: self.lane, queue: &self.dest.config.queue, head: &h, last_ack: ack, reason };
+        match dlq::dead_letter(&self.dest.dlq, rec, &ctx) {
+            Ok(a) => {
+                tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = offset.0, dlq_offset = a.offset.0, class = h.class.name(), %reason, "message dead-lettered");
+                self.dest.stats_dead_lettered(self.lane);
+                self.advance(Offset(offset.0 + 1));
+                Ok(())
+            }
+            Err(e) => {
+                let mut h = h;
+                h.text = format!("dead-letter write failed: {e}");
+                let msg = h.text.clone();
+                self.block(h);
+                Err(msg)
+            }
+        }
+    }
+
+    fn on_unreadable(&mut self, e: WalError) {
+        match e {
+            WalError::Deleted { start, .. } => {
+                tracing::error!(destination = %self.dest.config.name, lane = self.lane, from = self.next.0, to = start.0, "records deleted by retention before delivery; continuing at the queue start");
+                self.next = start;
+                self.commit();
+            }
+            other => {
+                let now = now_ms();
+                self.current = Some(OwnedRecord { offset: self.next, timestamp_ms: 0, meta: Vec::new(), payload: Vec::new() });
+                let h = HeadState { offset: self.next, attempts: 1, class: ErrorClass::Unreadable, status: HeadStatus::Blocked, first_failure_ms: now, last_failure_ms: now, next_retry_ms: 0, text: other.to_string() };
+                self.block(h);
+            }
+        }
+    }
+
+    fn advance(&mut self, next: Offset) {
+        self.next = next;
+        self.head = None;
+        self.current = None;
+        self.commit();
+        while !self.dest.cursors.wait_lead(self.lane, POLL) && !self.stop.load(Ordering::Relaxed) {
+            self.handle_commands(Duration::ZERO);
+        }
+    }
+
+    fn commit(&mut self) {
+        self.skipped_uncommitted = 0;
+        let next = self.head.as_ref().map_or(self.next, |h| h.offset);
+        self.dest.cursors.submit(self.lane, LaneCursor { next_offset: next, head: self.head.clone() });
+        self.update_status();
+    }
+
+    fn update_status(&self) {
+        let mut s = self.dest.lanes[usize::from(self.lane)].status.lock();
+        s.next_offset = self.head.as_ref().map_or(self.next, |h| h.offset);
+        s.head = self.head.clone();
+    }
+
+    /// Runs operator commands, waiting up to `wait` for the first.
+    fn handle_commands(&mut self, wait: Duration) {
+        let rx = self.dest.lanes[usize::from(self.lane)].commands.1.clone();
+        let first = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
+        let mut cmd = first;
+        while let Some(c) = cmd {
+            self.run_command(c);
+            cmd = rx.try_recv().ok();
+        }
+    }
+
+    fn run_command(&mut self, cmd: LaneCommand) {
+        match cmd {
+            LaneCommand::Retry(reply) => {
+                let result = match self.head.as_mut() {
+                    Some(h) => {
+                        h.status = HeadStatus::Retrying;
+                        h.attempts = 0;
+                        h.next_retry_ms = 0;
+                        tracing::info!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, "operator retry");
+                        self.commit();
+                        Ok(())
+                    }
+                    None => Err(format!("lane {} has no failed message at its head", self.lane)),
+                };
+                let _ = reply.send(result);
+            }
+            LaneCommand::Skip(reason, reply) => {
+                let result = match self.head.clone() {
+                    Some(h) => self.skip(h, &reason),
+                    None => Err(format!("lane {} has no failed message at its head", self.lane)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn skip(&mut self, h: HeadState, reason: &str) -> Result<(), String> {
+        if self.current.as_ref().is_none_or(|c| c.offset != h.offset) {
+            self.current = Some(self.dest.log.read(h.offset).unwrap_or(OwnedRecord { offset: h.offset, timestamp_ms: 0, meta: Vec::new(), payload: Vec::new() }));
+        }
+        let reason = format!("operator skip: {reason}");
+        tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, %reason, "operator skip");
+        self.dead_letter(h, None, &reason)
+    }
+}

@@ -1,0 +1,288 @@
+//! The delivery engine: for every destination, one worker thread per lane,
+//! each with its own downstream connection, sharing the destination's
+//! router, circuit breaker, rate limiter, cursor store and dead-letter log.
+//!
+//! Architecture Invariant: a lane's cursor moves past a message only after
+//! the downstream's positive ACK naming that message's control id, or after
+//! the message's dead-letter record is durable. Nothing behind a blocked head
+//! in its lane is delivered; other lanes and destinations are unaffected.
+pub mod dlq;
+mod lane;
+pub mod link;
+pub mod policy;
+pub mod route;
+
+use crate::config::{Config, DestinationConfig, Ordering as OrderingConfig};
+use crate::cursor::{CursorError, CursorStore, HeadState};
+use crate::storage::Storage;
+use crate::wal::{Log, Offset, WalError};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use policy::{Breaker, BreakerState, RateLimiter};
+use route::Router;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    #[error("destination `{destination}`: queue `{queue}` is not open")]
+    NoQueue { destination: String, queue: String },
+    #[error("destination `{destination}`: dead-letter log: {source}")]
+    Dlq { destination: String, source: WalError },
+    #[error("destination `{destination}`: {source}")]
+    Cursor { destination: String, source: CursorError },
+    #[error("cannot start a delivery thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// An operator command for one lane; the reply says whether it applied.
+pub enum LaneCommand {
+    Retry(Sender<Result<(), String>>),
+    Skip(String, Sender<Result<(), String>>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LaneStatus {
+    /// Everything below this is delivered (or dead-lettered) or not for this lane.
+    pub next_offset: Offset,
+    pub head: Option<HeadState>,
+}
+
+pub struct LaneShared {
+    commands: (Sender<LaneCommand>, Receiver<LaneCommand>),
+    status: Mutex<LaneStatus>,
+    delivered: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+/// One configured destination and everything its lanes share.
+pub struct Destination {
+    pub config: DestinationConfig,
+    pub log: Arc<Log>,
+    pub dlq: Log,
+    pub cursors: CursorStore,
+    pub router: Router,
+    pub breaker: Breaker,
+    pub limiter: RateLimiter,
+    pub paused: AtomicBool,
+    lanes: Vec<LaneShared>,
+}
+
+impl Destination {
+    fn stats_delivered(&self, lane: u16) {
+        self.lanes[usize::from(lane)].delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stats_dead_lettered(&self, lane: u16) {
+        self.lanes[usize::from(lane)].dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of one lane for `orderly ctl status`.
+#[derive(Debug, Clone)]
+pub struct LaneReport {
+    pub lane: u16,
+    pub committed: Offset,
+    pub durable: Offset,
+    pub log_end: Offset,
+    pub lag_records: u64,
+    pub lag_seconds: f64,
+    pub head: Option<HeadState>,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DestinationReport {
+    pub name: String,
+    pub queue: String,
+    pub ordering: String,
+    pub circuit: String,
+    pub paused: bool,
+    pub cursor_failure: Option<String>,
+    pub lanes: Vec<LaneReport>,
+}
+
+pub struct Engine {
+    destinations: Vec<Arc<Destination>>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Opens cursors and dead-letter logs and starts every lane.
+    pub fn start(config: &Config, logs: &BTreeMap<String, Arc<Log>>, storage: Arc<dyn Storage>) -> Result<Engine, DeliveryError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut destinations = Vec::new();
+        let mut threads = Vec::new();
+        for d in &config.destinations {
+            let (dest, starts) = open_destination(config, d, logs, storage.clone())?;
+            for (lane, start) in starts.into_iter().enumerate() {
+                let worker = lane::Lane::new(dest.clone(), lane as u16, stop.clone(), start);
+                let name = format!("orderly-{}-{lane}", d.name);
+                threads.push(std::thread::Builder::new().name(name).spawn(move || worker.run()).map_err(DeliveryError::Thread)?);
+            }
+            tracing::info!(destination = %d.name, queue = %d.queue, connect = %d.connect, lanes = d.lanes(), "delivery started");
+            destinations.push(dest);
+        }
+        Ok(Engine { destinations, stop, threads: Mutex::new(threads) })
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<Destination>, String> {
+        self.destinations.iter().find(|d| d.config.name == name).ok_or_else(|| format!("no destination named `{name}`"))
+    }
+
+    pub fn pause(&self, name: &str, paused: bool) -> Result<(), String> {
+        self.find(name)?.paused.store(paused, Ordering::Relaxed);
+        tracing::info!(destination = name, paused, "operator pause/resume");
+        Ok(())
+    }
+
+    /// Retries the failed head of one lane, or of every lane that has one.
+    pub fn retry(&self, name: &str, lane: Option<u16>) -> Result<String, String> {
+        let d = self.find(name)?;
+        let lanes: Vec<u16> = match lane {
+            Some(l) => vec![l],
+            None => (0..d.lanes.len() as u16).filter(|&l| d.lanes[usize::from(l)].status.lock().head.is_some()).collect(),
+        };
+        if lanes.is_empty() {
+            return Err(format!("destination `{name}` has no lane with a failed head"));
+        }
+        for l in &lanes {
+            ask(d, *l, LaneCommand::Retry)?;
+        }
+        Ok(format!("retrying lane(s) {lanes:?}"))
+    }
+
+    /// Dead-letters the failed head of `lane` with the operator's reason.
+    pub fn skip(&self, name: &str, lane: u16, reason: &str) -> Result<String, String> {
+        let d = self.find(name)?;
+        let r = reason.to_string();
+        ask(d, lane, move |reply| LaneCommand::Skip(r, reply))?;
+        Ok(format!("lane {lane}: head moved to the dead-letter queue"))
+    }
+
+    pub fn status(&self) -> Vec<DestinationReport> {
+        self.destinations.iter().map(|d| report(d)).collect()
+    }
+
+    /// Stops every lane (abandoning ACK waits) and commits their cursors.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        for d in &self.destinations {
+            for lane in 0..d.lanes.len() as u16 {
+                d.cursors.wait_durable(lane, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn ask(d: &Destination, lane: u16, make: impl FnOnce(Sender<Result<(), String>>) -> LaneCommand) -> Result<(), String> {
+    let shared = d.lanes.get(usize::from(lane)).ok_or_else(|| format!("destination `{}` has lanes 0..{}", d.config.name, d.lanes.len()))?;
+    let (tx, rx) = bounded(1);
+    shared.commands.0.send(make(tx)).map_err(|_| "lane is not running".to_string())?;
+    rx.recv_timeout(Duration::from_secs(60)).map_err(|_| "lane did not answer within 60 s (it may be waiting for an ACK)".to_string())?
+}
+
+fn open_destination(config: &Config, d: &DestinationConfig, logs: &BTreeMap<String, Arc<Log>>, storage: Arc<dyn Storage>) -> Result<(Arc<Destination>, Vec<crate::cursor::LaneCursor>), DeliveryError> {
+    let log = logs.get(&d.queue).cloned().ok_or_else(|| DeliveryError::NoQueue { destination: d.name.clone(), queue: d.queue.clone() })?;
+    let dlq = Log::open_with(storage.clone(), &config.data_dir.join("dlq").join(&d.name), dlq::dlq_log_config()).map_err(|source| DeliveryError::Dlq { destination: d.name.clone(), source })?;
+    let positions = (0..d.lanes()).map(|l| log.register_reader(&format!("{}/{l}", d.name), log.start_offset())).collect();
+    let (cursors, starts) = CursorStore::open(storage, &config.data_dir.join("cursors"), &d.name, d.lanes(), positions).map_err(|source| DeliveryError::Cursor { destination: d.name.clone(), source })?;
+    let lanes = (0..d.lanes()).map(|_| LaneShared { commands: unbounded(), status: Mutex::new(LaneStatus::default()), delivered: AtomicU64::new(0), dead_lettered: AtomicU64::new(0) }).collect();
+    let dest = Destination {
+        config: d.clone(),
+        log,
+        dlq,
+        cursors,
+        router: Router::new(d.filter.clone(), d.ordering.clone()),
+        breaker: Breaker::new(d.circuit_breaker.clone()),
+        limiter: RateLimiter::new(d.rate_limit_per_s),
+        paused: AtomicBool::new(false),
+        lanes,
+    };
+    Ok((Arc::new(dest), starts))
+}
+
+fn report(d: &Destination) -> DestinationReport {
+    let end = d.log.end_offset();
+    let now = crate::wal::now_ms();
+    let lanes = d
+        .lanes
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let s = l.status.lock().clone();
+            let lag_records = end.0.saturating_sub(s.next_offset.0);
+            let lag_seconds = if lag_records == 0 { 0.0 } else { d.log.read(s.next_offset).map(|r| now.saturating_sub(r.timestamp_ms) as f64 / 1000.0).unwrap_or(0.0) };
+            LaneReport {
+                lane: i as u16,
+                committed: s.next_offset,
+                durable: d.cursors.durable(i as u16).next_offset,
+                log_end: end,
+                lag_records,
+                lag_seconds,
+                head: s.head,
+                delivered: l.delivered.load(Ordering::Relaxed),
+                dead_lettered: l.dead_lettered.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    let circuit = match d.breaker.state() {
+        BreakerState::Closed { .. } => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen { .. } => "half-open",
+    };
+    let ordering = match &d.config.ordering {
+        OrderingConfig::Strict => "strict".to_string(),
+        OrderingConfig::Partitioned { key, lanes } => format!("partitioned({key}, {lanes} lanes)"),
+    };
+    DestinationReport {
+        name: d.config.name.clone(),
+        queue: d.config.queue.clone(),
+        ordering,
+        circuit: circuit.into(),
+        paused: d.paused.load(Ordering::Relaxed),
+        cursor_failure: d.cursors.failure(),
+        lanes,
+    }
+}
+
+/// `orderly ctl status` text.
+pub fn render_status(reports: &[DestinationReport]) -> String {
+    let mut out = String::new();
+    if reports.is_empty() {
+        out.push_str("no destinations configured\n");
+    }
+    for d in reports {
+        out.push_str(&format!("destination {} queue={} ordering={} circuit={} paused={}\n", d.name, d.queue, d.ordering, d.circuit, if d.paused { "yes" } else { "no" }));
+        if let Some(f) = &d.cursor_failure {
+            out.push_str(&format!("  CURSOR STORE FAILED: {f}\n"));
+        }
+        for l in &d.lanes {
+            out.push_str(&format!("  lane {} committed={} durable={} end={} lag={} lag_s={:.1} delivered={} dead_lettered={}", l.lane, l.committed, l.durable, l.log_end, l.lag_records, l.lag_seconds, l.delivered, l.dead_lettered));
+            match &l.head {
+                None => out.push_str(" head=ok\n"),
+                Some(h) => out.push_str(&format!(
+                    " head={} offset={} attempts={} class={} error={:?}\n",
+                    match h.status {
+                        crate::cursor::HeadStatus::Blocked => "BLOCKED",
+                        crate::cursor::HeadStatus::Retrying => "retrying",
+                    },
+                    h.offset,
+                    h.attempts,
+                    h.class.name(),
+                    h.text
+                )),
+            }
+        }
+    }
+    out
+}
