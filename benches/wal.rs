@@ -11,13 +11,17 @@ use std::time::{Duration, Instant};
 const RECORD_BYTES: usize = 1500;
 
 fn bench_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-wal").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-wal")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
 fn record() -> Vec<u8> {
-    let mut p = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261123090000||ORU^R01|CTRL|P|2.5\rPID|1||12345^^^HOSP^MR\r".to_vec();
+    let mut p =
+        b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261123090000||ORU^R01|CTRL|P|2.5\rPID|1||12345^^^HOSP^MR\r"
+            .to_vec();
     p.resize(RECORD_BYTES, b'x');
     p
 }
@@ -27,7 +31,13 @@ fn append_burst(log: &Log, payload: &[u8], burst: usize) {
     let (tx, rx) = unbounded();
     let appender = log.appender();
     for tag in 0..burst {
-        let req = AppendRequest { payload: payload.to_vec(), meta: Vec::new(), tag: tag as u64, reply: tx.clone(), notify: None };
+        let req = AppendRequest {
+            payload: payload.to_vec(),
+            meta: Vec::new(),
+            tag: tag as u64,
+            reply: tx.clone(),
+            notify: None,
+        };
         assert!(appender.submit(req).is_ok());
     }
     for _ in 0..burst {
@@ -40,7 +50,8 @@ fn appends(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(8)).sample_size(20);
     let payload = record();
     for burst in [1usize, 16, 256] {
-        let log = Log::open(bench_dir(&format!("append-{burst}")), LogConfig::default()).expect("open");
+        let log =
+            Log::open(bench_dir(&format!("append-{burst}")), LogConfig::default()).expect("open");
         g.throughput(Throughput::Elements(burst as u64));
         g.bench_with_input(BenchmarkId::from_parameter(burst), &burst, |b, &burst| {
             b.iter(|| append_burst(&log, &payload, burst));
@@ -52,7 +63,11 @@ fn appends(c: &mut Criterion) {
 
 fn reads(c: &mut Criterion) {
     let n = 20_000u64;
-    let config = LogConfig { fsync: orderly::wal::FsyncMode::Never, segment_bytes: 8 * 1024 * 1024, ..LogConfig::default() };
+    let config = LogConfig {
+        fsync: orderly::wal::FsyncMode::Never,
+        segment_bytes: 8 * 1024 * 1024,
+        ..LogConfig::default()
+    };
     let dir = bench_dir("reads");
     {
         let log = Log::open(&dir, config.clone()).expect("open");

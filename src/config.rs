@@ -119,11 +119,18 @@ pub struct ListenerConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: `{key}`: {reason}")]
-    Invalid { file: String, key: String, reason: String },
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -220,17 +227,30 @@ impl Config {
             None => Self::parse(EMBEDDED_DEFAULT, "<embedded default>"),
             Some(p) => {
                 let file = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
                 Self::parse(&text, &file)
             }
         }
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax { file: file.into(), message: e.to_string().trim_end().to_string() })?;
-        let invalid = |key: String, reason: String| ConfigError::Invalid { file: file.into(), key, reason };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.into(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            file: file.into(),
+            key,
+            reason,
+        };
         if raw.listener.is_empty() {
-            return Err(invalid("listener".into(), "at least one [[listener]] is required".into()));
+            return Err(invalid(
+                "listener".into(),
+                "at least one [[listener]] is required".into(),
+            ));
         }
         let mut listeners = Vec::new();
         let mut names = BTreeSet::new();
@@ -239,19 +259,29 @@ impl Config {
             let key = |k: &str| format!("listener[{i}].{k}");
             let parsed = listener(l, &key).map_err(|(k, r)| invalid(k, r))?;
             if !names.insert(parsed.name.clone()) {
-                return Err(invalid(key("name"), format!("listener name `{}` is used twice", parsed.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("listener name `{}` is used twice", parsed.name),
+                ));
             }
             if parsed.listen.port() != 0 && !addrs.insert(parsed.listen) {
-                return Err(invalid(key("listen"), format!("{} is used by two listeners", parsed.listen)));
+                return Err(invalid(
+                    key("listen"),
+                    format!("{} is used by two listeners", parsed.listen),
+                ));
             }
             listeners.push(parsed);
         }
         let wal = wal_config(raw.wal).map_err(|(k, r)| invalid(k, r))?;
-        let retention = raw.retention.map_or(RetentionPolicy::default(), |r| RetentionPolicy {
-            max_age_ms: r.max_age_s.map(|s| s.saturating_mul(1000)),
-            max_bytes: r.max_bytes,
-        });
-        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./orderly-data"));
+        let retention = raw
+            .retention
+            .map_or(RetentionPolicy::default(), |r| RetentionPolicy {
+                max_age_ms: r.max_age_s.map(|s| s.saturating_mul(1000)),
+                max_bytes: r.max_bytes,
+            });
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("./orderly-data"));
         if data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir".into(), "must not be empty".into()));
         }
@@ -261,11 +291,21 @@ impl Config {
             let key = |k: &str| format!("destination[{i}].{k}");
             let parsed = destination(d, &key).map_err(|(k, r)| invalid(k, r))?;
             if !dest_names.insert(parsed.name.clone()) {
-                return Err(invalid(key("name"), format!("destination name `{}` is used twice", parsed.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("destination name `{}` is used twice", parsed.name),
+                ));
             }
             destinations.push(parsed);
         }
-        Ok(Config { source: file.into(), data_dir, listeners, wal, retention, destinations })
+        Ok(Config {
+            source: file.into(),
+            data_dir,
+            listeners,
+            wal,
+            retention,
+            destinations,
+        })
     }
 
     /// The directory of a queue's log.
@@ -291,76 +331,158 @@ type KeyError = (String, String);
 fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConfig, KeyError> {
     check_name(&l.name).map_err(|r| (key("name"), r))?;
     check_name(&l.queue).map_err(|r| (key("queue"), r))?;
-    let listen: SocketAddr = l.listen.parse().map_err(|e| (key("listen"), format!("`{}` is not an IP:port address ({e})", l.listen)))?;
-    let max_frame_bytes = l.max_frame_bytes.unwrap_or(crate::mllp::FRAME_BYTES_MAX_DEFAULT);
+    let listen: SocketAddr = l.listen.parse().map_err(|e| {
+        (
+            key("listen"),
+            format!("`{}` is not an IP:port address ({e})", l.listen),
+        )
+    })?;
+    let max_frame_bytes = l
+        .max_frame_bytes
+        .unwrap_or(crate::mllp::FRAME_BYTES_MAX_DEFAULT);
     if !(1024..=RECORD_PAYLOAD_BYTES_MAX).contains(&max_frame_bytes) {
-        return Err((key("max_frame_bytes"), format!("must be between 1024 and {RECORD_PAYLOAD_BYTES_MAX}")));
+        return Err((
+            key("max_frame_bytes"),
+            format!("must be between 1024 and {RECORD_PAYLOAD_BYTES_MAX}"),
+        ));
     }
     let max_connections = l.max_connections.unwrap_or(LISTENER_CONNECTIONS_DEFAULT);
     if !(1..=LISTENER_CONNECTIONS_MAX).contains(&max_connections) {
-        return Err((key("max_connections"), format!("must be between 1 and {LISTENER_CONNECTIONS_MAX}")));
+        return Err((
+            key("max_connections"),
+            format!("must be between 1 and {LISTENER_CONNECTIONS_MAX}"),
+        ));
     }
     let idle_timeout_s = l.idle_timeout_s.unwrap_or(IDLE_TIMEOUT_S_DEFAULT);
     let frame_timeout_s = l.frame_timeout_s.unwrap_or(FRAME_TIMEOUT_S_DEFAULT);
-    for (k, v) in [("idle_timeout_s", idle_timeout_s), ("frame_timeout_s", frame_timeout_s)] {
+    for (k, v) in [
+        ("idle_timeout_s", idle_timeout_s),
+        ("frame_timeout_s", frame_timeout_s),
+    ] {
         if !(1..=86_400).contains(&v) {
             return Err((key(k), "must be between 1 and 86400 seconds".into()));
         }
     }
     let max_inflight = l.max_inflight.unwrap_or(CONNECTION_INFLIGHT_DEFAULT);
     if !(1..=CONNECTION_INFLIGHT_MAX).contains(&max_inflight) {
-        return Err((key("max_inflight"), format!("must be between 1 and {CONNECTION_INFLIGHT_MAX}")));
+        return Err((
+            key("max_inflight"),
+            format!("must be between 1 and {CONNECTION_INFLIGHT_MAX}"),
+        ));
     }
     let validation = match l.validation.as_deref().unwrap_or("minimal") {
         "minimal" => ValidationLevel::Minimal,
         "none" => ValidationLevel::None,
-        other => return Err((key("validation"), format!("`{other}` is not one of \"none\", \"minimal\""))),
+        other => {
+            return Err((
+                key("validation"),
+                format!("`{other}` is not one of \"none\", \"minimal\""),
+            ))
+        }
     };
-    Ok(ListenerConfig { name: l.name, listen, queue: l.queue, max_frame_bytes, max_connections, idle_timeout_s, frame_timeout_s, max_inflight, validation })
+    Ok(ListenerConfig {
+        name: l.name,
+        listen,
+        queue: l.queue,
+        max_frame_bytes,
+        max_connections,
+        idle_timeout_s,
+        frame_timeout_s,
+        max_inflight,
+        validation,
+    })
 }
 
 /// Names become directory names and metric labels: keep them plain.
 fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'"))
+        Err(format!(
+            "`{name}` must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_'"
+        ))
     }
 }
 
-fn destination(d: RawDestination, key: &dyn Fn(&str) -> String) -> Result<DestinationConfig, KeyError> {
+fn destination(
+    d: RawDestination,
+    key: &dyn Fn(&str) -> String,
+) -> Result<DestinationConfig, KeyError> {
     check_name(&d.name).map_err(|r| (key("name"), r))?;
     check_name(&d.queue).map_err(|r| (key("queue"), r))?;
-    if d.connect.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).and_then(|p| p.parse::<u16>().ok()).is_none() {
+    if d.connect
+        .rsplit_once(':')
+        .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_none()
+    {
         return Err((key("connect"), format!("`{}` is not HOST:PORT", d.connect)));
     }
-    let ordering = match (d.ordering.as_deref().unwrap_or("strict"), d.partition_key, d.lanes) {
+    let ordering = match (
+        d.ordering.as_deref().unwrap_or("strict"),
+        d.partition_key,
+        d.lanes,
+    ) {
         ("strict", None, None | Some(1)) => Ordering::Strict,
-        ("strict", Some(_), _) => return Err((key("partition_key"), "only applies to ordering = \"partitioned\"".into())),
-        ("strict", None, Some(_)) => return Err((key("lanes"), "only applies to ordering = \"partitioned\"".into())),
-        ("partitioned", None, _) => return Err((key("partition_key"), "is required for ordering = \"partitioned\" (e.g. \"PID-3.1\")".into())),
+        ("strict", Some(_), _) => {
+            return Err((
+                key("partition_key"),
+                "only applies to ordering = \"partitioned\"".into(),
+            ))
+        }
+        ("strict", None, Some(_)) => {
+            return Err((
+                key("lanes"),
+                "only applies to ordering = \"partitioned\"".into(),
+            ))
+        }
+        ("partitioned", None, _) => {
+            return Err((
+                key("partition_key"),
+                "is required for ordering = \"partitioned\" (e.g. \"PID-3.1\")".into(),
+            ))
+        }
         ("partitioned", Some(k), lanes) => {
-            let path = FieldPath::parse(&k).map_err(|e| (key("partition_key"), format!("`{k}`: {e}")))?;
+            let path =
+                FieldPath::parse(&k).map_err(|e| (key("partition_key"), format!("`{k}`: {e}")))?;
             let lanes = lanes.unwrap_or(DESTINATION_LANES_DEFAULT);
             if !(1..=DESTINATION_LANES_MAX).contains(&lanes) {
-                return Err((key("lanes"), format!("must be between 1 and {DESTINATION_LANES_MAX}")));
+                return Err((
+                    key("lanes"),
+                    format!("must be between 1 and {DESTINATION_LANES_MAX}"),
+                ));
             }
             Ordering::Partitioned { key: path, lanes }
         }
-        (other, _, _) => return Err((key("ordering"), format!("`{other}` is not one of \"strict\", \"partitioned\""))),
+        (other, _, _) => {
+            return Err((
+                key("ordering"),
+                format!("`{other}` is not one of \"strict\", \"partitioned\""),
+            ))
+        }
     };
     let policy = |k: &str, v: Option<String>, default: FailurePolicy| match v.as_deref() {
         None => Ok(default),
         Some("block") => Ok(FailurePolicy::Block),
         Some("dead-letter") => Ok(FailurePolicy::DeadLetter),
-        Some(other) => Err((key(k), format!("`{other}` is not one of \"block\", \"dead-letter\""))),
+        Some(other) => Err((
+            key(k),
+            format!("`{other}` is not one of \"block\", \"dead-letter\""),
+        )),
     };
     let on_reject = policy("on_reject", d.on_reject, FailurePolicy::DeadLetter)?;
     let on_exhausted = policy("on_exhausted", d.on_exhausted, FailurePolicy::Block)?;
     let ack_timeout_ms = d.ack_timeout_ms.unwrap_or(30_000);
     if !(10..=600_000).contains(&ack_timeout_ms) {
-        return Err((key("ack_timeout_ms"), "must be between 10 and 600000".into()));
+        return Err((
+            key("ack_timeout_ms"),
+            "must be between 10 and 600000".into(),
+        ));
     }
     let r = d.retry.unwrap_or_default();
     let retry = RetryConfig {
@@ -371,18 +493,36 @@ fn destination(d: RawDestination, key: &dyn Fn(&str) -> String) -> Result<Destin
         jitter: r.jitter.unwrap_or(0.2),
     };
     if !(1..=RETRY_ATTEMPTS_MAX).contains(&retry.max_attempts) {
-        return Err((key("retry.max_attempts"), format!("must be between 1 and {RETRY_ATTEMPTS_MAX}")));
+        return Err((
+            key("retry.max_attempts"),
+            format!("must be between 1 and {RETRY_ATTEMPTS_MAX}"),
+        ));
     }
-    if retry.initial_backoff_ms == 0 || retry.max_backoff_ms < retry.initial_backoff_ms || retry.max_backoff_ms > 3_600_000 {
-        return Err((key("retry.max_backoff_ms"), "need 0 < initial_backoff_ms <= max_backoff_ms <= 3600000".into()));
+    if retry.initial_backoff_ms == 0
+        || retry.max_backoff_ms < retry.initial_backoff_ms
+        || retry.max_backoff_ms > 3_600_000
+    {
+        return Err((
+            key("retry.max_backoff_ms"),
+            "need 0 < initial_backoff_ms <= max_backoff_ms <= 3600000".into(),
+        ));
     }
     if !(1.0..=10.0).contains(&retry.multiplier) || !(0.0..=1.0).contains(&retry.jitter) {
-        return Err((key("retry.multiplier"), "multiplier must be within 1..10 and jitter within 0..1".into()));
+        return Err((
+            key("retry.multiplier"),
+            "multiplier must be within 1..10 and jitter within 0..1".into(),
+        ));
     }
     let b = d.circuit_breaker.unwrap_or_default();
-    let circuit_breaker = BreakerConfig { failure_threshold: b.failure_threshold.unwrap_or(5), open_ms: b.open_ms.unwrap_or(30_000) };
+    let circuit_breaker = BreakerConfig {
+        failure_threshold: b.failure_threshold.unwrap_or(5),
+        open_ms: b.open_ms.unwrap_or(30_000),
+    };
     if circuit_breaker.failure_threshold == 0 || circuit_breaker.open_ms == 0 {
-        return Err((key("circuit_breaker.failure_threshold"), "failure_threshold and open_ms must be positive".into()));
+        return Err((
+            key("circuit_breaker.failure_threshold"),
+            "failure_threshold and open_ms must be positive".into(),
+        ));
     }
     let f = d.filter.unwrap_or_default();
     Ok(DestinationConfig {
@@ -394,7 +534,10 @@ fn destination(d: RawDestination, key: &dyn Fn(&str) -> String) -> Result<Destin
         on_reject,
         on_exhausted,
         rate_limit_per_s: d.rate_limit_per_s.unwrap_or(0),
-        filter: FilterConfig { message_types: f.message_types, sending_facilities: f.sending_facilities },
+        filter: FilterConfig {
+            message_types: f.message_types,
+            sending_facilities: f.sending_facilities,
+        },
         retry,
         circuit_breaker,
     })
@@ -421,7 +564,12 @@ fn wal_config(raw: Option<RawWal>) -> Result<LogConfig, KeyError> {
             tracing::warn!("wal.fsync = \"never\": acknowledged messages can be lost on power failure; for benchmarks only");
             FsyncMode::Never
         }
-        Some(other) => return Err(("wal.fsync".into(), format!("`{other}` is not one of \"always\", \"never\""))),
+        Some(other) => {
+            return Err((
+                "wal.fsync".into(),
+                format!("`{other}` is not one of \"always\", \"never\""),
+            ))
+        }
     };
     c.validate().map_err(|r| ("wal".into(), r))?;
     Ok(c)
@@ -502,24 +650,43 @@ mod tests {
         assert_eq!(d.on_exhausted, FailurePolicy::Block);
         assert_eq!(d.filter.message_types, vec!["ORU^R01".to_string()]);
         let strict = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='h:1'\nlanes=4\n";
-        assert!(Config::parse(strict, "s").unwrap_err().to_string().contains("destination[0].lanes"));
+        assert!(Config::parse(strict, "s")
+            .unwrap_err()
+            .to_string()
+            .contains("destination[0].lanes"));
         let nokey = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='h:1'\nordering='partitioned'\n";
-        assert!(Config::parse(nokey, "s").unwrap_err().to_string().contains("partition_key"));
+        assert!(Config::parse(nokey, "s")
+            .unwrap_err()
+            .to_string()
+            .contains("partition_key"));
     }
 
     #[test]
     fn errors_name_file_key_and_reason() {
         let bad_addr = "[[listener]]\nname='a'\nlisten='nope'\nqueue='q'\n";
         let e = Config::parse(bad_addr, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("x.toml") && e.contains("listener[0].listen") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("x.toml") && e.contains("listener[0].listen") && e.contains("nope"),
+            "{e}"
+        );
         let unknown = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\nbogus=1\n";
         let e = Config::parse(unknown, "y.toml").unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("bogus"), "{e}");
         let dup = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[listener]]\nname='a'\nlisten='127.0.0.1:2'\nqueue='q'\n";
-        assert!(Config::parse(dup, "z").unwrap_err().to_string().contains("listener[1].name"));
-        let fsync = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[wal]\nfsync='sometimes'\n";
-        assert!(Config::parse(fsync, "w").unwrap_err().to_string().contains("wal.fsync"));
+        assert!(Config::parse(dup, "z")
+            .unwrap_err()
+            .to_string()
+            .contains("listener[1].name"));
+        let fsync =
+            "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[wal]\nfsync='sometimes'\n";
+        assert!(Config::parse(fsync, "w")
+            .unwrap_err()
+            .to_string()
+            .contains("wal.fsync"));
         let bad_queue = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='../etc'\n";
-        assert!(Config::parse(bad_queue, "q").unwrap_err().to_string().contains("listener[0].queue"));
+        assert!(Config::parse(bad_queue, "q")
+            .unwrap_err()
+            .to_string()
+            .contains("listener[0].queue"));
     }
 }

@@ -33,17 +33,23 @@ impl ControlServer {
         let listener = UnixListener::bind(&path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("orderly-control".into()).spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
+        let thread = std::thread::Builder::new()
+            .name("orderly-control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(c) = conn {
+                        serve(c, &engine);
+                    }
                 }
-                if let Ok(c) = conn {
-                    serve(c, &engine);
-                }
-            }
-        })?;
-        Ok(ControlServer { path, stop, thread: Some(thread) })
+            })?;
+        Ok(ControlServer {
+            path,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn stop(mut self) {
@@ -59,7 +65,10 @@ impl ControlServer {
 fn serve(conn: UnixStream, engine: &Engine) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
-    if BufReader::new((&conn).take(REQUEST_BYTES_MAX)).read_line(&mut line).is_err() {
+    if BufReader::new((&conn).take(REQUEST_BYTES_MAX))
+        .read_line(&mut line)
+        .is_err()
+    {
         return;
     }
     let words: Vec<&str> = line.trim_end_matches(['\r', '\n']).split('\t').collect();
@@ -72,14 +81,21 @@ fn serve(conn: UnixStream, engine: &Engine) {
 }
 
 fn dispatch(words: &[&str], engine: &Engine) -> Result<String, String> {
-    let lane = |s: &str| s.parse::<u16>().map_err(|_| format!("`{s}` is not a lane number"));
+    let lane = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("`{s}` is not a lane number"))
+    };
     match words {
         ["status"] => Ok(render_status(&engine.status())),
         ["pause", dest] => engine.pause(dest, true).map(|_| format!("{dest} paused\n")),
-        ["resume", dest] => engine.pause(dest, false).map(|_| format!("{dest} resumed\n")),
+        ["resume", dest] => engine
+            .pause(dest, false)
+            .map(|_| format!("{dest} resumed\n")),
         ["retry", dest] => engine.retry(dest, None).map(|t| t + "\n"),
         ["retry", dest, l] => engine.retry(dest, Some(lane(l)?)).map(|t| t + "\n"),
-        ["skip", dest, l, reason] if !reason.trim().is_empty() => engine.skip(dest, lane(l)?, reason).map(|t| t + "\n"),
+        ["skip", dest, l, reason] if !reason.trim().is_empty() => {
+            engine.skip(dest, lane(l)?, reason).map(|t| t + "\n")
+        }
         _ => Err(format!("unknown request {words:?}")),
     }
 }
@@ -88,12 +104,19 @@ fn dispatch(words: &[&str], engine: &Engine) -> Result<String, String> {
 /// of an `ok` answer, `Err` an `error` answer or why the broker is unreachable.
 pub fn request(data_dir: &Path, words: &[&str]) -> Result<String, String> {
     let path = socket_path(data_dir);
-    let mut conn = UnixStream::connect(&path).map_err(|e| format!("cannot reach the broker at {}: {e} (is `orderly serve` running with this data_dir?)", path.display()))?;
-    conn.set_read_timeout(Some(Duration::from_secs(90))).map_err(|e| e.to_string())?;
+    let mut conn = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "cannot reach the broker at {}: {e} (is `orderly serve` running with this data_dir?)",
+            path.display()
+        )
+    })?;
+    conn.set_read_timeout(Some(Duration::from_secs(90)))
+        .map_err(|e| e.to_string())?;
     let line = words.join("\t") + "\n";
     conn.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
     let mut answer = String::new();
-    conn.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    conn.read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
     match answer.split_once('\n') {
         Some(("ok", rest)) => Ok(rest.to_string()),
         Some(("error", rest)) => Err(rest.trim_end().to_string()),

@@ -3,15 +3,15 @@
 //! Clinical systems send HL7 v2 over MLLP; Orderly makes each message durable
 //! (fdatasync) before it answers with a positive ACK, then delivers it in order
 //! to every downstream. See `docs/ARCHITECTURE.md` for the codemap.
-pub mod constants;
-pub mod hl7;
-pub mod mllp;
-pub mod storage;
-pub mod index;
-pub mod wal;
 pub mod config;
-pub mod metrics;
-pub mod server;
+pub mod constants;
+pub mod control;
 pub mod cursor;
 pub mod delivery;
-pub mod control;
+pub mod hl7;
+pub mod index;
+pub mod metrics;
+pub mod mllp;
+pub mod server;
+pub mod storage;
+pub mod wal;

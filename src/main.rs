@@ -110,19 +110,38 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
-        Command::Inspect { queue, data_dir, config, from, limit } => {
-            with_data_dir(data_dir, config, |dir| inspect_queue(dir, &queue, Offset(from), limit.unwrap_or(u64::MAX)))
-        }
+        Command::Inspect {
+            queue,
+            data_dir,
+            config,
+            from,
+            limit,
+        } => with_data_dir(data_dir, config, |dir| {
+            inspect_queue(dir, &queue, Offset(from), limit.unwrap_or(u64::MAX))
+        }),
         Command::Verify { data_dir, config } => with_data_dir(data_dir, config, verify_all),
-        Command::Send { to, timeout_s, files } => send(&to, Duration::from_secs(timeout_s), &files),
-        Command::Ctl { config, data_dir, action } => with_data_dir(data_dir, config, |dir| ctl(dir, action)),
+        Command::Send {
+            to,
+            timeout_s,
+            files,
+        } => send(&to, Duration::from_secs(timeout_s), &files),
+        Command::Ctl {
+            config,
+            data_dir,
+            action,
+        } => with_data_dir(data_dir, config, |dir| ctl(dir, action)),
     }
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -169,16 +188,22 @@ fn serve(config: Option<&Path>) -> ExitCode {
 fn install_signal_handler(handle: orderly::server::ShutdownHandle) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new().name("orderly-signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "signal received");
-            handle.shutdown();
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("orderly-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "signal received");
+                handle.shutdown();
+            }
+        })?;
     Ok(())
 }
 
-fn with_data_dir(data_dir: Option<PathBuf>, config: Option<PathBuf>, f: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
+fn with_data_dir(
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    f: impl FnOnce(&Path) -> ExitCode,
+) -> ExitCode {
     let dir = match (data_dir, config) {
         (Some(d), _) => d,
         (None, Some(c)) => match load_config(Some(&c)) {
@@ -196,12 +221,22 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
         CtlAction::Status => vec!["status"],
         CtlAction::Pause { destination } => vec!["pause", destination],
         CtlAction::Resume { destination } => vec!["resume", destination],
-        CtlAction::Retry { destination, lane: None } => vec!["retry", destination],
-        CtlAction::Retry { destination, lane: Some(l) } => {
+        CtlAction::Retry {
+            destination,
+            lane: None,
+        } => vec!["retry", destination],
+        CtlAction::Retry {
+            destination,
+            lane: Some(l),
+        } => {
             lane_text = l.to_string();
             vec!["retry", destination, &lane_text]
         }
-        CtlAction::Skip { destination, lane, reason } => {
+        CtlAction::Skip {
+            destination,
+            lane,
+            reason,
+        } => {
             if reason.trim().is_empty() || reason.contains(['\t', '\n']) {
                 eprintln!("orderly: --reason must be non-empty text on one line");
                 return ExitCode::from(2);
@@ -232,8 +267,21 @@ fn inspect_queue(data_dir: &Path, queue: &str, from: Offset, limit: u64) -> Exit
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = inspect::for_each_record(&FsStorage, &dir, from, limit, |r| {
         let meta = MetaView::new(r.meta);
-        let field = |k| meta.get(k).filter(|v: &&[u8]| !v.is_empty()).map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_")).unwrap_or_else(|| "-".into());
-        let _ = writeln!(out, "{} {} {} {} {}", r.offset, r.timestamp_ms, r.payload.len(), field(MetaKey::ControlId), field(MetaKey::MessageType));
+        let field = |k| {
+            meta.get(k)
+                .filter(|v: &&[u8]| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            out,
+            "{} {} {} {} {}",
+            r.offset,
+            r.timestamp_ms,
+            r.payload.len(),
+            field(MetaKey::ControlId),
+            field(MetaKey::MessageType)
+        );
     });
     let _ = out.flush();
     match result {
@@ -248,7 +296,11 @@ fn inspect_queue(data_dir: &Path, queue: &str, from: Offset, limit: u64) -> Exit
 fn verify_all(data_dir: &Path) -> ExitCode {
     let queues_dir = data_dir.join("queues");
     let mut queues: Vec<String> = match std::fs::read_dir(&queues_dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(e) => {
             eprintln!("orderly: cannot read {}: {e}", queues_dir.display());
             return ExitCode::from(1);
@@ -264,9 +316,17 @@ fn verify_all(data_dir: &Path) -> ExitCode {
                     _ => "empty".into(),
                 };
                 let verdict = if report.is_clean() { "OK" } else { "CORRUPT" };
-                println!("queue {q}: {verdict}: {} segment(s), {} record(s), {range}", report.segments, report.records);
+                println!(
+                    "queue {q}: {verdict}: {} segment(s), {} record(s), {range}",
+                    report.segments, report.records
+                );
                 for p in &report.problems {
-                    println!("  problem: {} at byte {}: {}", p.file.display(), p.position, p.what);
+                    println!(
+                        "  problem: {} at byte {}: {}",
+                        p.file.display(),
+                        p.position,
+                        p.what
+                    );
                 }
                 for n in &report.notes {
                     println!("  note: {n}");
@@ -326,19 +386,39 @@ fn send(to: &str, timeout: Duration, files: &[PathBuf]) -> ExitCode {
 }
 
 /// Sends one file and returns (positive?, "MSA-1 MSA-2 text").
-fn send_one(stream: &mut TcpStream, file: &Path, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> Result<(bool, String), String> {
+fn send_one(
+    stream: &mut TcpStream,
+    file: &Path,
+    buf: &mut Vec<u8>,
+    decoder: &mut FrameDecoder,
+) -> Result<(bool, String), String> {
     let raw = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
     let mut framed = Vec::with_capacity(raw.len() + 3);
     encode_frame(&normalize_segment_ends(&raw), &mut framed);
-    stream.write_all(&framed).map_err(|e| format!("send failed: {e}"))?;
+    stream
+        .write_all(&framed)
+        .map_err(|e| format!("send failed: {e}"))?;
     let ack = read_frame(stream, buf, decoder)?;
     let parsed = parse_ack(&ack).map_err(|e| format!("unreadable ACK: {e}"))?;
-    let text = parsed.text.or(parsed.error.and_then(|e| e.text)).map(|t| String::from_utf8_lossy(&t.decoded()).into_owned()).unwrap_or_default();
-    let line = format!("{} {} {}", parsed.code.as_str(), String::from_utf8_lossy(parsed.control_id), text);
+    let text = parsed
+        .text
+        .or(parsed.error.and_then(|e| e.text))
+        .map(|t| String::from_utf8_lossy(&t.decoded()).into_owned())
+        .unwrap_or_default();
+    let line = format!(
+        "{} {} {}",
+        parsed.code.as_str(),
+        String::from_utf8_lossy(parsed.control_id),
+        text
+    );
     Ok((parsed.code.is_positive(), line.trim_end().to_string()))
 }
 
-fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> Result<Vec<u8>, String> {
+fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    decoder: &mut FrameDecoder,
+) -> Result<Vec<u8>, String> {
     let mut chunk = [0u8; 4096];
     loop {
         match decoder.decode(buf) {
@@ -351,7 +431,9 @@ fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>, decoder: &mut FrameDeco
             Decoded::Invalid(e) => return Err(format!("bad ACK framing: {e}")),
             _ => {}
         }
-        let n = stream.read(&mut chunk).map_err(|e| format!("no ACK: {e}"))?;
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| format!("no ACK: {e}"))?;
         if n == 0 {
             return Err("connection closed before the ACK".into());
         }

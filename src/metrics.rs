@@ -46,6 +46,10 @@ impl Metrics {
 
     /// One line, `name=value ...`, for logs.
     pub fn summary(&self) -> String {
-        self.snapshot().iter().map(|(n, _, v)| format!("{n}={v}")).collect::<Vec<_>>().join(" ")
+        self.snapshot()
+            .iter()
+            .map(|(n, _, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }

@@ -52,7 +52,11 @@ fn check_duplicates_straddle_kills(received: &[Received], kills: &[Instant], wha
             }
             Some(&opened) => {
                 dups += 1;
-                assert!(kills.iter().any(|k| *k > opened && *k < r.conn_opened), "{what}: {} delivered twice without a crash in between", r.control_id);
+                assert!(
+                    kills.iter().any(|k| *k > opened && *k < r.conn_opened),
+                    "{what}: {} delivered twice without a crash in between",
+                    r.control_id
+                );
                 first.insert(&r.control_id, r.conn_opened);
             }
         }
@@ -67,7 +71,11 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
     let part = Sink::start(accept_all());
     let dests = [
         destination("strict", strict.addr, ""),
-        destination("part", part.addr, "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4"),
+        destination(
+            "part",
+            part.addr,
+            "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4",
+        ),
     ]
     .join("\n");
     let config = config_with(dir.path(), &dests);
@@ -80,7 +88,8 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let handles: Vec<_> = (0..CONNECTIONS)
             .map(|c| {
-                let (addr, acked, tx, mut seq) = (broker.addr(), acked.clone(), tx.clone(), next_seq[c]);
+                let (addr, acked, tx, mut seq) =
+                    (broker.addr(), acked.clone(), tx.clone(), next_seq[c]);
                 std::thread::spawn(move || {
                     let mut client = Client::connect(addr);
                     loop {
@@ -99,10 +108,13 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
             })
             .collect();
         for _ in 0..80 {
-            rx.recv_timeout(Duration::from_secs(60)).expect("ingest progresses");
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("ingest progresses");
         }
         // Kill while deliveries are under way.
-        strict.wait_until(Duration::from_secs(60), "deliveries under way", |log| log.len() >= delivered_before + 20);
+        strict.wait_until(Duration::from_secs(60), "deliveries under way", |log| {
+            log.len() >= delivered_before + 20
+        });
         broker.kill9();
         // After the kill returned: everything received later came from the next broker.
         kills.push(Instant::now());

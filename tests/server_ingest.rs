@@ -14,17 +14,29 @@ fn corpus_dir() -> PathBuf {
 
 /// (file, expect) pairs from MANIFEST.tsv.
 fn manifest() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(corpus_dir().join("MANIFEST.tsv")).expect("shared corpus manifest");
-    text.lines().skip(1).filter(|l| !l.trim().is_empty()).map(|l| {
-        let f: Vec<&str> = l.split('\t').collect();
-        (f[0].to_string(), f[3].to_string())
-    }).collect()
+    let text =
+        std::fs::read_to_string(corpus_dir().join("MANIFEST.tsv")).expect("shared corpus manifest");
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_string(), f[3].to_string())
+        })
+        .collect()
 }
 
 /// Every stored payload of `queue`, in log order.
 fn stored(data_dir: &Path, queue: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    inspect::for_each_record(&FsStorage, &data_dir.join("queues").join(queue), Offset(0), u64::MAX, |r| out.push(r.payload.to_vec())).expect("read log");
+    inspect::for_each_record(
+        &FsStorage,
+        &data_dir.join("queues").join(queue),
+        Offset(0),
+        u64::MAX,
+        |r| out.push(r.payload.to_vec()),
+    )
+    .expect("read log");
     out
 }
 
@@ -39,14 +51,24 @@ fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for
     for (file, expect) in &entries {
         let bytes = std::fs::read(corpus_dir().join(file)).unwrap();
         client.send(&bytes);
-        let ack = client.recv().unwrap_or_else(|| panic!("{file}: connection closed instead of an ACK"));
+        let ack = client
+            .recv()
+            .unwrap_or_else(|| panic!("{file}: connection closed instead of an ACK"));
         let (code, _) = ack_of(&ack);
         match expect.as_str() {
             "accept" | "batch" => {
-                assert!(code.is_positive(), "{file}: expected a positive ACK, got {}", code.as_str());
+                assert!(
+                    code.is_positive(),
+                    "{file}: expected a positive ACK, got {}",
+                    code.as_str()
+                );
                 expected_stored.push(bytes);
             }
-            "reject" => assert!(!code.is_positive(), "{file}: expected a negative ACK, got {}", code.as_str()),
+            "reject" => assert!(
+                !code.is_positive(),
+                "{file}: expected a negative ACK, got {}",
+                code.as_str()
+            ),
             "either" => {
                 if code.is_positive() {
                     expected_stored.push(bytes);
@@ -57,7 +79,11 @@ fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for
     }
     assert!(broker.terminate().success(), "SIGTERM exits 0");
     let got = stored(&broker.data_dir, "lab");
-    assert_eq!(got.len(), expected_stored.len(), "exactly the accepted messages are stored");
+    assert_eq!(
+        got.len(),
+        expected_stored.len(),
+        "exactly the accepted messages are stored"
+    );
     for (i, (g, e)) in got.iter().zip(&expected_stored).enumerate() {
         assert!(g == e, "record {i} differs from the bytes sent");
     }
@@ -76,7 +102,11 @@ fn rejected_message_gets_ar_with_an_err_segment_that_says_why() {
     c.send(b"PID|1||x\r");
     let (code, _) = ack_of(&c.recv().expect("NAK for non-HL7"));
     assert_eq!(code, AckCode::ApplicationReject);
-    assert_eq!(c.roundtrip(&oru("after-reject", 300)), (AckCode::ApplicationAccept, "after-reject".into()), "connection survives");
+    assert_eq!(
+        c.roundtrip(&oru("after-reject", 300)),
+        (AckCode::ApplicationAccept, "after-reject".into()),
+        "connection survives"
+    );
 }
 
 #[test]
@@ -93,9 +123,16 @@ fn frames_split_at_every_byte_boundary_are_reassembled() {
         c.send_raw(&f[..k]);
         c.send_raw(&f[k..]);
         let (code, msa2) = ack_of(&c.recv().expect("ACK"));
-        assert!(code.is_positive() && msa2 == id, "split at {k}: {} {msa2}", code.as_str());
+        assert!(
+            code.is_positive() && msa2 == id,
+            "split at {k}: {} {msa2}",
+            code.as_str()
+        );
     }
-    let ids: Vec<String> = inspect(&broker.data_dir, "lab").into_iter().map(|r| r.2).collect();
+    let ids: Vec<String> = inspect(&broker.data_dir, "lab")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
     let want: Vec<String> = (1..frame.len()).map(|k| format!("S{k}")).collect();
     assert_eq!(ids, want);
 }
@@ -121,7 +158,11 @@ fn pipelined_frames_in_one_write_get_acks_in_order() {
             continue;
         }
         let n = if i < 100 { i } else { i - 1 };
-        assert_eq!((code, msa2), (AckCode::ApplicationAccept, format!("P{n}")), "ACK {i} in arrival order");
+        assert_eq!(
+            (code, msa2),
+            (AckCode::ApplicationAccept, format!("P{n}")),
+            "ACK {i} in arrival order"
+        );
     }
 }
 
@@ -141,34 +182,62 @@ fn real_sender_habits_junk_bom_and_missing_trailing_cr_all_work() {
     bytes.extend_from_slice(&oru("J2", 150));
     bytes.extend_from_slice(&[0x1c, 0x0d]);
     c.send_raw(&bytes);
-    assert_eq!(ack_of(&c.recv().unwrap()), (AckCode::ApplicationAccept, "J1".into()));
-    assert_eq!(ack_of(&c.recv().unwrap()), (AckCode::ApplicationAccept, "J2".into()));
-    assert_eq!(c.roundtrip(&oru("J3", 100)), (AckCode::ApplicationAccept, "J3".into()));
+    assert_eq!(
+        ack_of(&c.recv().unwrap()),
+        (AckCode::ApplicationAccept, "J1".into())
+    );
+    assert_eq!(
+        ack_of(&c.recv().unwrap()),
+        (AckCode::ApplicationAccept, "J2".into())
+    );
+    assert_eq!(
+        c.roundtrip(&oru("J3", 100)),
+        (AckCode::ApplicationAccept, "J3".into())
+    );
     drop(c);
     let stored = stored(&broker.data_dir, "lab");
-    assert!(stored[1].starts_with(b"\xef\xbb\xbfMSH"), "BOM kept: payload stored exactly");
+    assert!(
+        stored[1].starts_with(b"\xef\xbb\xbfMSH"),
+        "BOM kept: payload stored exactly"
+    );
 }
 
 #[test]
 fn oversized_frame_gets_a_nak_when_its_header_is_readable_else_the_connection_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "max_frame_bytes = 4096")]));
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab", "lab", "max_frame_bytes = 4096")],
+    ));
     let mut c = Client::connect(broker.addr());
     let (code, msa2) = c.roundtrip(&oru("BIG", 20_000));
     assert_eq!((code, msa2.as_str()), (AckCode::ApplicationReject, "BIG"));
-    assert_eq!(c.roundtrip(&oru("SMALL", 1000)), (AckCode::ApplicationAccept, "SMALL".into()), "connection continues");
+    assert_eq!(
+        c.roundtrip(&oru("SMALL", 1000)),
+        (AckCode::ApplicationAccept, "SMALL".into()),
+        "connection continues"
+    );
     let mut junk = vec![0x0b];
     junk.extend(std::iter::repeat_n(b'z', 20_000));
     c.send_raw(&junk);
-    assert!(c.is_closed_by_server(), "unreadable oversized frame closes the connection");
-    let ids: Vec<String> = inspect(&broker.data_dir, "lab").into_iter().map(|r| r.2).collect();
+    assert!(
+        c.is_closed_by_server(),
+        "unreadable oversized frame closes the connection"
+    );
+    let ids: Vec<String> = inspect(&broker.data_dir, "lab")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
     assert_eq!(ids, vec!["SMALL".to_string()]);
 }
 
 #[test]
 fn idle_and_slow_drip_peers_are_closed_after_their_timeouts() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "idle_timeout_s = 1\nframe_timeout_s = 1")]));
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab", "lab", "idle_timeout_s = 1\nframe_timeout_s = 1")],
+    ));
     let mut idle = Client::connect(broker.addr());
     let mut slow = Client::connect(broker.addr());
     slow.send_raw(b"\x0bMSH|^~\\&|A|B|C|D|2026||ORU^R01|X|P|2.5\r");
@@ -177,13 +246,20 @@ fn idle_and_slow_drip_peers_are_closed_after_their_timeouts() {
     assert!(slow.is_closed_by_server());
     assert!(t.elapsed() < std::time::Duration::from_secs(20));
     let fresh = Client::connect(broker.addr()).roundtrip(&oru("after", 100));
-    assert_eq!(fresh, (AckCode::ApplicationAccept, "after".into()), "the broker keeps serving");
+    assert_eq!(
+        fresh,
+        (AckCode::ApplicationAccept, "after".into()),
+        "the broker keeps serving"
+    );
 }
 
 #[test]
 fn connections_over_max_are_refused_and_existing_ones_keep_working() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "max_connections = 2")]));
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab", "lab", "max_connections = 2")],
+    ));
     let mut a = Client::connect(broker.addr());
     let mut b = Client::connect(broker.addr());
     assert!(a.roundtrip(&oru("A1", 100)).0.is_positive());
@@ -208,24 +284,61 @@ fn connections_over_max_are_refused_and_existing_ones_keep_working() {
 #[test]
 fn several_listeners_feed_one_queue_and_separate_queues() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&write_config(dir.path(), &[("lab1", "lab", ""), ("lab2", "lab", ""), ("adt", "adt", "")]));
-    assert!(Client::connect(broker.addr_of("lab1")).roundtrip(&oru("L1", 100)).0.is_positive());
-    assert!(Client::connect(broker.addr_of("lab2")).roundtrip(&oru("L2", 100)).0.is_positive());
-    assert!(Client::connect(broker.addr_of("adt")).roundtrip(&oru("A1", 100)).0.is_positive());
-    let lab: Vec<String> = inspect(&broker.data_dir, "lab").into_iter().map(|r| r.2).collect();
-    let adt: Vec<String> = inspect(&broker.data_dir, "adt").into_iter().map(|r| r.2).collect();
-    assert_eq!((lab, adt), (vec!["L1".to_string(), "L2".to_string()], vec!["A1".to_string()]));
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab1", "lab", ""), ("lab2", "lab", ""), ("adt", "adt", "")],
+    ));
+    assert!(Client::connect(broker.addr_of("lab1"))
+        .roundtrip(&oru("L1", 100))
+        .0
+        .is_positive());
+    assert!(Client::connect(broker.addr_of("lab2"))
+        .roundtrip(&oru("L2", 100))
+        .0
+        .is_positive());
+    assert!(Client::connect(broker.addr_of("adt"))
+        .roundtrip(&oru("A1", 100))
+        .0
+        .is_positive());
+    let lab: Vec<String> = inspect(&broker.data_dir, "lab")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    let adt: Vec<String> = inspect(&broker.data_dir, "adt")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(
+        (lab, adt),
+        (
+            vec!["L1".to_string(), "L2".to_string()],
+            vec!["A1".to_string()]
+        )
+    );
 }
 
 #[test]
 fn config_errors_name_file_key_and_reason_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[[listener]]\nname = \"lab\"\nlisten = \"not-an-address\"\nqueue = \"lab\"\n").unwrap();
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"lab\"\nlisten = \"not-an-address\"\nqueue = \"lab\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("listener[0].listen") && err.contains("not-an-address"), "{err}");
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("listener[0].listen")
+            && err.contains("not-an-address"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,7 +346,11 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &[("lab", "lab", "")]);
     let _first = Broker::start(&config);
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another Orderly process"));
 }
@@ -244,13 +361,31 @@ fn send_command_prints_each_ack_and_fails_on_a_negative_one() {
     let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
     let good = corpus_dir().join("adt_a01_v25_crlf_rethink_01_lf.hl7");
     let bad = corpus_dir().join("reject_no_msh10_cdc_01.hl7");
-    let ok = Command::new(BIN).args(["send", "--to", &broker.addr().to_string()]).arg(&good).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(BIN)
+        .args(["send", "--to", &broker.addr().to_string()])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains(": AA MSG006"));
-    let mixed = Command::new(BIN).args(["send", "--to", &broker.addr().to_string()]).arg(&good).arg(&bad).output().unwrap();
+    let mixed = Command::new(BIN)
+        .args(["send", "--to", &broker.addr().to_string()])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(mixed.status.code(), Some(1));
     let out = String::from_utf8_lossy(&mixed.stdout);
-    assert!(out.lines().nth(1).is_some_and(|l| (l.contains(": AR ") || l.contains(": CR ")) && l.contains("MSH-10")), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| (l.contains(": AR ") || l.contains(": CR ")) && l.contains("MSH-10")),
+        "{out}"
+    );
     // LF segment ends were normalised to CR before sending.
     let stored = stored(&broker.data_dir, "lab");
     assert!(!stored[0].contains(&b'\n'));

@@ -1,9 +1,9 @@
 //! Appending, reading, rolling, reopening, indexes and tailing on real files.
 mod wal_common;
+use orderly::storage::FsStorage;
 use orderly::wal::meta::{MetaKey, MetaView};
 use orderly::wal::verify::verify_dir;
 use orderly::wal::{Log, LogConfig, Offset};
-use orderly::storage::FsStorage;
 use std::time::Duration;
 use wal_common::*;
 
@@ -17,7 +17,9 @@ fn tmp_log(preallocate: bool) -> (tempfile::TempDir, Log) {
 fn appended_records_read_back_exactly_in_order() {
     let (_d, log) = tmp_log(true);
     for i in 0..50u64 {
-        let a = log.append(&meta(i), &payload(i, 100 + i as usize * 37)).expect("append");
+        let a = log
+            .append(&meta(i), &payload(i, 100 + i as usize * 37))
+            .expect("append");
         assert_eq!(a.offset, Offset(i));
     }
     let all = read_all(&log);
@@ -27,7 +29,10 @@ fn appended_records_read_back_exactly_in_order() {
         assert_eq!(p, &payload(i as u64, 100 + i * 37));
     }
     let rec = log.read(Offset(7)).expect("read 7");
-    assert_eq!(MetaView::new(&rec.meta).get(MetaKey::ControlId), Some(&b"C7"[..]));
+    assert_eq!(
+        MetaView::new(&rec.meta).get(MetaKey::ControlId),
+        Some(&b"C7"[..])
+    );
 }
 
 #[test]
@@ -38,7 +43,8 @@ fn records_survive_close_and_reopen_across_many_segments() {
         let n = 400u64;
         {
             let log = Log::open(&path, small_config(prealloc)).expect("open");
-            let items: Vec<(u64, usize)> = (0..n).map(|i| (i, 900 + (i as usize % 7) * 100)).collect();
+            let items: Vec<(u64, usize)> =
+                (0..n).map(|i| (i, 900 + (i as usize % 7) * 100)).collect();
             for chunk in items.chunks(17) {
                 for d in append_burst(&log, chunk) {
                     d.result.expect("append ok");
@@ -46,7 +52,16 @@ fn records_survive_close_and_reopen_across_many_segments() {
             }
             log.close().expect("close");
         }
-        let segments = std::fs::read_dir(&path).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log")).count();
+        let segments = std::fs::read_dir(&path)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".log")
+            })
+            .count();
         assert!(segments > 3, "small segments roll: found {segments}");
         let log = Log::open(&path, small_config(prealloc)).expect("reopen");
         assert_eq!(log.end_offset(), Offset(n));
@@ -55,7 +70,9 @@ fn records_survive_close_and_reopen_across_many_segments() {
         for (off, p) in &all {
             assert_eq!(p, &payload(off.0, 900 + (off.0 as usize % 7) * 100));
         }
-        let a = log.append(&meta(n), &payload(n, 10)).expect("append after reopen");
+        let a = log
+            .append(&meta(n), &payload(n, 10))
+            .expect("append after reopen");
         assert_eq!(a.offset, Offset(n));
         let report = verify_dir(&FsStorage, &path).expect("verify");
         assert!(report.is_clean(), "{:?}", report.problems);
@@ -81,7 +98,11 @@ fn offset_for_time_finds_first_record_at_or_after() {
     let (_d, log) = tmp_log(true);
     let mut stamps = Vec::new();
     for i in 0..120u64 {
-        stamps.push(log.append(&meta(i), &payload(i, 1500)).expect("append").timestamp_ms);
+        stamps.push(
+            log.append(&meta(i), &payload(i, 1500))
+                .expect("append")
+                .timestamp_ms,
+        );
         if i % 40 == 39 {
             // Let the clock move so the log spans distinct timestamps.
             let t = stamps[i as usize];
@@ -92,7 +113,11 @@ fn offset_for_time_finds_first_record_at_or_after() {
     }
     for (i, &ts) in stamps.iter().enumerate() {
         let first = stamps.iter().position(|&s| s >= ts).unwrap() as u64;
-        assert_eq!(log.offset_for_time(ts).expect("lookup"), Some(Offset(first)), "record {i}");
+        assert_eq!(
+            log.offset_for_time(ts).expect("lookup"),
+            Some(Offset(first)),
+            "record {i}"
+        );
     }
     assert_eq!(log.offset_for_time(stamps[119] + 1).expect("lookup"), None);
     assert_eq!(log.offset_for_time(0).expect("lookup"), Some(Offset(0)));
@@ -101,10 +126,17 @@ fn offset_for_time_finds_first_record_at_or_after() {
 #[test]
 fn tailing_reader_wakes_when_a_record_becomes_durable() {
     let (_d, log) = tmp_log(true);
-    assert!(!log.wait_for(Offset(0), Duration::from_millis(10)), "nothing written yet");
+    assert!(
+        !log.wait_for(Offset(0), Duration::from_millis(10)),
+        "nothing written yet"
+    );
     let appender = log.appender();
-    let writer = std::thread::spawn(move || appender.append(meta(0), payload(0, 64)).expect("append"));
-    assert!(log.wait_for(Offset(0), Duration::from_secs(10)), "woken by the append");
+    let writer =
+        std::thread::spawn(move || appender.append(meta(0), payload(0, 64)).expect("append"));
+    assert!(
+        log.wait_for(Offset(0), Duration::from_secs(10)),
+        "woken by the append"
+    );
     writer.join().unwrap();
     assert_eq!(log.read(Offset(0)).unwrap().payload, payload(0, 64));
 }
@@ -115,7 +147,10 @@ fn oversized_record_is_refused_and_log_continues() {
     let big = vec![b'x'; orderly::constants::RECORD_PAYLOAD_BYTES_MAX + 1];
     let err = log.append(&[], &big).expect_err("too large");
     assert!(matches!(err, orderly::wal::AppendError::TooLarge { .. }));
-    assert_eq!(log.append(&meta(0), &payload(0, 10)).unwrap().offset, Offset(0));
+    assert_eq!(
+        log.append(&meta(0), &payload(0, 10)).unwrap().offset,
+        Offset(0)
+    );
 }
 
 #[test]
@@ -128,5 +163,8 @@ fn group_commit_shares_one_fsync_among_a_burst() {
         d.result.expect("ok");
     }
     let syncs = sim.sync_count() - before;
-    assert!(syncs < 128, "256 records took {syncs} data syncs: group commit is not batching");
+    assert!(
+        syncs < 128,
+        "256 records took {syncs} data syncs: group commit is not batching"
+    );
 }

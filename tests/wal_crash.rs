@@ -31,7 +31,10 @@ fn capture_workload(config: LogConfig, bursts: usize) -> (Vec<Capture>, u64) {
     let log = open_sim(&sim, config);
     let (a, c) = (acked.clone(), captures.clone());
     let hook: SyncHook = Arc::new(move |s: &SimStorage| {
-        c.lock().push(Capture { storage: s.fork(), acked: a.load(Ordering::SeqCst) });
+        c.lock().push(Capture {
+            storage: s.fork(),
+            acked: a.load(Ordering::SeqCst),
+        });
     });
     sim.set_sync_hook(Some(hook));
     let mut next = 0u64;
@@ -55,18 +58,38 @@ fn check_recovery(image: &SimStorage, acked: u64, total: u64, config: &LogConfig
     let log = open_sim(image, config.clone());
     let all = read_all(&log);
     let n = all.len() as u64;
-    assert!(n >= acked, "{what}: {acked} appends completed but only {n} recovered");
-    assert!(n <= total, "{what}: recovered {n} records, only {total} were appended");
+    assert!(
+        n >= acked,
+        "{what}: {acked} appends completed but only {n} recovered"
+    );
+    assert!(
+        n <= total,
+        "{what}: recovered {n} records, only {total} were appended"
+    );
     for (k, (off, p)) in all.iter().enumerate() {
         assert_eq!(*off, Offset(k as u64), "{what}: offsets are dense from 0");
-        assert_eq!(p, &payload(k as u64, record_len(k as u64)), "{what}: record {k} intact");
+        assert_eq!(
+            p,
+            &payload(k as u64, record_len(k as u64)),
+            "{what}: record {k} intact"
+        );
     }
     assert_eq!(log.end_offset(), Offset(n));
-    let appended = log.append(&meta(n), &payload(n, record_len(n))).expect("recovered log accepts appends");
-    assert_eq!(appended.offset, Offset(n), "{what}: next offset continues the prefix");
+    let appended = log
+        .append(&meta(n), &payload(n, record_len(n)))
+        .expect("recovered log accepts appends");
+    assert_eq!(
+        appended.offset,
+        Offset(n),
+        "{what}: next offset continues the prefix"
+    );
     drop(log);
     let again = open_sim(image, config.clone());
-    assert_eq!(again.end_offset(), Offset(n + 1), "{what}: recovery is idempotent");
+    assert_eq!(
+        again.end_offset(),
+        Offset(n + 1),
+        "{what}: recovery is idempotent"
+    );
     assert_eq!(read_all(&again).len() as u64, n + 1);
 }
 
@@ -78,35 +101,66 @@ fn crash_at_every_byte(config: LogConfig, bursts: usize) {
         let pending = cap.storage.pending_bytes();
         for kept in 0..=pending {
             let image = cap.storage.crash(Some(kept));
-            check_recovery(&image, cap.acked, total, &config, &format!("capture {ci}, {kept}/{pending} pending bytes kept"));
+            check_recovery(
+                &image,
+                cap.acked,
+                total,
+                &config,
+                &format!("capture {ci}, {kept}/{pending} pending bytes kept"),
+            );
             points += 1;
         }
     }
-    assert!(points > captures.len(), "some captures had unsynced bytes to tear");
+    assert!(
+        points > captures.len(),
+        "some captures had unsynced bytes to tear"
+    );
 }
 
 #[test]
 fn crash_at_every_byte_recovers_a_prefix_with_every_acked_record_preallocated() {
-    crash_at_every_byte(LogConfig { segment_bytes: 64 * 1024, checkpoint_interval_bytes: 2048, ..LogConfig::default() }, 60);
+    crash_at_every_byte(
+        LogConfig {
+            segment_bytes: 64 * 1024,
+            checkpoint_interval_bytes: 2048,
+            ..LogConfig::default()
+        },
+        60,
+    );
 }
 
 #[test]
 fn crash_at_every_byte_recovers_a_prefix_with_every_acked_record_appending() {
-    crash_at_every_byte(LogConfig { segment_bytes: 64 * 1024, preallocate: false, checkpoint_interval_bytes: 2048, ..LogConfig::default() }, 60);
+    crash_at_every_byte(
+        LogConfig {
+            segment_bytes: 64 * 1024,
+            preallocate: false,
+            checkpoint_interval_bytes: 2048,
+            ..LogConfig::default()
+        },
+        60,
+    );
 }
 
 #[test]
 fn crash_during_segment_rolls_loses_nothing_acked() {
     // Segments of 64 KiB with ~10 KiB records: a roll every few bursts, so
     // captures land inside create/seal/checkpoint sequences.
-    let config = LogConfig { segment_bytes: 64 * 1024, preallocate: false, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 64 * 1024,
+        preallocate: false,
+        ..LogConfig::default()
+    };
     let sim = SimStorage::new();
     let acked = Arc::new(AtomicU64::new(0));
     let captures = Arc::new(Mutex::new(Vec::new()));
     let log = open_sim(&sim, config.clone());
     let (a, c) = (acked.clone(), captures.clone());
     sim.set_sync_hook(Some(Arc::new(move |s: &SimStorage| {
-        c.lock().push(Capture { storage: s.fork(), acked: a.load(Ordering::SeqCst) });
+        c.lock().push(Capture {
+            storage: s.fork(),
+            acked: a.load(Ordering::SeqCst),
+        });
     })));
     let len = |_i: u64| 10_000usize;
     for i in 0..40u64 {
@@ -121,9 +175,16 @@ fn crash_during_segment_rolls_loses_nothing_acked() {
             let image = cap.storage.crash(kept);
             let log = open_sim(&image, config.clone());
             let all = read_all(&log);
-            assert!(all.len() as u64 >= cap.acked, "capture {ci}: lost acked records");
+            assert!(
+                all.len() as u64 >= cap.acked,
+                "capture {ci}: lost acked records"
+            );
             for (k, (off, p)) in all.iter().enumerate() {
-                assert_eq!((*off, p), (Offset(k as u64), &payload(k as u64, len(k as u64))), "capture {ci}");
+                assert_eq!(
+                    (*off, p),
+                    (Offset(k as u64), &payload(k as u64, len(k as u64))),
+                    "capture {ci}"
+                );
             }
         }
     }

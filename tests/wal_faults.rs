@@ -15,7 +15,13 @@ fn fill(sim: &SimStorage, config: LogConfig, n: u64, len: usize) {
 }
 
 fn segment_files(sim: &SimStorage, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = sim.list(Path::new(DIR)).unwrap().into_iter().filter(|n| n.ends_with(ext)).map(|n| Path::new(DIR).join(n)).collect();
+    let mut v: Vec<PathBuf> = sim
+        .list(Path::new(DIR))
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(ext))
+        .map(|n| Path::new(DIR).join(n))
+        .collect();
     v.sort();
     v
 }
@@ -28,18 +34,31 @@ fn failed_fsync_is_latched_and_never_reported_durable() {
         log.append(&meta(i), &payload(i, 200)).expect("append");
     }
     sim.inject(SimFault::SyncFailsOnce);
-    let err = log.append(&meta(5), &payload(5, 200)).expect_err("fsync failed");
+    let err = log
+        .append(&meta(5), &payload(5, 200))
+        .expect_err("fsync failed");
     assert!(matches!(err, AppendError::Failed(_)), "{err:?}");
     // The fault is gone, but the log must not retry the fsync and pretend.
     let err = log.append(&meta(6), &payload(6, 200)).expect_err("latched");
     assert!(matches!(err, AppendError::Failed(_)), "{err:?}");
     assert!(log.failure().is_some());
-    assert_eq!(log.end_offset(), Offset(5), "nothing after the failure became visible");
+    assert_eq!(
+        log.end_offset(),
+        Offset(5),
+        "nothing after the failure became visible"
+    );
     drop(log);
     let reopened = open_sim(&sim.crash(None), small_config(true));
     let all = read_all(&reopened);
-    assert_eq!(all.len(), 5, "the five acknowledged records survive, the failed one is not invented");
-    assert_eq!(reopened.append(&meta(5), &payload(5, 200)).unwrap().offset, Offset(5));
+    assert_eq!(
+        all.len(),
+        5,
+        "the five acknowledged records survive, the failed one is not invented"
+    );
+    assert_eq!(
+        reopened.append(&meta(5), &payload(5, 200)).unwrap().offset,
+        Offset(5)
+    );
 }
 
 #[test]
@@ -70,8 +89,14 @@ fn disk_full_fails_the_batch_and_appends_resume_when_space_returns() {
         assert!(saw_full, "disk full was reported");
         assert!(log.failure().is_none(), "disk full is not fatal");
         sim.clear_faults();
-        let a = log.append(&meta(next), &payload(next, 500)).expect("space is back");
-        assert_eq!(a.offset, Offset(next), "the failed append consumed no offset");
+        let a = log
+            .append(&meta(next), &payload(next, 500))
+            .expect("space is back");
+        assert_eq!(
+            a.offset,
+            Offset(next),
+            "the failed append consumed no offset"
+        );
         drop(log);
         let reopened = open_sim(&sim.crash(Some(0)), small_config(prealloc));
         let all = read_all(&reopened);
@@ -101,9 +126,15 @@ fn write_errors_fail_the_batch_without_leaving_garbage() {
     let log = open_sim(&sim, small_config(false));
     log.append(&meta(0), &payload(0, 300)).unwrap();
     sim.inject(SimFault::WriteFails);
-    assert!(matches!(log.append(&meta(1), &payload(1, 300)), Err(AppendError::Io(_))));
+    assert!(matches!(
+        log.append(&meta(1), &payload(1, 300)),
+        Err(AppendError::Io(_))
+    ));
     sim.clear_faults();
-    assert_eq!(log.append(&meta(1), &payload(1, 300)).unwrap().offset, Offset(1));
+    assert_eq!(
+        log.append(&meta(1), &payload(1, 300)).unwrap().offset,
+        Offset(1)
+    );
     drop(log);
     let reopened = open_sim(&sim.crash(Some(0)), small_config(false));
     assert_eq!(read_all(&reopened).len(), 2);
@@ -126,13 +157,20 @@ fn corrupt_record_in_sealed_segment_is_quarantined_never_served() {
         Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, Offset(3)),
         other => panic!("expected corruption, got {other:?}"),
     }
-    assert!(!log.quarantined().is_empty(), "quarantine records the damage");
+    assert!(
+        !log.quarantined().is_empty(),
+        "quarantine records the damage"
+    );
     assert_eq!(log.read(Offset(2)).unwrap().payload, payload(2, 1000));
     // Records after the damage stay reachable through the index.
     assert_eq!(log.read(Offset(150)).unwrap().payload, payload(150, 1000));
     let report = verify_dir(&sim, Path::new(DIR)).unwrap();
     assert!(!report.is_clean(), "verify reports the corruption");
-    assert!(report.problems.iter().any(|p| p.file == first), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.file == first),
+        "{:?}",
+        report.problems
+    );
 }
 
 #[test]
@@ -149,7 +187,11 @@ fn corrupt_record_found_while_rebuilding_index_is_quarantined_and_skipped_over()
     assert_eq!(q.len(), 1, "{q:?}");
     assert_eq!(q[0].offset, Offset(4));
     assert!(matches!(log.read(Offset(4)), Err(WalError::Corrupt { .. })));
-    assert_eq!(log.read(Offset(5)).unwrap().payload, payload(5, 1000), "resync found the next record");
+    assert_eq!(
+        log.read(Offset(5)).unwrap().payload,
+        payload(5, 1000),
+        "resync found the next record"
+    );
     let mut r = log.reader(Offset(0));
     let mut got = Vec::new();
     loop {
@@ -180,7 +222,10 @@ fn lost_or_damaged_indexes_are_rebuilt() {
     let last_idx = idx.last().unwrap().clone();
     sim.corrupt_byte(&last_idx, 45); // active segment's index entries
     let log = open_sim(&sim, small_config(true));
-    assert!(log.quarantined().is_empty(), "index damage is not data damage");
+    assert!(
+        log.quarantined().is_empty(),
+        "index damage is not data damage"
+    );
     let all = read_all(&log);
     assert_eq!(all.len(), 300);
     for i in [0u64, 17, 120, 250, 299] {
@@ -203,7 +248,10 @@ fn damaged_checkpoint_means_a_full_scan_not_data_loss() {
 #[test]
 fn corrupt_active_tail_is_truncated_and_kept_in_quarantine() {
     let sim = SimStorage::new();
-    let config = LogConfig { checkpoint_interval_bytes: 1 << 30, ..small_config(false) };
+    let config = LogConfig {
+        checkpoint_interval_bytes: 1 << 30,
+        ..small_config(false)
+    };
     fill(&sim, config.clone(), 10, 300);
     let active = segment_files(&sim, ".log").last().unwrap().clone();
     // Simulate a damaged last record (as a torn write would leave).
@@ -227,14 +275,23 @@ fn retention_never_deletes_what_a_reader_still_needs() {
     let segs_before = segment_files(&sim, ".log").len();
     assert!(segs_before >= 5);
     let reader = log.register_reader("ehr", Offset(0));
-    let everything = RetentionPolicy { max_age_ms: Some(0), max_bytes: Some(0) };
+    let everything = RetentionPolicy {
+        max_age_ms: Some(0),
+        max_bytes: Some(0),
+    };
     let now = orderly::wal::now_ms() + 10;
-    assert!(log.enforce_retention(&everything, now).unwrap().is_empty(), "reader at 0 protects all");
+    assert!(
+        log.enforce_retention(&everything, now).unwrap().is_empty(),
+        "reader at 0 protects all"
+    );
     reader.set(Offset(130));
     let deleted = log.enforce_retention(&everything, now).unwrap();
     assert!(!deleted.is_empty());
     let start = log.start_offset();
-    assert!(start <= Offset(130), "the segment holding 130 survives (start {start})");
+    assert!(
+        start <= Offset(130),
+        "the segment holding 130 survives (start {start})"
+    );
     assert_eq!(log.read(Offset(130)).unwrap().payload, payload(130, 1000));
     assert!(matches!(log.read(Offset(0)), Err(WalError::Deleted { .. })));
     // A second reader further behind protects its data too.
@@ -243,8 +300,15 @@ fn retention_never_deletes_what_a_reader_still_needs() {
     assert!(log.enforce_retention(&everything, now).unwrap().is_empty());
     drop(_late);
     log.enforce_retention(&everything, now).unwrap();
-    assert_eq!(segment_files(&sim, ".log").len(), 1, "only the active segment remains");
-    assert_eq!(log.append(&meta(400), &payload(400, 10)).unwrap().offset, Offset(400));
+    assert_eq!(
+        segment_files(&sim, ".log").len(),
+        1,
+        "only the active segment remains"
+    );
+    assert_eq!(
+        log.append(&meta(400), &payload(400, 10)).unwrap().offset,
+        Offset(400)
+    );
     drop(log);
     let reopened = open_sim(&sim.crash(Some(0)), small_config(true));
     assert_eq!(reopened.end_offset(), Offset(401));
@@ -258,9 +322,21 @@ fn retention_policy_alone_keeps_young_small_logs() {
     for i in 0..300 {
         log.append(&meta(i), &payload(i, 1000)).unwrap();
     }
-    let keep = RetentionPolicy { max_age_ms: Some(3_600_000), max_bytes: Some(1 << 30) };
-    assert!(log.enforce_retention(&keep, orderly::wal::now_ms()).unwrap().is_empty());
-    let by_size = RetentionPolicy { max_age_ms: None, max_bytes: Some(150 * 1024) };
-    assert!(!log.enforce_retention(&by_size, orderly::wal::now_ms()).unwrap().is_empty());
+    let keep = RetentionPolicy {
+        max_age_ms: Some(3_600_000),
+        max_bytes: Some(1 << 30),
+    };
+    assert!(log
+        .enforce_retention(&keep, orderly::wal::now_ms())
+        .unwrap()
+        .is_empty());
+    let by_size = RetentionPolicy {
+        max_age_ms: None,
+        max_bytes: Some(150 * 1024),
+    };
+    assert!(!log
+        .enforce_retention(&by_size, orderly::wal::now_ms())
+        .unwrap()
+        .is_empty());
     assert_eq!(read_all(&log).last().unwrap().0, Offset(299));
 }

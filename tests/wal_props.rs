@@ -27,7 +27,12 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config(prealloc: bool) -> LogConfig {
-    LogConfig { segment_bytes: 64 * 1024, preallocate: prealloc, checkpoint_interval_bytes: 8 * 1024, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        preallocate: prealloc,
+        checkpoint_interval_bytes: 8 * 1024,
+        ..LogConfig::default()
+    }
 }
 
 proptest! {

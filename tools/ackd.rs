@@ -13,14 +13,53 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "orderly-ackd", about = "Immediate-ACK MLLP server (non-durable baseline)")]
+#[command(
+    name = "orderly-ackd",
+    about = "Immediate-ACK MLLP server (non-durable baseline)"
+)]
 struct Args {
     /// Address to listen on (port 0 picks one; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:6661")]
     listen: String,
-    /// Delay before each ACK, in milliseconds.
+    /// Delay before answering each read's worth of frames (each frame, for a
+    /// lockstep sender), in milliseconds.
     #[arg(long, default_value_t = 0)]
     ack_delay_ms: u64,
+    /// Every second, write `count p50_us p99_us` of end-to-end latency (from
+    /// the `SENT_US=` stamp orderly-load puts in messages) to this file.
+    #[arg(long)]
+    latency_out: Option<std::path::PathBuf>,
+}
+
+type Latencies = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
+
+fn sent_us(msg: &[u8]) -> Option<u64> {
+    let at = msg.windows(8).position(|w| w == b"SENT_US=")? + 8;
+    let end = msg[at..].iter().position(|&b| b == b';')? + at;
+    std::str::from_utf8(&msg[at..end]).ok()?.parse().ok()
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn report_latencies(lat: Latencies, path: std::path::PathBuf) {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+        v.sort_unstable();
+        let pct = |p: f64| {
+            if v.is_empty() {
+                0
+            } else {
+                v[((v.len() - 1) as f64 * p) as usize]
+            }
+        };
+        let _ = std::fs::write(&path, format!("{} {} {}\n", v.len(), pct(0.5), pct(0.99)));
+    }
 }
 
 fn main() {
@@ -32,14 +71,27 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("orderly-ackd: listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    println!(
+        "orderly-ackd: listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     let delay = Duration::from_millis(args.ack_delay_ms);
+    let latencies: Latencies = Default::default();
+    if let Some(path) = args.latency_out.clone() {
+        let l = latencies.clone();
+        std::thread::spawn(move || report_latencies(l, path));
+    }
+    let record = args.latency_out.is_some();
     for stream in listener.incoming().flatten() {
-        std::thread::spawn(move || serve(stream, delay));
+        let l = latencies.clone();
+        std::thread::spawn(move || serve(stream, delay, record.then_some(l)));
     }
 }
 
-fn serve(mut stream: TcpStream, delay: Duration) {
+fn serve(mut stream: TcpStream, delay: Duration, latencies: Option<Latencies>) {
     stream.set_nodelay(true).ok();
     let (mut buf, mut out) = (Vec::new(), Vec::new());
     let mut decoder = FrameDecoder::new(16 << 20);
@@ -50,10 +102,26 @@ fn serve(mut stream: TcpStream, delay: Duration) {
             match decoder.decode(&buf) {
                 Decoded::Frame(range) => {
                     seq += 1;
+                    if let (Some(l), Some(sent)) = (&latencies, sent_us(&buf[range.clone()])) {
+                        if let Ok(mut v) = l.lock() {
+                            v.push(now_us().saturating_sub(sent));
+                        }
+                    }
                     out.push(START_BLOCK);
                     let header = parse_header(&buf[range]).ok();
-                    let kind = if header.is_some() { AckKind::Accept } else { AckKind::Reject };
-                    build_ack(header.as_ref(), kind, None, format!("D{seq}").as_bytes(), Hl7Timestamp::from_unix_seconds(0), &mut out);
+                    let kind = if header.is_some() {
+                        AckKind::Accept
+                    } else {
+                        AckKind::Reject
+                    };
+                    build_ack(
+                        header.as_ref(),
+                        kind,
+                        None,
+                        format!("D{seq}").as_bytes(),
+                        Hl7Timestamp::from_unix_seconds(0),
+                        &mut out,
+                    );
                     out.extend_from_slice(&[END_BLOCK, TRAILER]);
                 }
                 Decoded::NeedMore => break,

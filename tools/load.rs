@@ -44,6 +44,9 @@ struct Args {
     /// Seconds to wait for any single ACK before giving up.
     #[arg(long, default_value_t = 30)]
     ack_timeout_s: u64,
+    /// Distinct patient ids (PID-3.1) to cycle through, for partitioned lanes.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
 }
 
 #[derive(Default)]
@@ -62,9 +65,15 @@ fn main() -> ExitCode {
         eprintln!("orderly-load: --window and --connections must be >= 1 and --size >= 200");
         return ExitCode::from(2);
     }
-    let idle: Vec<TcpStream> = (0..args.idle).filter_map(|_| TcpStream::connect(args.to).ok()).collect();
+    let idle: Vec<TcpStream> = (0..args.idle)
+        .filter_map(|_| TcpStream::connect(args.to).ok())
+        .collect();
     if idle.len() < args.idle {
-        eprintln!("orderly-load: opened only {} of {} idle connections", idle.len(), args.idle);
+        eprintln!(
+            "orderly-load: opened only {} of {} idle connections",
+            idle.len(),
+            args.idle
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let start = Instant::now();
@@ -74,7 +83,15 @@ fn main() -> ExitCode {
             std::thread::spawn(move || run_connection(&a, c, deadline))
         })
         .collect();
-    let results: Vec<ConnResult> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| ConnResult { error: Some("thread panicked".into()), ..Default::default() })).collect();
+    let results: Vec<ConnResult> = handles
+        .into_iter()
+        .map(|h| {
+            h.join().unwrap_or_else(|_| ConnResult {
+                error: Some("thread panicked".into()),
+                ..Default::default()
+            })
+        })
+        .collect();
     let elapsed = start.elapsed().as_secs_f64();
     drop(idle);
     report(&args, &results, elapsed)
@@ -82,10 +99,23 @@ fn main() -> ExitCode {
 
 fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
     let sum = |f: fn(&ConnResult) -> u64| results.iter().map(f).sum::<u64>();
-    let (positive, negative, mismatched) = (sum(|r| r.positive), sum(|r| r.negative), sum(|r| r.mismatched));
-    let mut lat: Vec<u32> = results.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+    let (positive, negative, mismatched) = (
+        sum(|r| r.positive),
+        sum(|r| r.negative),
+        sum(|r| r.mismatched),
+    );
+    let mut lat: Vec<u32> = results
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
     lat.sort_unstable();
-    let pct = |p: f64| if lat.is_empty() { 0 } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() - 1) as f64 * p).round() as usize]
+        }
+    };
     let rate = positive as f64 / elapsed;
     let errors: Vec<&str> = results.iter().filter_map(|r| r.error.as_deref()).collect();
     if args.json {
@@ -94,10 +124,21 @@ fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
             args.connections, args.window, args.size, pct(0.5), pct(0.99), pct(0.999), errors.len()
         );
     } else {
-        println!("connections={} window={} size={}B seconds={elapsed:.2}", args.connections, args.window, args.size);
-        println!("acked={positive} negative={negative} mismatched_msa2={mismatched} errors={}", errors.len());
+        println!(
+            "connections={} window={} size={}B seconds={elapsed:.2}",
+            args.connections, args.window, args.size
+        );
+        println!(
+            "acked={positive} negative={negative} mismatched_msa2={mismatched} errors={}",
+            errors.len()
+        );
         println!("throughput: {rate:.0} msgs/s");
-        println!("ack latency: p50={}us p99={}us p999={}us", pct(0.5), pct(0.99), pct(0.999));
+        println!(
+            "ack latency: p50={}us p99={}us p999={}us",
+            pct(0.5),
+            pct(0.99),
+            pct(0.999)
+        );
     }
     for e in &errors {
         eprintln!("orderly-load: connection error: {e}");
@@ -109,12 +150,19 @@ fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
     }
 }
 
-/// An ORU^R01 of exactly `size` bytes with control id `id`.
-fn message(id: &str, size: usize, out: &mut Vec<u8>) {
+/// An ORU^R01 of exactly `size` bytes with control id `id`, patient `key`,
+/// and its send time (µs since the epoch) in OBX-5 as `SENT_US=<n>;` so a
+/// downstream can measure end-to-end latency.
+fn message(id: &str, key: u64, size: usize, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"MSH|^~\\&|LOADGEN|LAB|ORDERLY|HOSP|20261123090000||ORU^R01^ORU_R01|");
     out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b"|P|2.5.1\rPID|1||123456^^^HOSP^MR||DOE^JANE||19700101|F\rOBR|1||LAB1|CBC\rOBX|1|TX|NOTE||");
+    let sent_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let rest = format!("|P|2.5.1\rPID|1||MRN{key}^^^HOSP^MR||DOE^JANE||19700101|F\rOBR|1||LAB1|CBC\rOBX|1|TX|NOTE||SENT_US={sent_us};");
+    out.extend_from_slice(rest.as_bytes());
     while out.len() + 1 < size {
         out.push(b'a' + (out.len() % 26) as u8);
     }
@@ -132,7 +180,9 @@ fn run_connection(args: &Args, conn: usize, deadline: Instant) -> ConnResult {
 fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Result<(), String> {
     let mut stream = TcpStream::connect(args.to).map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(Duration::from_secs(args.ack_timeout_s))).ok();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(args.ack_timeout_s)))
+        .ok();
     let mut inflight: std::collections::VecDeque<(String, Instant)> = Default::default();
     let (mut msg, mut frame, mut rbuf) = (Vec::new(), Vec::new(), Vec::new());
     let mut decoder = FrameDecoder::new(1 << 20);
@@ -143,7 +193,12 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
     loop {
         while inflight.len() < args.window && more(r) {
             let id = format!("L{conn}-{}", r.sent);
-            message(&id, args.size, &mut msg);
+            message(
+                &id,
+                (conn as u64 * 7919 + r.sent) % args.keys.max(1),
+                args.size,
+                &mut msg,
+            );
             frame.clear();
             encode_frame(&msg, &mut frame);
             let sent_at = Instant::now();
@@ -151,9 +206,12 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
             inflight.push_back((id, sent_at));
             r.sent += 1;
         }
-        let Some((id, sent_at)) = inflight.pop_front() else { return Ok(()) };
+        let Some((id, sent_at)) = inflight.pop_front() else {
+            return Ok(());
+        };
         let ack = read_ack(&mut stream, &mut rbuf, &mut decoder)?;
-        r.latencies_us.push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        r.latencies_us
+            .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
         match parse_ack(&ack) {
             Ok(a) if !a.acknowledges(id.as_bytes()) => r.mismatched += 1,
             Ok(a) if a.code.is_positive() => r.positive += 1,
@@ -162,7 +220,11 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
     }
 }
 
-fn read_ack(stream: &mut TcpStream, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> Result<Vec<u8>, String> {
+fn read_ack(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    decoder: &mut FrameDecoder,
+) -> Result<Vec<u8>, String> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match decoder.decode(buf) {

@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 #[non_exhaustive]
 pub enum CursorError {
     #[error("cursor file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cursor file {path} is not a cursor file ({reason}); move it aside to start this destination from the beginning of its queue")]
     NotACursorFile { path: PathBuf, reason: &'static str },
 }
@@ -67,10 +70,19 @@ impl CursorStore {
     /// Opens (or creates) `<dir>/<destination>.cur` for `lanes` lanes and
     /// returns the committed cursor of each lane. `positions` (one per lane)
     /// are kept at each lane's durable next offset, protecting retention.
-    pub fn open(storage: Arc<dyn Storage>, dir: &Path, destination: &str, lanes: u16, positions: Vec<ReaderPosition>) -> Result<(CursorStore, Vec<LaneCursor>), CursorError> {
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        destination: &str,
+        lanes: u16,
+        positions: Vec<ReaderPosition>,
+    ) -> Result<(CursorStore, Vec<LaneCursor>), CursorError> {
         assert_eq!(positions.len(), usize::from(lanes));
         let path = dir.join(format!("{destination}.cur"));
-        let io = |source| CursorError::Io { path: path.clone(), source };
+        let io = |source| CursorError::Io {
+            path: path.clone(),
+            source,
+        };
         storage.create_dir_all(dir).map_err(io)?;
         let cursors = load(storage.as_ref(), &path, lanes)?;
         // Start every open from a compacted file: bounded size, no torn tail.
@@ -80,12 +92,42 @@ impl CursorStore {
         for (p, c) in positions.iter().zip(&cursors) {
             p.set(c.next_offset);
         }
-        let state = cursors.iter().map(|c| LaneDurability { cursor: c.clone(), ..Default::default() }).collect();
-        let inner = Arc::new(Inner { path: path.clone(), lanes: Mutex::new(state), became_durable: Condvar::new(), failure: Mutex::new(None), positions });
+        let state = cursors
+            .iter()
+            .map(|c| LaneDurability {
+                cursor: c.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            lanes: Mutex::new(state),
+            became_durable: Condvar::new(),
+            failure: Mutex::new(None),
+            positions,
+        });
         let (tx, rx) = bounded(4096);
-        let committer = Committer { inner: inner.clone(), storage, file, end, records: u64::from(lanes), seq: 1, buf: Vec::new() };
-        let thread = std::thread::Builder::new().name(format!("orderly-cursor-{destination}")).spawn(move || committer.run(rx)).map_err(io)?;
-        Ok((CursorStore { inner, tx: Some(tx), thread: Some(thread) }, cursors))
+        let committer = Committer {
+            inner: inner.clone(),
+            storage,
+            file,
+            end,
+            records: u64::from(lanes),
+            seq: 1,
+            buf: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("orderly-cursor-{destination}"))
+            .spawn(move || committer.run(rx))
+            .map_err(io)?;
+        Ok((
+            CursorStore {
+                inner,
+                tx: Some(tx),
+                thread: Some(thread),
+            },
+            cursors,
+        ))
     }
 
     /// Queues `cursor` as the new state of `lane`; returns at once.
@@ -105,7 +147,9 @@ impl CursorStore {
     /// Waits (up to `timeout`) until `lane` is at most [`CURSOR_LEAD_MAX`]
     /// commits ahead of durable; false on timeout.
     pub fn wait_lead(&self, lane: u16, timeout: Duration) -> bool {
-        self.wait_until(lane, timeout, |l| l.submitted - l.durable <= CURSOR_LEAD_MAX)
+        self.wait_until(lane, timeout, |l| {
+            l.submitted - l.durable <= CURSOR_LEAD_MAX
+        })
     }
 
     /// Waits until everything `lane` submitted is durable; false on timeout.
@@ -113,11 +157,22 @@ impl CursorStore {
         self.wait_until(lane, timeout, |l| l.durable == l.submitted)
     }
 
-    fn wait_until(&self, lane: u16, timeout: Duration, ok: impl Fn(&LaneDurability) -> bool) -> bool {
+    fn wait_until(
+        &self,
+        lane: u16,
+        timeout: Duration,
+        ok: impl Fn(&LaneDurability) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let mut lanes = self.inner.lanes.lock();
         while !ok(&lanes[usize::from(lane)]) {
-            if self.inner.failure.lock().is_some() || self.inner.became_durable.wait_until(&mut lanes, deadline).timed_out() {
+            if self.inner.failure.lock().is_some()
+                || self
+                    .inner
+                    .became_durable
+                    .wait_until(&mut lanes, deadline)
+                    .timed_out()
+            {
                 return ok(&lanes[usize::from(lane)]);
             }
         }
@@ -195,7 +250,8 @@ impl Committer {
                 n += 1;
             }
         }
-        let written = storage::write_all_at(self.file.as_ref(), &self.buf, self.end).and_then(|_| self.file.sync_data());
+        let written = storage::write_all_at(self.file.as_ref(), &self.buf, self.end)
+            .and_then(|_| self.file.sync_data());
         if let Err(e) = written {
             let reason = format!("cursor file {}: {e}", self.inner.path.display());
             tracing::error!(%reason, "cursor commits stopped; deliveries pause until restart");
@@ -215,7 +271,11 @@ impl Committer {
         let mut lanes = self.inner.lanes.lock();
         for (i, l) in latest.iter_mut().enumerate() {
             if let Some((seq, c)) = l.take() {
-                self.inner.positions[i].set(c.head.as_ref().map_or(c.next_offset, |h| h.offset.min(c.next_offset)));
+                self.inner.positions[i].set(
+                    c.head
+                        .as_ref()
+                        .map_or(c.next_offset, |h| h.offset.min(c.next_offset)),
+                );
                 lanes[i].durable = seq;
                 lanes[i].cursor = c;
             }
@@ -224,7 +284,13 @@ impl Committer {
     }
 
     fn compact(&mut self) {
-        let cursors: Vec<LaneCursor> = self.inner.lanes.lock().iter().map(|l| l.cursor.clone()).collect();
+        let cursors: Vec<LaneCursor> = self
+            .inner
+            .lanes
+            .lock()
+            .iter()
+            .map(|l| l.cursor.clone())
+            .collect();
         let done = write_snapshot(self.storage.as_ref(), &self.inner.path, &cursors, self.seq)
             .and_then(|_| self.storage.open(&self.inner.path, false))
             .and_then(|f| Ok((f.len()?, f)));
@@ -234,7 +300,9 @@ impl Committer {
                 self.end = len;
                 self.records = cursors.len() as u64;
             }
-            Err(e) => tracing::warn!(path = %self.inner.path.display(), error = %e, "cursor compaction failed; will retry"),
+            Err(e) => {
+                tracing::warn!(path = %self.inner.path.display(), error = %e, "cursor compaction failed; will retry")
+            }
         }
     }
 }
@@ -242,10 +310,18 @@ impl Committer {
 /// Reads the committed state of every lane; a torn tail ends the read.
 fn load(storage: &dyn Storage, path: &Path, lanes: u16) -> Result<Vec<LaneCursor>, CursorError> {
     let fresh = vec![LaneCursor::default(); usize::from(lanes)];
-    let Ok(file) = storage.open(path, false) else { return Ok(fresh) };
-    let io = |source| CursorError::Io { path: path.to_path_buf(), source };
+    let Ok(file) = storage.open(path, false) else {
+        return Ok(fresh);
+    };
+    let io = |source| CursorError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let map = file.map(file.len().map_err(io)?).map_err(io)?;
-    let old_lanes = record::decode_header(&map).map_err(|reason| CursorError::NotACursorFile { path: path.to_path_buf(), reason })?;
+    let old_lanes = record::decode_header(&map).map_err(|reason| CursorError::NotACursorFile {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     let mut old = vec![LaneCursor::default(); usize::from(old_lanes)];
     let mut pos = record::HEADER_BYTES;
     while let Some((lane, _seq, cursor, len)) = record::decode(&map[pos..]) {
@@ -260,12 +336,27 @@ fn load(storage: &dyn Storage, path: &Path, lanes: u16) -> Result<Vec<LaneCursor
     if old_lanes == lanes {
         return Ok(old);
     }
-    let slowest = old.iter().map(|c| c.head.as_ref().map_or(c.next_offset, |h| h.offset)).min().unwrap_or_default();
+    let slowest = old
+        .iter()
+        .map(|c| c.head.as_ref().map_or(c.next_offset, |h| h.offset))
+        .min()
+        .unwrap_or_default();
     tracing::warn!(path = %path.display(), old_lanes, lanes, from = slowest.0, "lane count changed: every lane restarts at the slowest old lane (messages after it are delivered again)");
-    Ok(vec![LaneCursor { next_offset: slowest, head: None }; usize::from(lanes)])
+    Ok(vec![
+        LaneCursor {
+            next_offset: slowest,
+            head: None
+        };
+        usize::from(lanes)
+    ])
 }
 
-fn write_snapshot(storage: &dyn Storage, path: &Path, cursors: &[LaneCursor], seq: u64) -> std::io::Result<()> {
+fn write_snapshot(
+    storage: &dyn Storage,
+    path: &Path,
+    cursors: &[LaneCursor],
+    seq: u64,
+) -> std::io::Result<()> {
     let mut bytes = record::encode_header(cursors.len() as u16).to_vec();
     for (lane, c) in cursors.iter().enumerate() {
         record::encode(&mut bytes, lane as u16, seq, c);
@@ -285,24 +376,57 @@ mod tests {
     use crate::storage::SimStorage;
 
     fn positions(n: u16) -> Vec<ReaderPosition> {
-        let log = crate::wal::Log::open_with(Arc::new(SimStorage::new()), Path::new("/q"), crate::wal::LogConfig::default()).unwrap();
-        (0..n).map(|i| log.register_reader(&format!("l{i}"), Offset(0))).collect()
+        let log = crate::wal::Log::open_with(
+            Arc::new(SimStorage::new()),
+            Path::new("/q"),
+            crate::wal::LogConfig::default(),
+        )
+        .unwrap();
+        (0..n)
+            .map(|i| log.register_reader(&format!("l{i}"), Offset(0)))
+            .collect()
     }
 
     #[test]
     fn committed_cursors_and_heads_survive_reopen_and_crash() {
         let sim = SimStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-        let (store, start) = CursorStore::open(storage.clone(), Path::new("/c"), "ehr", 2, positions(2)).unwrap();
+        let (store, start) =
+            CursorStore::open(storage.clone(), Path::new("/c"), "ehr", 2, positions(2)).unwrap();
         assert_eq!(start, vec![LaneCursor::default(); 2]);
         for i in 1..=100u64 {
-            store.submit(0, LaneCursor { next_offset: Offset(i), head: None });
+            store.submit(
+                0,
+                LaneCursor {
+                    next_offset: Offset(i),
+                    head: None,
+                },
+            );
         }
-        let head = HeadState { offset: Offset(7), attempts: 2, class: ErrorClass::Timeout, status: HeadStatus::Retrying, first_failure_ms: 1, last_failure_ms: 2, next_retry_ms: 3, text: "no ACK".into() };
-        store.submit(1, LaneCursor { next_offset: Offset(7), head: Some(head.clone()) });
-        assert!(store.wait_durable(0, Duration::from_secs(5)) && store.wait_durable(1, Duration::from_secs(5)));
+        let head = HeadState {
+            offset: Offset(7),
+            attempts: 2,
+            class: ErrorClass::Timeout,
+            status: HeadStatus::Retrying,
+            first_failure_ms: 1,
+            last_failure_ms: 2,
+            next_retry_ms: 3,
+            text: "no ACK".into(),
+        };
+        store.submit(
+            1,
+            LaneCursor {
+                next_offset: Offset(7),
+                head: Some(head.clone()),
+            },
+        );
+        assert!(
+            store.wait_durable(0, Duration::from_secs(5))
+                && store.wait_durable(1, Duration::from_secs(5))
+        );
         let crashed = sim.crash(Some(0));
-        let (_s, got) = CursorStore::open(Arc::new(crashed), Path::new("/c"), "ehr", 2, positions(2)).unwrap();
+        let (_s, got) =
+            CursorStore::open(Arc::new(crashed), Path::new("/c"), "ehr", 2, positions(2)).unwrap();
         assert_eq!(got[0].next_offset, Offset(100));
         assert_eq!(got[1].head.as_ref(), Some(&head));
     }
@@ -311,9 +435,22 @@ mod tests {
     fn lane_count_change_restarts_every_lane_at_the_slowest() {
         let sim = SimStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-        let (store, _) = CursorStore::open(storage.clone(), Path::new("/c"), "d", 2, positions(2)).unwrap();
-        store.submit(0, LaneCursor { next_offset: Offset(50), head: None });
-        store.submit(1, LaneCursor { next_offset: Offset(30), head: None });
+        let (store, _) =
+            CursorStore::open(storage.clone(), Path::new("/c"), "d", 2, positions(2)).unwrap();
+        store.submit(
+            0,
+            LaneCursor {
+                next_offset: Offset(50),
+                head: None,
+            },
+        );
+        store.submit(
+            1,
+            LaneCursor {
+                next_offset: Offset(30),
+                head: None,
+            },
+        );
         store.close();
         let (_s, got) = CursorStore::open(storage, Path::new("/c"), "d", 4, positions(4)).unwrap();
         assert!(got.iter().all(|c| c.next_offset == Offset(30)));

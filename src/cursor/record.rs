@@ -61,11 +61,28 @@ pub enum ErrorClass {
 impl ErrorClass {
     pub fn from_u8(v: u8) -> Option<ErrorClass> {
         use ErrorClass::*;
-        [ApplicationError, Timeout, ConnectFailed, ConnectionLost, Rejected, MismatchedAck, UnparseableAck, Unreadable].into_iter().find(|c| *c as u8 == v)
+        [
+            ApplicationError,
+            Timeout,
+            ConnectFailed,
+            ConnectionLost,
+            Rejected,
+            MismatchedAck,
+            UnparseableAck,
+            Unreadable,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == v)
     }
 
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorClass::ApplicationError | ErrorClass::Timeout | ErrorClass::ConnectFailed | ErrorClass::ConnectionLost)
+        matches!(
+            self,
+            ErrorClass::ApplicationError
+                | ErrorClass::Timeout
+                | ErrorClass::ConnectFailed
+                | ErrorClass::ConnectionLost
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -132,7 +149,11 @@ pub fn decode_header(b: &[u8]) -> Result<u16, &'static str> {
 
 pub fn encode(out: &mut Vec<u8>, lane: u16, seq: u64, c: &LaneCursor) {
     let start = out.len();
-    let text = c.head.as_ref().map(|h| truncate_utf8(&h.text, ERROR_TEXT_BYTES_MAX)).unwrap_or("");
+    let text = c
+        .head
+        .as_ref()
+        .map(|h| truncate_utf8(&h.text, ERROR_TEXT_BYTES_MAX))
+        .unwrap_or("");
     let total = BASE_BYTES + c.head.as_ref().map_or(0, |_| HEAD_BYTES + text.len());
     out.extend_from_slice(&(total as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -173,7 +194,9 @@ pub fn decode(b: &[u8]) -> Option<(u16, u64, LaneCursor, usize)> {
         return None;
     }
     let total = u32_at(0) as usize;
-    if !(BASE_BYTES..=BASE_BYTES + HEAD_BYTES + ERROR_TEXT_BYTES_MAX).contains(&total) || b.len() < total {
+    if !(BASE_BYTES..=BASE_BYTES + HEAD_BYTES + ERROR_TEXT_BYTES_MAX).contains(&total)
+        || b.len() < total
+    {
         return None;
     }
     let mut crc = crc32fast::Hasher::new();
@@ -183,7 +206,10 @@ pub fn decode(b: &[u8]) -> Option<(u16, u64, LaneCursor, usize)> {
         return None;
     }
     let (lane, has_head) = (u16_at(8), u16_at(10) & 1 == 1);
-    let mut cursor = LaneCursor { next_offset: Offset(u64_at(16)), head: None };
+    let mut cursor = LaneCursor {
+        next_offset: Offset(u64_at(16)),
+        head: None,
+    };
     if has_head {
         let text_len = u16_at(46) as usize;
         if total != BASE_BYTES + HEAD_BYTES + text_len {
@@ -193,7 +219,11 @@ pub fn decode(b: &[u8]) -> Option<(u16, u64, LaneCursor, usize)> {
             offset: Offset(u64_at(32)),
             attempts: u32_at(40),
             class: ErrorClass::from_u8(b[44])?,
-            status: if b[45] == 1 { HeadStatus::Blocked } else { HeadStatus::Retrying },
+            status: if b[45] == 1 {
+                HeadStatus::Blocked
+            } else {
+                HeadStatus::Retrying
+            },
             first_failure_ms: u64_at(48),
             last_failure_ms: u64_at(56),
             next_retry_ms: u64_at(64),
@@ -230,14 +260,26 @@ mod tests {
             next_retry_ms: 3,
             text: "AR: unknown patient".into(),
         };
-        for c in [LaneCursor { next_offset: Offset(7), head: None }, LaneCursor { next_offset: Offset(9), head: Some(head) }] {
+        for c in [
+            LaneCursor {
+                next_offset: Offset(7),
+                head: None,
+            },
+            LaneCursor {
+                next_offset: Offset(9),
+                head: Some(head),
+            },
+        ] {
             let mut b = Vec::new();
             encode(&mut b, 3, 42, &c);
             assert_eq!(decode(&b), Some((3, 42, c.clone(), b.len())));
             for i in 0..b.len() {
                 let mut bad = b.clone();
                 bad[i] ^= 0x20;
-                assert!(decode(&bad).is_none_or(|(_, _, d, _)| d != c), "flip at {i}");
+                assert!(
+                    decode(&bad).is_none_or(|(_, _, d, _)| d != c),
+                    "flip at {i}"
+                );
             }
             assert!(decode(&b[..b.len() - 1]).is_none());
         }

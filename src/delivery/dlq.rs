@@ -10,7 +10,11 @@ use std::path::Path;
 
 /// Dead-letter logs are small: no preallocation, modest segments.
 pub fn dlq_log_config() -> LogConfig {
-    LogConfig { segment_bytes: 16 * 1024 * 1024, preallocate: false, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 16 * 1024 * 1024,
+        preallocate: false,
+        ..LogConfig::default()
+    }
 }
 
 pub fn open(data_dir: &Path, destination: &str) -> Result<Log, WalError> {
@@ -28,7 +32,11 @@ pub struct Context<'a> {
 }
 
 /// Appends the dead-letter record and returns once it is durable.
-pub fn dead_letter(dlq: &Log, record: &OwnedRecord, ctx: &Context<'_>) -> Result<Appended, AppendError> {
+pub fn dead_letter(
+    dlq: &Log,
+    record: &OwnedRecord,
+    ctx: &Context<'_>,
+) -> Result<Appended, AppendError> {
     let mut m = MetaBuilder::new();
     for (key, value) in MetaView::new(&record.meta).iter() {
         if key < MetaKey::Destination as u8 {
@@ -41,8 +49,14 @@ pub fn dead_letter(dlq: &Log, record: &OwnedRecord, ctx: &Context<'_>) -> Result
         .push(MetaKey::SourceOffset, &record.offset.0.to_le_bytes())
         .push(MetaKey::ErrorClass, ctx.head.class.name().as_bytes())
         .push(MetaKey::Attempts, &ctx.head.attempts.to_le_bytes())
-        .push(MetaKey::FirstFailureMs, &ctx.head.first_failure_ms.to_le_bytes())
-        .push(MetaKey::LastFailureMs, &ctx.head.last_failure_ms.to_le_bytes())
+        .push(
+            MetaKey::FirstFailureMs,
+            &ctx.head.first_failure_ms.to_le_bytes(),
+        )
+        .push(
+            MetaKey::LastFailureMs,
+            &ctx.head.last_failure_ms.to_le_bytes(),
+        )
         .push(MetaKey::ErrorText, ctx.head.text.as_bytes())
         .push(MetaKey::Reason, ctx.reason.as_bytes());
     if let Some(ack) = ctx.last_ack {

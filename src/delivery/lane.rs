@@ -35,7 +35,12 @@ pub struct Lane {
 }
 
 impl Lane {
-    pub fn new(dest: Arc<Destination>, lane: u16, stop: Arc<AtomicBool>, start: LaneCursor) -> Lane {
+    pub fn new(
+        dest: Arc<Destination>,
+        lane: u16,
+        stop: Arc<AtomicBool>,
+        start: LaneCursor,
+    ) -> Lane {
         let log_start = dest.log.start_offset();
         let next = clamp_to_log_start(&start, log_start);
         if next != start.next_offset {
@@ -45,7 +50,18 @@ impl Lane {
         let reader = dest.log.reader(next);
         let seed = now_ms() ^ (u64::from(lane) << 32) ^ dest.config.name.len() as u64;
         let link = Link::new(&dest.config.connect);
-        let l = Lane { dest, lane, stop, link, jitter: Jitter::new(seed), reader, next, head, current: None, skipped_uncommitted: 0 };
+        let l = Lane {
+            dest,
+            lane,
+            stop,
+            link,
+            jitter: Jitter::new(seed),
+            reader,
+            next,
+            head,
+            current: None,
+            skipped_uncommitted: 0,
+        };
         l.update_status();
         l
     }
@@ -53,7 +69,12 @@ impl Lane {
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             self.handle_commands(Duration::ZERO);
-            if self.dest.paused.load(Ordering::Relaxed) || self.head.as_ref().is_some_and(|h| h.status == HeadStatus::Blocked) {
+            if self.dest.paused.load(Ordering::Relaxed)
+                || self
+                    .head
+                    .as_ref()
+                    .is_some_and(|h| h.status == HeadStatus::Blocked)
+            {
                 self.handle_commands(POLL);
                 continue;
             }
@@ -77,7 +98,9 @@ impl Lane {
             if self.reader.position() != self.next {
                 self.reader.seek(self.next);
             }
-            let Some(rec) = self.reader.next()? else { return Ok(false) };
+            let Some(rec) = self.reader.next()? else {
+                return Ok(false);
+            };
             if self.dest.router.lane_of(rec.offset, rec.payload) == Some(self.lane) {
                 self.current = Some(OwnedRecord::from(rec));
                 return Ok(true);
@@ -109,14 +132,25 @@ impl Lane {
                 return;
             }
         }
-        if let Err(wait) = self.dest.breaker.permit(now).and_then(|_| self.dest.limiter.acquire(now)) {
+        if let Err(wait) = self
+            .dest
+            .breaker
+            .permit(now)
+            .and_then(|_| self.dest.limiter.acquire(now))
+        {
             self.handle_commands(wait.min(POLL));
             return;
         }
         let rec = self.current.as_ref().expect("filled");
-        let control_id = MetaView::new(&rec.meta).get(MetaKey::ControlId).unwrap_or_default().to_vec();
+        let control_id = MetaView::new(&rec.meta)
+            .get(MetaKey::ControlId)
+            .unwrap_or_default()
+            .to_vec();
         let timeout = Duration::from_millis(self.dest.config.ack_timeout_ms);
-        match self.link.deliver(&rec.payload, &control_id, timeout, &self.stop) {
+        match self
+            .link
+            .deliver(&rec.payload, &control_id, timeout, &self.stop)
+        {
             Outcome::Delivered => {
                 self.dest.breaker.record(true, Instant::now());
                 let offset = rec.offset;
@@ -131,20 +165,26 @@ impl Lane {
     fn on_failure(&mut self, class: ErrorClass, text: String, ack: Option<Vec<u8>>) {
         let rec_offset = self.current.as_ref().expect("filled").offset;
         let now = now_ms();
-        let mut h = self.head.take().filter(|h| h.offset == rec_offset).unwrap_or(HeadState {
-            offset: rec_offset,
-            attempts: 0,
-            class,
-            status: HeadStatus::Retrying,
-            first_failure_ms: now,
-            last_failure_ms: now,
-            next_retry_ms: 0,
-            text: String::new(),
-        });
+        let mut h = self
+            .head
+            .take()
+            .filter(|h| h.offset == rec_offset)
+            .unwrap_or(HeadState {
+                offset: rec_offset,
+                attempts: 0,
+                class,
+                status: HeadStatus::Retrying,
+                first_failure_ms: now,
+                last_failure_ms: now,
+                next_retry_ms: 0,
+                text: String::new(),
+            });
         h.attempts += 1;
         h.class = class;
         h.last_failure_ms = now;
-        h.text = crate::cursor::record::truncate_utf8(&text, crate::constants::ERROR_TEXT_BYTES_MAX).to_string();
+        h.text =
+            crate::cursor::record::truncate_utf8(&text, crate::constants::ERROR_TEXT_BYTES_MAX)
+                .to_string();
         let cfg = &self.dest.config;
         let policy = if class.is_transient() {
             self.dest.breaker.record(false, Instant::now());
@@ -163,7 +203,11 @@ impl Lane {
         };
         match policy {
             FailurePolicy::DeadLetter => {
-                let reason = if class.is_transient() { "retries exhausted (on_exhausted = dead-letter)" } else { "rejected (on_reject = dead-letter)" };
+                let reason = if class.is_transient() {
+                    "retries exhausted (on_exhausted = dead-letter)"
+                } else {
+                    "rejected (on_reject = dead-letter)"
+                };
                 // On failure the lane is blocked and the error logged by dead_letter.
                 let _ = self.dead_letter(h, ack.as_deref(), reason);
             }
@@ -179,10 +223,22 @@ impl Lane {
     }
 
     /// Writes the head to the DLQ durably, then moves past it.
-    fn dead_letter(&mut self, h: HeadState, ack: Option<&[u8]>, reason: &str) -> Result<(), String> {
+    fn dead_letter(
+        &mut self,
+        h: HeadState,
+        ack: Option<&[u8]>,
+        reason: &str,
+    ) -> Result<(), String> {
         let rec = self.current.as_ref().expect("filled");
         let offset = rec.offset;
-        let ctx = Context { destination: &self.dest.config.name, lane: self.lane, queue: &self.dest.config.queue, head: &h, last_ack: ack, reason };
+        let ctx = Context {
+            destination: &self.dest.config.name,
+            lane: self.lane,
+            queue: &self.dest.config.queue,
+            head: &h,
+            last_ack: ack,
+            reason,
+        };
         match dlq::dead_letter(&self.dest.dlq, rec, &ctx) {
             Ok(a) => {
                 tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = offset.0, dlq_offset = a.offset.0, class = h.class.name(), %reason, "message dead-lettered");
@@ -209,8 +265,22 @@ impl Lane {
             }
             other => {
                 let now = now_ms();
-                self.current = Some(OwnedRecord { offset: self.next, timestamp_ms: 0, meta: Vec::new(), payload: Vec::new() });
-                let h = HeadState { offset: self.next, attempts: 1, class: ErrorClass::Unreadable, status: HeadStatus::Blocked, first_failure_ms: now, last_failure_ms: now, next_retry_ms: 0, text: other.to_string() };
+                self.current = Some(OwnedRecord {
+                    offset: self.next,
+                    timestamp_ms: 0,
+                    meta: Vec::new(),
+                    payload: Vec::new(),
+                });
+                let h = HeadState {
+                    offset: self.next,
+                    attempts: 1,
+                    class: ErrorClass::Unreadable,
+                    status: HeadStatus::Blocked,
+                    first_failure_ms: now,
+                    last_failure_ms: now,
+                    next_retry_ms: 0,
+                    text: other.to_string(),
+                };
                 self.block(h);
             }
         }
@@ -229,7 +299,13 @@ impl Lane {
     fn commit(&mut self) {
         self.skipped_uncommitted = 0;
         let next = self.head.as_ref().map_or(self.next, |h| h.offset);
-        self.dest.cursors.submit(self.lane, LaneCursor { next_offset: next, head: self.head.clone() });
+        self.dest.cursors.submit(
+            self.lane,
+            LaneCursor {
+                next_offset: next,
+                head: self.head.clone(),
+            },
+        );
         self.update_status();
     }
 
@@ -242,7 +318,11 @@ impl Lane {
     /// Runs operator commands, waiting up to `wait` for the first.
     fn handle_commands(&mut self, wait: Duration) {
         let rx = self.dest.lanes[usize::from(self.lane)].commands.1.clone();
-        let first = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
+        let first = if wait.is_zero() {
+            rx.try_recv().ok()
+        } else {
+            rx.recv_timeout(wait).ok()
+        };
         let mut cmd = first;
         while let Some(c) = cmd {
             self.run_command(c);
@@ -262,14 +342,20 @@ impl Lane {
                         self.commit();
                         Ok(())
                     }
-                    None => Err(format!("lane {} has no failed message at its head", self.lane)),
+                    None => Err(format!(
+                        "lane {} has no failed message at its head",
+                        self.lane
+                    )),
                 };
                 let _ = reply.send(result);
             }
             LaneCommand::Skip(reason, reply) => {
                 let result = match self.head.clone() {
                     Some(h) => self.skip(h, &reason),
-                    None => Err(format!("lane {} has no failed message at its head", self.lane)),
+                    None => Err(format!(
+                        "lane {} has no failed message at its head",
+                        self.lane
+                    )),
                 };
                 let _ = reply.send(result);
             }
@@ -278,7 +364,12 @@ impl Lane {
 
     fn skip(&mut self, h: HeadState, reason: &str) -> Result<(), String> {
         if self.current.as_ref().is_none_or(|c| c.offset != h.offset) {
-            self.current = Some(self.dest.log.read(h.offset).unwrap_or(OwnedRecord { offset: h.offset, timestamp_ms: 0, meta: Vec::new(), payload: Vec::new() }));
+            self.current = Some(self.dest.log.read(h.offset).unwrap_or(OwnedRecord {
+                offset: h.offset,
+                timestamp_ms: 0,
+                meta: Vec::new(),
+                payload: Vec::new(),
+            }));
         }
         let reason = format!("operator skip: {reason}");
         tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, %reason, "operator skip");

@@ -24,7 +24,11 @@ const RECENT_IDS_MAX: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    Failed { class: ErrorClass, text: String, ack: Option<Vec<u8>> },
+    Failed {
+        class: ErrorClass,
+        text: String,
+        ack: Option<Vec<u8>>,
+    },
 }
 
 pub struct Link {
@@ -38,7 +42,14 @@ pub struct Link {
 
 impl Link {
     pub fn new(target: &str) -> Link {
-        Link { target: target.to_string(), stream: None, buf: Vec::new(), decoder: FrameDecoder::new(ACK_FRAME_BYTES_MAX), recent: VecDeque::new(), frame: Vec::new() }
+        Link {
+            target: target.to_string(),
+            stream: None,
+            buf: Vec::new(),
+            decoder: FrameDecoder::new(ACK_FRAME_BYTES_MAX),
+            recent: VecDeque::new(),
+            frame: Vec::new(),
+        }
     }
 
     /// Drops the connection (the next send reconnects).
@@ -52,7 +63,13 @@ impl Link {
     /// Delivers one message and waits up to `timeout` for its ACK. `stop`
     /// abandons the wait (the message is then not delivered, as far as the
     /// cursor knows, and will be sent again).
-    pub fn deliver(&mut self, payload: &[u8], control_id: &[u8], timeout: Duration, stop: &AtomicBool) -> Outcome {
+    pub fn deliver(
+        &mut self,
+        payload: &[u8],
+        control_id: &[u8],
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Outcome {
         let outcome = self.try_deliver(payload, control_id, timeout, stop);
         if let Outcome::Failed { class, .. } = &outcome {
             if *class != ErrorClass::ApplicationError && *class != ErrorClass::Rejected {
@@ -62,19 +79,38 @@ impl Link {
         outcome
     }
 
-    fn try_deliver(&mut self, payload: &[u8], control_id: &[u8], timeout: Duration, stop: &AtomicBool) -> Outcome {
+    fn try_deliver(
+        &mut self,
+        payload: &[u8],
+        control_id: &[u8],
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Outcome {
         let deadline = Instant::now() + timeout;
         if self.stream.is_none() {
             match self.connect(timeout) {
                 Ok(s) => self.stream = Some(s),
-                Err(e) => return failed(ErrorClass::ConnectFailed, format!("cannot connect to {}: {e}", self.target), None),
+                Err(e) => {
+                    return failed(
+                        ErrorClass::ConnectFailed,
+                        format!("cannot connect to {}: {e}", self.target),
+                        None,
+                    )
+                }
             }
         }
         self.frame.clear();
         encode_frame(payload, &mut self.frame);
         let stream = self.stream.as_mut().expect("connected above");
-        if let Err(e) = stream.set_write_timeout(Some(timeout)).and_then(|_| stream.write_all(&self.frame)) {
-            return failed(ErrorClass::ConnectionLost, format!("send to {} failed: {e}", self.target), None);
+        if let Err(e) = stream
+            .set_write_timeout(Some(timeout))
+            .and_then(|_| stream.write_all(&self.frame))
+        {
+            return failed(
+                ErrorClass::ConnectionLost,
+                format!("send to {} failed: {e}", self.target),
+                None,
+            );
         }
         self.remember(control_id);
         loop {
@@ -121,25 +157,57 @@ impl Link {
                     self.decoder.compact(&mut self.buf);
                     return Ok(f);
                 }
-                Decoded::Invalid(e) => return Err(failed(ErrorClass::UnparseableAck, format!("bad MLLP framing from {}: {e}", self.target), None)),
+                Decoded::Invalid(e) => {
+                    return Err(failed(
+                        ErrorClass::UnparseableAck,
+                        format!("bad MLLP framing from {}: {e}", self.target),
+                        None,
+                    ))
+                }
                 Decoded::NeedMore => {}
                 _ => continue,
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(failed(ErrorClass::Timeout, format!("no ACK from {} within the ack timeout", self.target), None));
+                return Err(failed(
+                    ErrorClass::Timeout,
+                    format!("no ACK from {} within the ack timeout", self.target),
+                    None,
+                ));
             }
             if stop.load(Ordering::Relaxed) {
-                return Err(failed(ErrorClass::ConnectionLost, "broker stopping".into(), None));
+                return Err(failed(
+                    ErrorClass::ConnectionLost,
+                    "broker stopping".into(),
+                    None,
+                ));
             }
             let slice = (deadline - now).min(Duration::from_millis(DELIVERY_POLL_MS));
             let stream = self.stream.as_mut().expect("connected");
             let _ = stream.set_read_timeout(Some(slice));
             match stream.read(&mut chunk) {
-                Ok(0) => return Err(failed(ErrorClass::ConnectionLost, format!("{} closed the connection before answering", self.target), None)),
+                Ok(0) => {
+                    return Err(failed(
+                        ErrorClass::ConnectionLost,
+                        format!("{} closed the connection before answering", self.target),
+                        None,
+                    ))
+                }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
-                Err(e) => return Err(failed(ErrorClass::ConnectionLost, format!("reading the ACK from {}: {e}", self.target), None)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    return Err(failed(
+                        ErrorClass::ConnectionLost,
+                        format!("reading the ACK from {}: {e}", self.target),
+                        None,
+                    ))
+                }
             }
         }
     }
@@ -154,23 +222,49 @@ fn failed(class: ErrorClass, text: String, ack: Option<Vec<u8>>) -> Outcome {
 pub fn classify(ack: &[u8], sent: &[u8], recent: &VecDeque<Vec<u8>>) -> Option<Outcome> {
     let parsed = match parse_ack(ack) {
         Ok(p) => p,
-        Err(e) => return Some(failed(ErrorClass::UnparseableAck, e.to_string(), Some(bounded(ack)))),
+        Err(e) => {
+            return Some(failed(
+                ErrorClass::UnparseableAck,
+                e.to_string(),
+                Some(bounded(ack)),
+            ))
+        }
     };
-    let commit_block = matches!(parsed.code, AckCode::MllpCommit | AckCode::MllpNegativeCommit);
+    let commit_block = matches!(
+        parsed.code,
+        AckCode::MllpCommit | AckCode::MllpNegativeCommit
+    );
     if !commit_block && !parsed.acknowledges(sent) {
-        if recent.iter().rev().skip(1).any(|id| parsed.acknowledges(id)) {
+        if recent
+            .iter()
+            .rev()
+            .skip(1)
+            .any(|id| parsed.acknowledges(id))
+        {
             return None;
         }
-        let text = format!("ACK names control id '{}' but '{}' was sent", String::from_utf8_lossy(parsed.control_id), String::from_utf8_lossy(sent));
+        let text = format!(
+            "ACK names control id '{}' but '{}' was sent",
+            String::from_utf8_lossy(parsed.control_id),
+            String::from_utf8_lossy(sent)
+        );
         return Some(failed(ErrorClass::MismatchedAck, text, Some(bounded(ack))));
     }
     let detail = || {
-        let text = parsed.text.or(parsed.error.and_then(|e| e.text)).map(|t| String::from_utf8_lossy(&t.decoded()).into_owned()).unwrap_or_default();
+        let text = parsed
+            .text
+            .or(parsed.error.and_then(|e| e.text))
+            .map(|t| String::from_utf8_lossy(&t.decoded()).into_owned())
+            .unwrap_or_default();
         format!("{}: {text}", parsed.code.as_str())
     };
     Some(match parsed.code {
-        AckCode::ApplicationAccept | AckCode::CommitAccept | AckCode::MllpCommit => Outcome::Delivered,
-        AckCode::ApplicationReject | AckCode::CommitReject => failed(ErrorClass::Rejected, detail(), Some(bounded(ack))),
+        AckCode::ApplicationAccept | AckCode::CommitAccept | AckCode::MllpCommit => {
+            Outcome::Delivered
+        }
+        AckCode::ApplicationReject | AckCode::CommitReject => {
+            failed(ErrorClass::Rejected, detail(), Some(bounded(ack)))
+        }
         _ => failed(ErrorClass::ApplicationError, detail(), Some(bounded(ack))),
     })
 }
@@ -185,22 +279,45 @@ mod tests {
     use super::*;
 
     fn ack(code: &str, id: &str) -> Vec<u8> {
-        format!("MSH|^~\\&|R|R|S|S|20260101||ACK^R01^ACK|A1|P|2.5\rMSA|{code}|{id}|text\r").into_bytes()
+        format!("MSH|^~\\&|R|R|S|S|20260101||ACK^R01^ACK|A1|P|2.5\rMSA|{code}|{id}|text\r")
+            .into_bytes()
     }
 
     #[test]
     fn classification_follows_msa_1_and_msa_2() {
         let recent: VecDeque<Vec<u8>> = [b"OLD".to_vec(), b"C1".to_vec()].into_iter().collect();
-        assert_eq!(classify(&ack("AA", "C1"), b"C1", &recent), Some(Outcome::Delivered));
-        assert_eq!(classify(&ack("CA", "C1"), b"C1", &recent), Some(Outcome::Delivered));
+        assert_eq!(
+            classify(&ack("AA", "C1"), b"C1", &recent),
+            Some(Outcome::Delivered)
+        );
+        assert_eq!(
+            classify(&ack("CA", "C1"), b"C1", &recent),
+            Some(Outcome::Delivered)
+        );
         let class = |o: Option<Outcome>| match o {
             Some(Outcome::Failed { class, .. }) => Some(class),
             _ => None,
         };
-        assert_eq!(class(classify(&ack("AE", "C1"), b"C1", &recent)), Some(ErrorClass::ApplicationError));
-        assert_eq!(class(classify(&ack("CR", "C1"), b"C1", &recent)), Some(ErrorClass::Rejected));
-        assert_eq!(classify(&ack("AA", "OLD"), b"C1", &recent), None, "stale duplicate ignored");
-        assert_eq!(class(classify(&ack("AA", "OTHER"), b"C1", &recent)), Some(ErrorClass::MismatchedAck));
-        assert_eq!(class(classify(b"garbage", b"C1", &recent)), Some(ErrorClass::UnparseableAck));
+        assert_eq!(
+            class(classify(&ack("AE", "C1"), b"C1", &recent)),
+            Some(ErrorClass::ApplicationError)
+        );
+        assert_eq!(
+            class(classify(&ack("CR", "C1"), b"C1", &recent)),
+            Some(ErrorClass::Rejected)
+        );
+        assert_eq!(
+            classify(&ack("AA", "OLD"), b"C1", &recent),
+            None,
+            "stale duplicate ignored"
+        );
+        assert_eq!(
+            class(classify(&ack("AA", "OTHER"), b"C1", &recent)),
+            Some(ErrorClass::MismatchedAck)
+        );
+        assert_eq!(
+            class(classify(b"garbage", b"C1", &recent)),
+            Some(ErrorClass::UnparseableAck)
+        );
     }
 }

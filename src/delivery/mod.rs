@@ -32,9 +32,15 @@ pub enum DeliveryError {
     #[error("destination `{destination}`: queue `{queue}` is not open")]
     NoQueue { destination: String, queue: String },
     #[error("destination `{destination}`: dead-letter log: {source}")]
-    Dlq { destination: String, source: WalError },
+    Dlq {
+        destination: String,
+        source: WalError,
+    },
     #[error("destination `{destination}`: {source}")]
-    Cursor { destination: String, source: CursorError },
+    Cursor {
+        destination: String,
+        source: CursorError,
+    },
     #[error("cannot start a delivery thread: {0}")]
     Thread(std::io::Error),
 }
@@ -74,11 +80,15 @@ pub struct Destination {
 
 impl Destination {
     fn stats_delivered(&self, lane: u16) {
-        self.lanes[usize::from(lane)].delivered.fetch_add(1, Ordering::Relaxed);
+        self.lanes[usize::from(lane)]
+            .delivered
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn stats_dead_lettered(&self, lane: u16) {
-        self.lanes[usize::from(lane)].dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.lanes[usize::from(lane)]
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -115,7 +125,11 @@ pub struct Engine {
 
 impl Engine {
     /// Opens cursors and dead-letter logs and starts every lane.
-    pub fn start(config: &Config, logs: &BTreeMap<String, Arc<Log>>, storage: Arc<dyn Storage>) -> Result<Engine, DeliveryError> {
+    pub fn start(
+        config: &Config,
+        logs: &BTreeMap<String, Arc<Log>>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Engine, DeliveryError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut destinations = Vec::new();
         let mut threads = Vec::new();
@@ -124,16 +138,28 @@ impl Engine {
             for (lane, start) in starts.into_iter().enumerate() {
                 let worker = lane::Lane::new(dest.clone(), lane as u16, stop.clone(), start);
                 let name = format!("orderly-{}-{lane}", d.name);
-                threads.push(std::thread::Builder::new().name(name).spawn(move || worker.run()).map_err(DeliveryError::Thread)?);
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || worker.run())
+                        .map_err(DeliveryError::Thread)?,
+                );
             }
             tracing::info!(destination = %d.name, queue = %d.queue, connect = %d.connect, lanes = d.lanes(), "delivery started");
             destinations.push(dest);
         }
-        Ok(Engine { destinations, stop, threads: Mutex::new(threads) })
+        Ok(Engine {
+            destinations,
+            stop,
+            threads: Mutex::new(threads),
+        })
     }
 
     fn find(&self, name: &str) -> Result<&Arc<Destination>, String> {
-        self.destinations.iter().find(|d| d.config.name == name).ok_or_else(|| format!("no destination named `{name}`"))
+        self.destinations
+            .iter()
+            .find(|d| d.config.name == name)
+            .ok_or_else(|| format!("no destination named `{name}`"))
     }
 
     pub fn pause(&self, name: &str, paused: bool) -> Result<(), String> {
@@ -147,10 +173,14 @@ impl Engine {
         let d = self.find(name)?;
         let lanes: Vec<u16> = match lane {
             Some(l) => vec![l],
-            None => (0..d.lanes.len() as u16).filter(|&l| d.lanes[usize::from(l)].status.lock().head.is_some()).collect(),
+            None => (0..d.lanes.len() as u16)
+                .filter(|&l| d.lanes[usize::from(l)].status.lock().head.is_some())
+                .collect(),
         };
         if lanes.is_empty() {
-            return Err(format!("destination `{name}` has no lane with a failed head"));
+            return Err(format!(
+                "destination `{name}` has no lane with a failed head"
+            ));
         }
         for l in &lanes {
             ask(d, *l, LaneCommand::Retry)?;
@@ -184,19 +214,72 @@ impl Engine {
     }
 }
 
-fn ask(d: &Destination, lane: u16, make: impl FnOnce(Sender<Result<(), String>>) -> LaneCommand) -> Result<(), String> {
-    let shared = d.lanes.get(usize::from(lane)).ok_or_else(|| format!("destination `{}` has lanes 0..{}", d.config.name, d.lanes.len()))?;
+fn ask(
+    d: &Destination,
+    lane: u16,
+    make: impl FnOnce(Sender<Result<(), String>>) -> LaneCommand,
+) -> Result<(), String> {
+    let shared = d.lanes.get(usize::from(lane)).ok_or_else(|| {
+        format!(
+            "destination `{}` has lanes 0..{}",
+            d.config.name,
+            d.lanes.len()
+        )
+    })?;
     let (tx, rx) = bounded(1);
-    shared.commands.0.send(make(tx)).map_err(|_| "lane is not running".to_string())?;
-    rx.recv_timeout(Duration::from_secs(60)).map_err(|_| "lane did not answer within 60 s (it may be waiting for an ACK)".to_string())?
+    shared
+        .commands
+        .0
+        .send(make(tx))
+        .map_err(|_| "lane is not running".to_string())?;
+    rx.recv_timeout(Duration::from_secs(60))
+        .map_err(|_| "lane did not answer within 60 s (it may be waiting for an ACK)".to_string())?
 }
 
-fn open_destination(config: &Config, d: &DestinationConfig, logs: &BTreeMap<String, Arc<Log>>, storage: Arc<dyn Storage>) -> Result<(Arc<Destination>, Vec<crate::cursor::LaneCursor>), DeliveryError> {
-    let log = logs.get(&d.queue).cloned().ok_or_else(|| DeliveryError::NoQueue { destination: d.name.clone(), queue: d.queue.clone() })?;
-    let dlq = Log::open_with(storage.clone(), &config.data_dir.join("dlq").join(&d.name), dlq::dlq_log_config()).map_err(|source| DeliveryError::Dlq { destination: d.name.clone(), source })?;
-    let positions = (0..d.lanes()).map(|l| log.register_reader(&format!("{}/{l}", d.name), log.start_offset())).collect();
-    let (cursors, starts) = CursorStore::open(storage, &config.data_dir.join("cursors"), &d.name, d.lanes(), positions).map_err(|source| DeliveryError::Cursor { destination: d.name.clone(), source })?;
-    let lanes = (0..d.lanes()).map(|_| LaneShared { commands: unbounded(), status: Mutex::new(LaneStatus::default()), delivered: AtomicU64::new(0), dead_lettered: AtomicU64::new(0) }).collect();
+fn open_destination(
+    config: &Config,
+    d: &DestinationConfig,
+    logs: &BTreeMap<String, Arc<Log>>,
+    storage: Arc<dyn Storage>,
+) -> Result<(Arc<Destination>, Vec<crate::cursor::LaneCursor>), DeliveryError> {
+    let log = logs
+        .get(&d.queue)
+        .cloned()
+        .ok_or_else(|| DeliveryError::NoQueue {
+            destination: d.name.clone(),
+            queue: d.queue.clone(),
+        })?;
+    let dlq = Log::open_with(
+        storage.clone(),
+        &config.data_dir.join("dlq").join(&d.name),
+        dlq::dlq_log_config(),
+    )
+    .map_err(|source| DeliveryError::Dlq {
+        destination: d.name.clone(),
+        source,
+    })?;
+    let positions = (0..d.lanes())
+        .map(|l| log.register_reader(&format!("{}/{l}", d.name), log.start_offset()))
+        .collect();
+    let (cursors, starts) = CursorStore::open(
+        storage,
+        &config.data_dir.join("cursors"),
+        &d.name,
+        d.lanes(),
+        positions,
+    )
+    .map_err(|source| DeliveryError::Cursor {
+        destination: d.name.clone(),
+        source,
+    })?;
+    let lanes = (0..d.lanes())
+        .map(|_| LaneShared {
+            commands: unbounded(),
+            status: Mutex::new(LaneStatus::default()),
+            delivered: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        })
+        .collect();
     let dest = Destination {
         config: d.clone(),
         log,
@@ -221,7 +304,14 @@ fn report(d: &Destination) -> DestinationReport {
         .map(|(i, l)| {
             let s = l.status.lock().clone();
             let lag_records = end.0.saturating_sub(s.next_offset.0);
-            let lag_seconds = if lag_records == 0 { 0.0 } else { d.log.read(s.next_offset).map(|r| now.saturating_sub(r.timestamp_ms) as f64 / 1000.0).unwrap_or(0.0) };
+            let lag_seconds = if lag_records == 0 {
+                0.0
+            } else {
+                d.log
+                    .read(s.next_offset)
+                    .map(|r| now.saturating_sub(r.timestamp_ms) as f64 / 1000.0)
+                    .unwrap_or(0.0)
+            };
             LaneReport {
                 lane: i as u16,
                 committed: s.next_offset,
@@ -262,7 +352,14 @@ pub fn render_status(reports: &[DestinationReport]) -> String {
         out.push_str("no destinations configured\n");
     }
     for d in reports {
-        out.push_str(&format!("destination {} queue={} ordering={} circuit={} paused={}\n", d.name, d.queue, d.ordering, d.circuit, if d.paused { "yes" } else { "no" }));
+        out.push_str(&format!(
+            "destination {} queue={} ordering={} circuit={} paused={}\n",
+            d.name,
+            d.queue,
+            d.ordering,
+            d.circuit,
+            if d.paused { "yes" } else { "no" }
+        ));
         if let Some(f) = &d.cursor_failure {
             out.push_str(&format!("  CURSOR STORE FAILED: {f}\n"));
         }

@@ -33,10 +33,16 @@ impl Jitter {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One trial attempt is allowed; `trial` says whether it is taken.
-    HalfOpen { trial: bool },
+    HalfOpen {
+        trial: bool,
+    },
 }
 
 /// Closed → (failure_threshold consecutive transient failures) → Open for
@@ -48,7 +54,10 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
-        Breaker { config, state: Mutex::new(BreakerState::Closed { failures: 0 }) }
+        Breaker {
+            config,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+        }
     }
 
     /// `Ok(())` if an attempt may go now, else how long to wait.
@@ -69,10 +78,18 @@ impl Breaker {
         let mut s = self.state.lock();
         *s = match (*s, success) {
             (_, true) => BreakerState::Closed { failures: 0 },
-            (BreakerState::Closed { failures }, false) if failures + 1 < self.config.failure_threshold => BreakerState::Closed { failures: failures + 1 },
+            (BreakerState::Closed { failures }, false)
+                if failures + 1 < self.config.failure_threshold =>
+            {
+                BreakerState::Closed {
+                    failures: failures + 1,
+                }
+            }
             (_, false) => {
                 tracing::warn!(open_ms = self.config.open_ms, "circuit breaker open");
-                BreakerState::Open { until: now + Duration::from_millis(self.config.open_ms) }
+                BreakerState::Open {
+                    until: now + Duration::from_millis(self.config.open_ms),
+                }
             }
         };
     }
@@ -100,7 +117,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `rate_per_s == 0` means unlimited.
     pub fn new(rate_per_s: u32) -> Self {
-        RateLimiter { rate: f64::from(rate_per_s), bucket: Mutex::new((f64::from(rate_per_s), Instant::now())) }
+        RateLimiter {
+            rate: f64::from(rate_per_s),
+            bucket: Mutex::new((f64::from(rate_per_s), Instant::now())),
+        }
     }
 
     /// Takes a token, or says how long until one is there.
@@ -126,7 +146,13 @@ mod tests {
     use super::*;
 
     fn retry() -> RetryConfig {
-        RetryConfig { max_attempts: 10, initial_backoff_ms: 200, max_backoff_ms: 60_000, multiplier: 2.0, jitter: 0.2 }
+        RetryConfig {
+            max_attempts: 10,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 60_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
     }
 
     #[test]
@@ -139,12 +165,17 @@ mod tests {
         assert_eq!(backoff_ms(&r, 1, 0.0), 160);
         assert_eq!(backoff_ms(&r, 1, 1.0), 240);
         let mut j = Jitter::new(7);
-        assert!((0..1000).map(|_| j.next_unit()).all(|u| (0.0..=1.0).contains(&u)));
+        assert!((0..1000)
+            .map(|_| j.next_unit())
+            .all(|u| (0.0..=1.0).contains(&u)));
     }
 
     #[test]
     fn breaker_opens_after_threshold_then_allows_one_trial() {
-        let b = Breaker::new(BreakerConfig { failure_threshold: 3, open_ms: 1000 });
+        let b = Breaker::new(BreakerConfig {
+            failure_threshold: 3,
+            open_ms: 1000,
+        });
         let t0 = Instant::now();
         for _ in 0..2 {
             b.record(false, t0);
@@ -169,7 +200,10 @@ mod tests {
         let t = Instant::now();
         let granted = (0..20).filter(|_| r.acquire(t).is_ok()).count();
         assert_eq!(granted, 10, "one second of burst");
-        assert!(r.acquire(t + Duration::from_millis(100)).is_ok(), "refilled");
+        assert!(
+            r.acquire(t + Duration::from_millis(100)).is_ok(),
+            "refilled"
+        );
         assert!(RateLimiter::new(0).acquire(t).is_ok());
     }
 }

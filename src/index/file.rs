@@ -63,14 +63,27 @@ pub struct SealInfo {
 
 impl IndexHeader {
     pub fn active(kind: IndexKind, base_offset: u64) -> Self {
-        Self { kind, base_offset, sealed: None }
+        Self {
+            kind,
+            base_offset,
+            sealed: None,
+        }
     }
 
     pub fn sealed(kind: IndexKind, base_offset: u64, entries: &[u8], log_bytes: u64) -> Self {
         assert!(entries.len() % kind.entry_bytes() == 0);
-        let entry_count = u32::try_from(entries.len() / kind.entry_bytes()).expect("bounded by segment size");
-        let seal = SealInfo { entry_count, log_bytes, entries_crc: crc32fast::hash(entries) };
-        Self { kind, base_offset, sealed: Some(seal) }
+        let entry_count =
+            u32::try_from(entries.len() / kind.entry_bytes()).expect("bounded by segment size");
+        let seal = SealInfo {
+            entry_count,
+            log_bytes,
+            entries_crc: crc32fast::hash(entries),
+        };
+        Self {
+            kind,
+            base_offset,
+            sealed: Some(seal),
+        }
     }
 
     pub fn encode(&self) -> [u8; INDEX_HEADER_BYTES] {
@@ -78,7 +91,11 @@ impl IndexHeader {
         h[0..8].copy_from_slice(self.kind.magic());
         h[8..10].copy_from_slice(&VERSION.to_le_bytes());
         h[10..12].copy_from_slice(&(self.kind.entry_bytes() as u16).to_le_bytes());
-        let seal = self.sealed.unwrap_or(SealInfo { entry_count: ACTIVE, log_bytes: 0, entries_crc: 0 });
+        let seal = self.sealed.unwrap_or(SealInfo {
+            entry_count: ACTIVE,
+            log_bytes: 0,
+            entries_crc: 0,
+        });
         h[12..16].copy_from_slice(&seal.entry_count.to_le_bytes());
         h[16..24].copy_from_slice(&self.base_offset.to_le_bytes());
         h[24..32].copy_from_slice(&seal.log_bytes.to_le_bytes());
@@ -90,7 +107,9 @@ impl IndexHeader {
 
     /// Parses a header of the expected kind; `Err` says why it cannot be trusted.
     pub fn decode(kind: IndexKind, bytes: &[u8]) -> Result<Self, &'static str> {
-        let h = bytes.get(..INDEX_HEADER_BYTES).ok_or("shorter than its header")?;
+        let h = bytes
+            .get(..INDEX_HEADER_BYTES)
+            .ok_or("shorter than its header")?;
         if &h[0..8] != kind.magic() {
             return Err("bad magic");
         }
@@ -111,7 +130,11 @@ impl IndexHeader {
             log_bytes: u64_at(24),
             entries_crc: u32_at(32),
         });
-        Ok(Self { kind, base_offset: u64_at(16), sealed })
+        Ok(Self {
+            kind,
+            base_offset: u64_at(16),
+            sealed,
+        })
     }
 }
 
@@ -128,7 +151,10 @@ mod tests {
         for i in 0..INDEX_HEADER_BYTES {
             let mut bad = bytes;
             bad[i] ^= 0x10;
-            assert!(IndexHeader::decode(IndexKind::Offset, &bad).is_err(), "byte {i}");
+            assert!(
+                IndexHeader::decode(IndexKind::Offset, &bad).is_err(),
+                "byte {i}"
+            );
         }
     }
 }

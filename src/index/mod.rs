@@ -51,14 +51,28 @@ pub struct IndexPoint {
 
 impl SegmentIndex {
     pub fn empty() -> Self {
-        Self { offsets: EntryBytes::Owned(Vec::new()), times: EntryBytes::Owned(Vec::new()), count: 0 }
+        Self {
+            offsets: EntryBytes::Owned(Vec::new()),
+            times: EntryBytes::Owned(Vec::new()),
+            count: 0,
+        }
     }
 
     /// Wraps mapped index files whose headers were verified for `count` entries.
     pub fn mapped(offsets: Mapping, times: Mapping, count: usize) -> Self {
-        let idx = Self { offsets: EntryBytes::Mapped(offsets), times: EntryBytes::Mapped(times), count };
-        assert!(idx.offsets.entries().len() >= count * OFFSET_ENTRY_BYTES, "verified by caller");
-        assert!(idx.times.entries().len() >= count * TIME_ENTRY_BYTES, "verified by caller");
+        let idx = Self {
+            offsets: EntryBytes::Mapped(offsets),
+            times: EntryBytes::Mapped(times),
+            count,
+        };
+        assert!(
+            idx.offsets.entries().len() >= count * OFFSET_ENTRY_BYTES,
+            "verified by caller"
+        );
+        assert!(
+            idx.times.entries().len() >= count * TIME_ENTRY_BYTES,
+            "verified by caller"
+        );
         idx
     }
 
@@ -76,7 +90,8 @@ impl SegmentIndex {
             assert!(p.relative_offset > last.relative_offset && p.position > last.position);
             debug_assert!(p.timestamp_ms >= last.timestamp_ms);
         }
-        let (EntryBytes::Owned(o), EntryBytes::Owned(t)) = (&mut self.offsets, &mut self.times) else {
+        let (EntryBytes::Owned(o), EntryBytes::Owned(t)) = (&mut self.offsets, &mut self.times)
+        else {
             panic!("push on a sealed (mapped) index");
         };
         o.extend_from_slice(&encode_offset_entry(p));
@@ -101,7 +116,9 @@ impl SegmentIndex {
 
     /// The last point at or before `relative_offset`, if any.
     pub fn floor_offset(&self, relative_offset: u32) -> Option<IndexPoint> {
-        let n = partition_point(self.count, |i| self.point(i).relative_offset <= relative_offset);
+        let n = partition_point(self.count, |i| {
+            self.point(i).relative_offset <= relative_offset
+        });
         n.checked_sub(1).map(|i| self.point(i))
     }
 
@@ -139,7 +156,12 @@ pub fn encode_time_entry(p: IndexPoint) -> [u8; TIME_ENTRY_BYTES] {
 /// Decodes `count` entries from raw index files and checks they describe a
 /// strictly increasing sequence inside `[header_end, log_end)`; used to
 /// accept an index (or a checkpointed prefix of one) without reading the log.
-pub fn decode_points(offsets: &[u8], times: &[u8], count: usize, log_end: u64) -> Option<Vec<IndexPoint>> {
+pub fn decode_points(
+    offsets: &[u8],
+    times: &[u8],
+    count: usize,
+    log_end: u64,
+) -> Option<Vec<IndexPoint>> {
     if offsets.len() < count * OFFSET_ENTRY_BYTES || times.len() < count * TIME_ENTRY_BYTES {
         return None;
     }
@@ -191,7 +213,11 @@ mod tests {
     fn sample() -> SegmentIndex {
         let mut idx = SegmentIndex::empty();
         for i in 0..10u32 {
-            idx.push(IndexPoint { relative_offset: i * 10, position: 64 + i * 4096, timestamp_ms: 1000 + u64::from(i) * 5 });
+            idx.push(IndexPoint {
+                relative_offset: i * 10,
+                position: 64 + i * 4096,
+                timestamp_ms: 1000 + u64::from(i) * 5,
+            });
         }
         idx
     }
@@ -202,7 +228,10 @@ mod tests {
         assert_eq!(idx.floor_offset(0).map(|p| p.relative_offset), Some(0));
         assert_eq!(idx.floor_offset(35).map(|p| p.relative_offset), Some(30));
         assert_eq!(idx.floor_offset(90).map(|p| p.relative_offset), Some(90));
-        assert_eq!(idx.floor_offset(1_000_000).map(|p| p.relative_offset), Some(90));
+        assert_eq!(
+            idx.floor_offset(1_000_000).map(|p| p.relative_offset),
+            Some(90)
+        );
     }
 
     #[test]
@@ -216,11 +245,20 @@ mod tests {
     #[test]
     fn decode_points_rejects_non_monotone_entries() {
         let idx = sample();
-        let (o, t) = (idx.offset_entry_bytes(10).to_vec(), idx.time_entry_bytes(10).to_vec());
-        assert_eq!(decode_points(&o, &t, 10, 1 << 20).map(|v| v.len()), Some(10));
+        let (o, t) = (
+            idx.offset_entry_bytes(10).to_vec(),
+            idx.time_entry_bytes(10).to_vec(),
+        );
+        assert_eq!(
+            decode_points(&o, &t, 10, 1 << 20).map(|v| v.len()),
+            Some(10)
+        );
         let mut bad = o.clone();
         bad[8 * 3..8 * 3 + 4].copy_from_slice(&0u32.to_le_bytes());
         assert!(decode_points(&bad, &t, 10, 1 << 20).is_none());
-        assert!(decode_points(&o, &t, 10, 100).is_none(), "positions past the log end are rejected");
+        assert!(
+            decode_points(&o, &t, 10, 100).is_none(),
+            "positions past the log end are rejected"
+        );
     }
 }

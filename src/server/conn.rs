@@ -48,7 +48,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, listener: usize, generation: u32, max_frame_bytes: usize) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: usize,
+        generation: u32,
+        max_frame_bytes: usize,
+    ) -> Self {
         Self {
             stream,
             peer,
@@ -69,7 +75,9 @@ impl Conn {
 
     /// Whether to take more frames from this peer now.
     pub fn accepts_frames(&self, max_inflight: usize) -> bool {
-        self.state == ConnState::Open && self.inflight < max_inflight && self.pending_write() < CONNECTION_WRITE_BUFFER_BYTES_MAX
+        self.state == ConnState::Open
+            && self.inflight < max_inflight
+            && self.pending_write() < CONNECTION_WRITE_BUFFER_BYTES_MAX
     }
 
     pub fn pending_write(&self) -> usize {
@@ -98,12 +106,15 @@ impl Conn {
             self.acks[i] = AckSlot::Ready(bytes);
         }
     }
-
 }
 
 /// Queues an ACK that is ready now (a NAK for a refused frame). Takes the
 /// connection's fields apart so the frame (in `rbuf`) can stay borrowed.
-pub fn push_ready(acks: &mut VecDeque<AckSlot>, wbuf: &mut Vec<u8>, build: impl FnOnce(&mut Vec<u8>)) {
+pub fn push_ready(
+    acks: &mut VecDeque<AckSlot>,
+    wbuf: &mut Vec<u8>,
+    build: impl FnOnce(&mut Vec<u8>),
+) {
     if acks.is_empty() {
         build(wbuf);
     } else {

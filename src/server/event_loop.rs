@@ -95,7 +95,8 @@ impl EventLoop {
         for (i, l) in listeners.iter_mut().enumerate() {
             if let Some(socket) = &mut l.socket {
                 // Listener sockets are registered once; index i is their token.
-                poll.registry().register(socket, Token(i), Interest::READABLE)?;
+                poll.registry()
+                    .register(socket, Token(i), Interest::READABLE)?;
             }
         }
         // Completions are bounded by construction: at most max_inflight per
@@ -124,7 +125,10 @@ impl EventLoop {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { flag: self.shutdown.clone(), waker: self.waker.clone() }
+        ShutdownHandle {
+            flag: self.shutdown.clone(),
+            waker: self.waker.clone(),
+        }
     }
 
     /// Runs until a shutdown was requested and in-flight work finished.
@@ -132,7 +136,11 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         loop {
-            let timeout = if self.drain_deadline.is_some() { Duration::from_millis(50) } else { Duration::from_secs(1) };
+            let timeout = if self.drain_deadline.is_some() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -149,7 +157,13 @@ impl EventLoop {
             self.handle_completions();
             self.retry_stalled();
             if blocked_before && !self.globally_blocked() {
-                self.dirty.extend(self.conns.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(i, _)| i));
+                self.dirty.extend(
+                    self.conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.is_some())
+                        .map(|(i, _)| i),
+                );
             }
             self.drive_dirty();
             if self.shutdown.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
@@ -172,7 +186,9 @@ impl EventLoop {
 
     fn accept_all(&mut self, l: usize) {
         loop {
-            let Some(socket) = &self.listeners[l].socket else { return };
+            let Some(socket) = &self.listeners[l].socket else {
+                return;
+            };
             match socket.accept() {
                 Ok((stream, peer)) => self.admit(l, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -197,7 +213,11 @@ impl EventLoop {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE)
+        {
             tracing::error!(%peer, error = %e, "cannot register connection");
             self.free.push(slot);
             return;
@@ -206,7 +226,13 @@ impl EventLoop {
         listener.active += 1;
         Metrics::inc(&self.metrics.connections_accepted);
         tracing::debug!(listener = %listener.config.name, %peer, "connection accepted");
-        self.conns[slot] = Some(Conn::new(stream, peer, l, self.next_generation, listener.config.max_frame_bytes));
+        self.conns[slot] = Some(Conn::new(
+            stream,
+            peer,
+            l,
+            self.next_generation,
+            listener.config.max_frame_bytes,
+        ));
         self.dirty.push(slot);
     }
 
@@ -223,17 +249,29 @@ impl EventLoop {
 
     /// Brings one connection up to date: frames, reads, writes, interest, close.
     fn drive(&mut self, slot: usize) {
-        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else { return };
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
         let alive = self.pump(slot, &mut conn);
-        let done = !alive || (conn.state != ConnState::Open && conn.inflight == 0 && conn.is_quiet());
+        let done =
+            !alive || (conn.state != ConnState::Open && conn.inflight == 0 && conn.is_quiet());
         if done {
             self.close(slot, conn);
             return;
         }
         let want_write = conn.pending_write() > 0;
         if want_write != conn.writable_registered {
-            let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            if self.poll.registry().reregister(&mut conn.stream, Token(CONN_BASE + slot), interest).is_err() {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(CONN_BASE + slot), interest)
+                .is_err()
+            {
                 self.close(slot, conn);
                 return;
             }
@@ -271,7 +309,9 @@ impl EventLoop {
 
     fn wants_read(&self, conn: &Conn) -> bool {
         let max_inflight = self.listeners[conn.listener].config.max_inflight;
-        conn.accepts_frames(max_inflight) && !self.globally_blocked() && self.drain_deadline.is_none()
+        conn.accepts_frames(max_inflight)
+            && !self.globally_blocked()
+            && self.drain_deadline.is_none()
     }
 
     /// Decodes and handles complete frames while the connection may take them.
@@ -285,7 +325,10 @@ impl EventLoop {
                     tracing::info!(peer = %conn.peer, bytes, "discarded bytes outside MLLP frames");
                 }
                 Decoded::NeedMore => break,
-                Decoded::Invalid(FrameError::TooLarge { limit_bytes, prefix }) => self.on_too_large(conn, prefix, limit_bytes),
+                Decoded::Invalid(FrameError::TooLarge {
+                    limit_bytes,
+                    prefix,
+                }) => self.on_too_large(conn, prefix, limit_bytes),
                 Decoded::Invalid(e) => {
                     Metrics::inc(&self.metrics.connections_closed_protocol);
                     tracing::warn!(peer = %conn.peer, error = %e, "closing connection");
@@ -295,7 +338,11 @@ impl EventLoop {
             }
         }
         conn.decoder.compact(&mut conn.rbuf);
-        conn.frame_started = if conn.rbuf.is_empty() { None } else { conn.frame_started.or(Some(Instant::now())) };
+        conn.frame_started = if conn.rbuf.is_empty() {
+            None
+        } else {
+            conn.frame_started.or(Some(Instant::now()))
+        };
     }
 
     fn on_frame(&mut self, slot: usize, conn: &mut Conn, range: Range<usize>) {
@@ -309,7 +356,9 @@ impl EventLoop {
             let header = ingest::readable_header(msg);
             let err = ingest::storage_error(&AppendError::Failed(reason));
             let ids = &mut self.ids;
-            push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(header.as_ref(), AckKind::Error, Some(&err), ids, out));
+            push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
+                ingest::write_framed_ack(header.as_ref(), AckKind::Error, Some(&err), ids, out)
+            });
             return;
         }
         match ingest::check_frame(msg, &listener.config) {
@@ -318,7 +367,15 @@ impl EventLoop {
                 tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), reason = %rej.reason, "message rejected");
                 let header = ingest::readable_header(msg);
                 let ids = &mut self.ids;
-                push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(header.as_ref(), AckKind::Reject, Some(&rej.error), ids, out));
+                push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
+                    ingest::write_framed_ack(
+                        header.as_ref(),
+                        AckKind::Reject,
+                        Some(&rej.error),
+                        ids,
+                        out,
+                    )
+                });
             }
             Ok(header) => {
                 let meta = ingest::record_meta(&header, &listener.config, &conn.peer, now_ms());
@@ -327,7 +384,13 @@ impl EventLoop {
                 payload.extend_from_slice(msg);
                 self.inflight_bytes += payload.len();
                 let tag = (slot as u64) << 32 | u64::from(conn.generation);
-                let req = AppendRequest { payload, meta, tag, reply: self.done_tx.clone(), notify: Some(self.notify.clone()) };
+                let req = AppendRequest {
+                    payload,
+                    meta,
+                    tag,
+                    reply: self.done_tx.clone(),
+                    notify: Some(self.notify.clone()),
+                };
                 conn.acks.push_back(AckSlot::Waiting);
                 conn.inflight += 1;
                 self.submit(conn.listener, req);
@@ -361,7 +424,11 @@ impl EventLoop {
     }
 
     fn complete_locally(&mut self, req: AppendRequest, e: AppendError) {
-        let done = AppendDone { tag: req.tag, result: Err(e), payload: req.payload };
+        let done = AppendDone {
+            tag: req.tag,
+            result: Err(e),
+            payload: req.payload,
+        };
         let _ = self.done_tx.send(done);
     }
 
@@ -373,7 +440,9 @@ impl EventLoop {
                 tracing::warn!(peer = %conn.peer, control_id = %String::from_utf8_lossy(h.control_id()), limit_bytes, "frame over max_frame_bytes refused");
                 let err = ingest::too_large_error();
                 let ids = &mut self.ids;
-                push_ready(&mut conn.acks, &mut conn.wbuf, |out| ingest::write_framed_ack(Some(&h), AckKind::Reject, Some(&err), ids, out));
+                push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
+                    ingest::write_framed_ack(Some(&h), AckKind::Reject, Some(&err), ids, out)
+                });
             }
             Err(_) => {
                 Metrics::inc(&self.metrics.connections_closed_protocol);
@@ -395,10 +464,17 @@ impl EventLoop {
                     tracing::warn!(control_id = %ingest::control_id_text(&done.payload), error = %e, "message not stored");
                 }
             }
-            if let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut).filter(|c| c.generation == generation) {
+            if let Some(conn) = self
+                .conns
+                .get_mut(slot)
+                .and_then(Option::as_mut)
+                .filter(|c| c.generation == generation)
+            {
                 conn.inflight -= 1;
                 let ids = &mut self.ids;
-                conn.fill_oldest_waiting(|out| ingest::write_completion_ack(&done.payload, &done.result, ids, out));
+                conn.fill_oldest_waiting(|out| {
+                    ingest::write_completion_ack(&done.payload, &done.result, ids, out)
+                });
                 self.dirty.push(slot);
             }
             let mut payload = done.payload;
@@ -411,17 +487,30 @@ impl EventLoop {
 
     fn sweep_timeouts(&mut self) {
         for slot in 0..self.conns.len() {
-            let Some(conn) = &self.conns[slot] else { continue };
+            let Some(conn) = &self.conns[slot] else {
+                continue;
+            };
             let cfg = &self.listeners[conn.listener].config;
-            let idle = conn.inflight == 0 && conn.is_quiet() && conn.last_read.elapsed() > Duration::from_secs(cfg.idle_timeout_s);
-            let slow = conn.inflight == 0 && conn.frame_started.is_some_and(|t| t.elapsed() > Duration::from_secs(cfg.frame_timeout_s));
+            let idle = conn.inflight == 0
+                && conn.is_quiet()
+                && conn.last_read.elapsed() > Duration::from_secs(cfg.idle_timeout_s);
+            let slow = conn.inflight == 0
+                && conn
+                    .frame_started
+                    .is_some_and(|t| t.elapsed() > Duration::from_secs(cfg.frame_timeout_s));
             if !(idle || slow) {
                 continue;
             }
             let (counter, what) = if slow {
-                (&self.metrics.connections_closed_slow, "partial frame older than frame_timeout_s")
+                (
+                    &self.metrics.connections_closed_slow,
+                    "partial frame older than frame_timeout_s",
+                )
             } else {
-                (&self.metrics.connections_closed_idle, "no message for idle_timeout_s")
+                (
+                    &self.metrics.connections_closed_idle,
+                    "no message for idle_timeout_s",
+                )
             };
             Metrics::inc(counter);
             tracing::info!(listener = %cfg.name, peer = %conn.peer, reason = what, "closing connection");
@@ -439,7 +528,9 @@ impl EventLoop {
     }
 
     fn begin_drain(&mut self) {
-        tracing::info!("shutdown requested: no new connections; finishing in-flight appends and ACKs");
+        tracing::info!(
+            "shutdown requested: no new connections; finishing in-flight appends and ACKs"
+        );
         for l in &mut self.listeners {
             if let Some(mut s) = l.socket.take() {
                 let _ = self.poll.registry().deregister(&mut s);
@@ -449,8 +540,15 @@ impl EventLoop {
     }
 
     fn drain_finished(&self) -> bool {
-        let Some(deadline) = self.drain_deadline else { return false };
-        let busy = !self.stalled.is_empty() || self.conns.iter().flatten().any(|c| c.inflight > 0 || c.pending_write() > 0);
+        let Some(deadline) = self.drain_deadline else {
+            return false;
+        };
+        let busy = !self.stalled.is_empty()
+            || self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| c.inflight > 0 || c.pending_write() > 0);
         if busy && Instant::now() >= deadline {
             tracing::warn!("shutdown grace period over with work still pending; unanswered messages were not acknowledged and will be resent by their senders");
             return true;

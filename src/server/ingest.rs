@@ -11,11 +11,24 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 /// Appends an MLLP-framed ACK (or NAK) to `out`.
-pub fn write_framed_ack(header: Option<&MshHeader<'_>>, kind: AckKind, error: Option<&AckError<'_>>, ids: &mut AckIds, out: &mut Vec<u8>) {
+pub fn write_framed_ack(
+    header: Option<&MshHeader<'_>>,
+    kind: AckKind,
+    error: Option<&AckError<'_>>,
+    ids: &mut AckIds,
+    out: &mut Vec<u8>,
+) {
     out.push(START_BLOCK);
     let mut id = [0u8; 24];
     let id_len = ids.next(&mut id);
-    build_ack(header, kind, error, &id[..id_len], Hl7Timestamp::from_system_time(std::time::SystemTime::now()), out);
+    build_ack(
+        header,
+        kind,
+        error,
+        &id[..id_len],
+        Hl7Timestamp::from_system_time(std::time::SystemTime::now()),
+        out,
+    );
     out.push(END_BLOCK);
     out.push(TRAILER);
 }
@@ -29,7 +42,10 @@ pub struct AckIds {
 
 impl AckIds {
     pub fn new() -> Self {
-        Self { boot_ms: crate::wal::now_ms(), seq: 0 }
+        Self {
+            boot_ms: crate::wal::now_ms(),
+            seq: 0,
+        }
     }
 
     fn next(&mut self, buf: &mut [u8; 24]) -> usize {
@@ -48,7 +64,12 @@ impl Default for AckIds {
 }
 
 /// The metadata area stored with a record.
-pub fn record_meta(h: &MshHeader<'_>, listener: &ListenerConfig, peer: &SocketAddr, received_ms: u64) -> Vec<u8> {
+pub fn record_meta(
+    h: &MshHeader<'_>,
+    listener: &ListenerConfig,
+    peer: &SocketAddr,
+    received_ms: u64,
+) -> Vec<u8> {
     let mut m = MetaBuilder::new();
     m.push(MetaKey::Listener, listener.name.as_bytes())
         .push(MetaKey::Peer, peer.to_string().as_bytes())
@@ -66,7 +87,10 @@ pub fn record_meta(h: &MshHeader<'_>, listener: &ListenerConfig, peer: &SocketAd
 
 /// Decides what to do with a frame: `Ok(header)` to store it, or the NAK
 /// details and a reason for the log.
-pub fn check_frame<'a>(msg: &'a [u8], listener: &ListenerConfig) -> Result<MshHeader<'a>, Rejection> {
+pub fn check_frame<'a>(
+    msg: &'a [u8],
+    listener: &ListenerConfig,
+) -> Result<MshHeader<'a>, Rejection> {
     frame_header(msg, listener.validation)
 }
 
@@ -76,13 +100,24 @@ pub fn check_frame<'a>(msg: &'a [u8], listener: &ListenerConfig) -> Result<MshHe
 pub fn frame_header(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>, Rejection> {
     if is_batch(msg) {
         let batch = split_batch(msg).map_err(|e| Rejection {
-            error: AckError { code: ErrorCode::SegmentSequenceError, severity: Severity::Error, text: "batch holds no readable message", location: None },
+            error: AckError {
+                code: ErrorCode::SegmentSequenceError,
+                severity: Severity::Error,
+                text: "batch holds no readable message",
+                location: None,
+            },
             reason: e.to_string(),
         })?;
         let first = batch.messages.first().copied().unwrap_or_default();
-        return validate(first, level).map_err(|e| Rejection { error: e.ack_error(), reason: format!("first message of batch: {e}") });
+        return validate(first, level).map_err(|e| Rejection {
+            error: e.ack_error(),
+            reason: format!("first message of batch: {e}"),
+        });
     }
-    validate(msg, level).map_err(|e| Rejection { error: e.ack_error(), reason: e.to_string() })
+    validate(msg, level).map_err(|e| Rejection {
+        error: e.ack_error(),
+        reason: e.to_string(),
+    })
 }
 
 /// Why a frame was refused.
@@ -93,12 +128,23 @@ pub struct Rejection {
 
 /// The ACK for a completed append, written from the stored payload (which
 /// was validated before it was appended, so its header parses).
-pub fn write_completion_ack(payload: &[u8], result: &Result<crate::wal::Appended, AppendError>, ids: &mut AckIds, out: &mut Vec<u8>) {
+pub fn write_completion_ack(
+    payload: &[u8],
+    result: &Result<crate::wal::Appended, AppendError>,
+    ids: &mut AckIds,
+    out: &mut Vec<u8>,
+) {
     let header = frame_header(payload, ValidationLevel::None).ok();
     debug_assert!(header.is_some(), "only validated payloads are appended");
     match result {
         Ok(_) => write_framed_ack(header.as_ref(), AckKind::Accept, None, ids, out),
-        Err(e) => write_framed_ack(header.as_ref(), AckKind::Error, Some(&storage_error(e)), ids, out),
+        Err(e) => write_framed_ack(
+            header.as_ref(),
+            AckKind::Error,
+            Some(&storage_error(e)),
+            ids,
+            out,
+        ),
     }
 }
 
@@ -110,20 +156,34 @@ pub fn storage_error(e: &AppendError) -> AckError<'static> {
         AppendError::Closed => "message NOT stored: broker is shutting down; resend later",
         _ => "message NOT stored: broker storage failure; resend later",
     };
-    AckError { code: ErrorCode::ApplicationInternalError, severity: Severity::Error, text, location: None }
+    AckError {
+        code: ErrorCode::ApplicationInternalError,
+        severity: Severity::Error,
+        text,
+        location: None,
+    }
 }
 
 /// The NAK for a frame over the size limit.
 pub fn too_large_error() -> AckError<'static> {
-    AckError { code: ErrorCode::ApplicationInternalError, severity: Severity::Error, text: "message NOT stored: larger than this listener's max_frame_bytes", location: None }
+    AckError {
+        code: ErrorCode::ApplicationInternalError,
+        severity: Severity::Error,
+        text: "message NOT stored: larger than this listener's max_frame_bytes",
+        location: None,
+    }
 }
 
 /// Printable control id for logs (never the body).
 pub fn control_id_text(msg: &[u8]) -> String {
-    frame_header(msg, ValidationLevel::None).map(|h| String::from_utf8_lossy(h.control_id()).into_owned()).unwrap_or_else(|_| "-".into())
+    frame_header(msg, ValidationLevel::None)
+        .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
+        .unwrap_or_else(|_| "-".into())
 }
 
 /// The readable header of a frame, if any, for building its NAK.
 pub fn readable_header(msg: &[u8]) -> Option<MshHeader<'_>> {
-    frame_header(msg, ValidationLevel::None).ok().or_else(|| parse_header(msg).ok())
+    frame_header(msg, ValidationLevel::None)
+        .ok()
+        .or_else(|| parse_header(msg).ok())
 }

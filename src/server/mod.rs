@@ -11,10 +11,10 @@ pub mod ingest;
 pub use event_loop::ShutdownHandle;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::storage::{FsStorage, Storage};
 use crate::control::ControlServer;
 use crate::delivery::{DeliveryError, Engine};
+use crate::metrics::Metrics;
+use crate::storage::{FsStorage, Storage};
 use crate::wal::{Log, RetentionPolicy, WalError};
 use event_loop::{EventLoop, ListenerSlot};
 use std::collections::BTreeMap;
@@ -27,11 +27,18 @@ use std::sync::Arc;
 #[non_exhaustive]
 pub enum ServeError {
     #[error("data dir {dir}: {source}")]
-    DataDir { dir: PathBuf, source: std::io::Error },
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data dir {dir} is in use by another Orderly process (lock file {lock}); stop it or choose another data_dir")]
     Locked { dir: PathBuf, lock: PathBuf },
     #[error("listener `{name}`: cannot listen on {addr}: {source}; change `listen` or stop the other process")]
-    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("queue `{queue}`: {source}")]
     Wal { queue: String, source: WalError },
     #[error("event loop: {0}")]
@@ -47,11 +54,15 @@ struct Maintenance {
 }
 
 impl Maintenance {
-    fn start(logs: &BTreeMap<String, Arc<Log>>, policy: RetentionPolicy) -> Result<Option<Maintenance>, ServeError> {
+    fn start(
+        logs: &BTreeMap<String, Arc<Log>>,
+        policy: RetentionPolicy,
+    ) -> Result<Option<Maintenance>, ServeError> {
         if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
             return Ok(None);
         }
-        let logs: Vec<(String, Arc<Log>)> = logs.iter().map(|(q, l)| (q.clone(), l.clone())).collect();
+        let logs: Vec<(String, Arc<Log>)> =
+            logs.iter().map(|(q, l)| (q.clone(), l.clone())).collect();
         let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new().name("orderly-retention".into()).spawn(move || loop {
             for (queue, log) in &logs {
@@ -101,24 +112,59 @@ impl Server {
         let lock = lock_data_dir(&config.data_dir)?;
         let mut logs = BTreeMap::new();
         for queue in config.queues() {
-            let log = Log::open_with(storage.clone(), &config.queue_dir(&queue), config.wal.clone()).map_err(|source| ServeError::Wal { queue: queue.clone(), source })?;
+            let log = Log::open_with(
+                storage.clone(),
+                &config.queue_dir(&queue),
+                config.wal.clone(),
+            )
+            .map_err(|source| ServeError::Wal {
+                queue: queue.clone(),
+                source,
+            })?;
             logs.insert(queue, Arc::new(log));
         }
         let mut slots = Vec::new();
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let socket = mio::net::TcpListener::bind(l.listen).map_err(|source| ServeError::Bind { name: l.name.clone(), addr: l.listen, source })?;
+            let socket =
+                mio::net::TcpListener::bind(l.listen).map_err(|source| ServeError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
             let addr = socket.local_addr()?;
             bound.push((l.name.clone(), addr, l.queue.clone()));
-            let appender = logs.get(&l.queue).expect("a log per configured queue").appender();
-            slots.push(ListenerSlot { config: l.clone(), socket: Some(socket), appender, active: 0 });
+            let appender = logs
+                .get(&l.queue)
+                .expect("a log per configured queue")
+                .appender();
+            slots.push(ListenerSlot {
+                config: l.clone(),
+                socket: Some(socket),
+                appender,
+                active: 0,
+            });
         }
         let metrics = Arc::new(Metrics::default());
         let event_loop = EventLoop::new(slots, metrics.clone())?;
         let engine = Arc::new(Engine::start(config, &logs, storage)?);
-        let control = ControlServer::start(&config.data_dir, engine.clone()).map_err(|source| ServeError::DataDir { dir: config.data_dir.clone(), source })?;
+        let control = ControlServer::start(&config.data_dir, engine.clone()).map_err(|source| {
+            ServeError::DataDir {
+                dir: config.data_dir.clone(),
+                source,
+            }
+        })?;
         let maintenance = Maintenance::start(&logs, config.retention)?;
-        Ok(Server { logs, engine, control: Some(control), maintenance, event_loop, metrics, bound, _lock: lock })
+        Ok(Server {
+            logs,
+            engine,
+            control: Some(control),
+            maintenance,
+            event_loop,
+            metrics,
+            bound,
+            _lock: lock,
+        })
     }
 
     /// `(listener name, bound address, queue)` for every listener.
@@ -150,8 +196,12 @@ impl Server {
         served?;
         for (queue, log) in std::mem::take(&mut self.logs) {
             match Arc::try_unwrap(log) {
-                Ok(log) => log.close().map_err(|source| ServeError::Wal { queue, source })?,
-                Err(_) => tracing::warn!(%queue, "log still referenced at shutdown; closing without a final checkpoint"),
+                Ok(log) => log
+                    .close()
+                    .map_err(|source| ServeError::Wal { queue, source })?,
+                Err(_) => {
+                    tracing::warn!(%queue, "log still referenced at shutdown; closing without a final checkpoint")
+                }
             }
         }
         tracing::info!(metrics = %self.metrics.summary(), "stopped");
@@ -166,12 +216,29 @@ impl Server {
 
 /// One broker per data dir: two writers on one log would corrupt it.
 fn lock_data_dir(dir: &std::path::Path) -> Result<File, ServeError> {
-    std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir { dir: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let lock = dir.join("orderly.lock");
-    let file = File::options().create(true).truncate(false).write(true).open(&lock).map_err(|source| ServeError::DataDir { dir: dir.to_path_buf(), source })?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| ServeError::DataDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Locked { dir: dir.to_path_buf(), lock }),
-        Err(std::fs::TryLockError::Error(source)) => Err(ServeError::DataDir { dir: dir.to_path_buf(), source }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Locked {
+            dir: dir.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServeError::DataDir {
+            dir: dir.to_path_buf(),
+            source,
+        }),
     }
 }

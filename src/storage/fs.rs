@@ -24,7 +24,11 @@ impl Storage for FsStorage {
     }
 
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new().read(true).write(true).create(create).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .open(path)?;
         Ok(Box::new(RealFile { file }))
     }
 

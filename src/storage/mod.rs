@@ -81,7 +81,10 @@ pub fn write_all_at(file: &dyn StorageFile, mut buf: &[u8], mut pos: u64) -> io:
     while !buf.is_empty() {
         let n = file.write_at(buf, pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write made no progress",
+            ));
         }
         buf = &buf[n..];
         pos += n as u64;
@@ -94,7 +97,10 @@ pub fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut pos: u64) -
     while !buf.is_empty() {
         let n = file.read_at(buf, pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than expected",
+            ));
         }
         buf = &mut buf[n..];
         pos += n as u64;
@@ -115,7 +121,10 @@ pub fn replace_file(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Res
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }

@@ -93,7 +93,10 @@ impl SimStorage {
     /// A deep copy: later operations on either side do not affect the other.
     pub fn fork(&self) -> SimStorage {
         let state = self.state.lock().clone();
-        SimStorage { state: Arc::new(Mutex::new(state)), sync_hook: Arc::default() }
+        SimStorage {
+            state: Arc::new(Mutex::new(state)),
+            sync_hook: Arc::default(),
+        }
     }
 
     /// Bytes of writes not yet made durable: the crash points of [`Self::crash`].
@@ -120,7 +123,10 @@ impl SimStorage {
         let mut files: Vec<SimInode> = st
             .files
             .iter()
-            .map(|f| SimInode { durable: f.durable.clone(), current: f.durable.clone() })
+            .map(|f| SimInode {
+                durable: f.durable.clone(),
+                current: f.durable.clone(),
+            })
             .collect();
         let mut names = st.durable_names.clone();
         let mut budget = kept_bytes.unwrap_or(u64::MAX);
@@ -146,8 +152,16 @@ impl SimStorage {
         for f in &mut files {
             f.durable = f.current.clone();
         }
-        let state = State { files, names: names.clone(), durable_names: names, ..State::default() };
-        SimStorage { state: Arc::new(Mutex::new(state)), sync_hook: Arc::default() }
+        let state = State {
+            files,
+            names: names.clone(),
+            durable_names: names,
+            ..State::default()
+        };
+        SimStorage {
+            state: Arc::new(Mutex::new(state)),
+            sync_hook: Arc::default(),
+        }
     }
 
     /// Flips bits of one byte in a file, durably, as bit rot would.
@@ -202,7 +216,10 @@ impl State {
             Some(i) => self.names.insert(path.to_path_buf(), i),
             None => self.names.remove(path),
         };
-        self.pending.push(Pending::Name { path: path.to_path_buf(), ino });
+        self.pending.push(Pending::Name {
+            path: path.to_path_buf(),
+            ino,
+        });
     }
 }
 
@@ -233,7 +250,10 @@ impl Storage for SimStorage {
             }
             None => return Err(os_err(libc::ENOENT)),
         };
-        Ok(Box::new(SimFile { storage: self.clone(), ino }))
+        Ok(Box::new(SimFile {
+            storage: self.clone(),
+            ino,
+        }))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -265,10 +285,15 @@ impl Storage for SimStorage {
         let mut st = self.state.lock();
         let in_dir = |p: &Path| p.parent() == Some(dir);
         st.durable_names.retain(|p, _| !in_dir(p));
-        let current: Vec<(PathBuf, Ino)> =
-            st.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        let current: Vec<(PathBuf, Ino)> = st
+            .names
+            .iter()
+            .filter(|(p, _)| in_dir(p))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
         st.durable_names.extend(current);
-        st.pending.retain(|op| !matches!(op, Pending::Name { path, .. } if in_dir(path)));
+        st.pending
+            .retain(|op| !matches!(op, Pending::Name { path, .. } if in_dir(path)));
         Ok(())
     }
 }
@@ -302,7 +327,11 @@ impl StorageFile for SimFile {
         let grows = (pos + n as u64).saturating_sub(st.files[self.ino].current.len() as u64);
         st.take_space(grows)?;
         write_into(&mut st.files[self.ino].current, pos, &buf[..n]);
-        st.pending.push(Pending::Data { ino: self.ino, pos, bytes: buf[..n].to_vec() });
+        st.pending.push(Pending::Data {
+            ino: self.ino,
+            pos,
+            bytes: buf[..n].to_vec(),
+        });
         Ok(n)
     }
 

@@ -102,7 +102,13 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trips_and_rejects_damage() {
-        let c = Checkpoint { segment_base: Offset(5), position: 999, next_offset: Offset(17), last_timestamp_ms: 3, index_entries: 2 };
+        let c = Checkpoint {
+            segment_base: Offset(5),
+            position: 999,
+            next_offset: Offset(17),
+            last_timestamp_ms: 3,
+            index_entries: 2,
+        };
         assert_eq!(Checkpoint::decode(&c.encode()), Ok(c));
         for i in 0..CHECKPOINT_BYTES {
             let mut b = c.encode();

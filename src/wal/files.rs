@@ -16,7 +16,13 @@ pub struct IndexFiles {
 
 /// Creates an empty active segment `base` with its index files, all synced
 /// and their directory entries durable. On failure, removes what it made.
-pub fn create_segment(storage: &dyn Storage, dir: &Path, base: Offset, now_ms: u64, config: &LogConfig) -> Result<(Arc<Segment>, IndexFiles), WalError> {
+pub fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    now_ms: u64,
+    config: &LogConfig,
+) -> Result<(Arc<Segment>, IndexFiles), WalError> {
     let path = super::segment::file_path(dir, base, "log");
     let made = try_create(storage, dir, base, now_ms, config, &path);
     if made.is_err() {
@@ -28,10 +34,20 @@ pub fn create_segment(storage: &dyn Storage, dir: &Path, base: Offset, now_ms: u
     made.map_err(|e| WalError::io(&path, e))
 }
 
-fn try_create(storage: &dyn Storage, dir: &Path, base: Offset, now_ms: u64, config: &LogConfig, path: &Path) -> std::io::Result<(Arc<Segment>, IndexFiles)> {
+fn try_create(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    now_ms: u64,
+    config: &LogConfig,
+    path: &Path,
+) -> std::io::Result<(Arc<Segment>, IndexFiles)> {
     let file = storage.open(path, true)?;
     file.set_len(0)?;
-    let header = SegmentHeader { base_offset: base, created_ms: now_ms };
+    let header = SegmentHeader {
+        base_offset: base,
+        created_ms: now_ms,
+    };
     storage::write_all_at(file.as_ref(), &header.encode(), 0)?;
     if config.preallocate {
         file.allocate(config.segment_bytes)?;
@@ -55,8 +71,16 @@ fn try_create(storage: &dyn Storage, dir: &Path, base: Offset, now_ms: u64, conf
     Ok((Arc::new(segment), index))
 }
 
-fn create_active_index(storage: &dyn Storage, dir: &Path, base: Offset, kind: IndexKind) -> std::io::Result<Box<dyn StorageFile>> {
-    let f = storage.open(&super::segment::file_path(dir, base, kind.extension()), true)?;
+fn create_active_index(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    kind: IndexKind,
+) -> std::io::Result<Box<dyn StorageFile>> {
+    let f = storage.open(
+        &super::segment::file_path(dir, base, kind.extension()),
+        true,
+    )?;
     f.set_len(0)?;
     storage::write_all_at(f.as_ref(), &IndexHeader::active(kind, base.0).encode(), 0)?;
     f.sync_data()?;
@@ -64,7 +88,12 @@ fn create_active_index(storage: &dyn Storage, dir: &Path, base: Offset, kind: In
 }
 
 /// Rewrites an active index file to hold exactly `entries`, synced.
-pub fn rewrite_active_index(file: &dyn StorageFile, kind: IndexKind, base: Offset, entries: &[u8]) -> std::io::Result<()> {
+pub fn rewrite_active_index(
+    file: &dyn StorageFile,
+    kind: IndexKind,
+    base: Offset,
+    entries: &[u8],
+) -> std::io::Result<()> {
     storage::write_all_at(file, &IndexHeader::active(kind, base.0).encode(), 0)?;
     storage::write_all_at(file, entries, INDEX_HEADER_BYTES as u64)?;
     file.set_len((INDEX_HEADER_BYTES + entries.len()) as u64)?;
@@ -72,41 +101,92 @@ pub fn rewrite_active_index(file: &dyn StorageFile, kind: IndexKind, base: Offse
 }
 
 /// Writes a sealed index file (header vouching for `entries` and `log_bytes`).
-pub fn write_sealed_index(storage: &dyn Storage, dir: &Path, base: Offset, kind: IndexKind, entries: &[u8], log_bytes: u64) -> std::io::Result<()> {
-    let mut bytes = IndexHeader::sealed(kind, base.0, entries, log_bytes).encode().to_vec();
+pub fn write_sealed_index(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    kind: IndexKind,
+    entries: &[u8],
+    log_bytes: u64,
+) -> std::io::Result<()> {
+    let mut bytes = IndexHeader::sealed(kind, base.0, entries, log_bytes)
+        .encode()
+        .to_vec();
     bytes.extend_from_slice(entries);
-    storage::replace_file(storage, &super::segment::file_path(dir, base, kind.extension()), &bytes)
+    storage::replace_file(
+        storage,
+        &super::segment::file_path(dir, base, kind.extension()),
+        &bytes,
+    )
 }
 
 /// Seals `seg` at `end`: trims the file to its records, syncs it, writes both
 /// sealed indexes, and swaps in read-only mappings of segment and indexes.
-pub fn seal(storage: &dyn Storage, dir: &Path, seg: &Segment, end: u64, max_timestamp_ms: u64) -> std::io::Result<()> {
+pub fn seal(
+    storage: &dyn Storage,
+    dir: &Path,
+    seg: &Segment,
+    end: u64,
+    max_timestamp_ms: u64,
+) -> std::io::Result<()> {
     assert!(end >= SEGMENT_HEADER_BYTES as u64);
     seg.file.set_len(end)?;
     seg.file.sync_data()?;
     let count = {
         let idx = seg.index.read();
-        write_sealed_index(storage, dir, seg.base, IndexKind::Offset, idx.offset_entry_bytes(idx.len()), end)?;
-        write_sealed_index(storage, dir, seg.base, IndexKind::Time, idx.time_entry_bytes(idx.len()), end)?;
+        write_sealed_index(
+            storage,
+            dir,
+            seg.base,
+            IndexKind::Offset,
+            idx.offset_entry_bytes(idx.len()),
+            end,
+        )?;
+        write_sealed_index(
+            storage,
+            dir,
+            seg.base,
+            IndexKind::Time,
+            idx.time_entry_bytes(idx.len()),
+            end,
+        )?;
         idx.len()
     };
     let mapped = map_sealed_index(storage, dir, seg.base, count)?;
     *seg.index.write() = mapped;
     *seg.map.write() = (Arc::new(seg.file.map(end)?), end);
-    let sealed = seg.sealed.set(SealedInfo { end, max_timestamp_ms });
+    let sealed = seg.sealed.set(SealedInfo {
+        end,
+        max_timestamp_ms,
+    });
     assert!(sealed.is_ok(), "a segment is sealed once");
     Ok(())
 }
 
 /// Maps both index files of a sealed segment whose headers were verified.
-pub fn map_sealed_index(storage: &dyn Storage, dir: &Path, base: Offset, count: usize) -> std::io::Result<SegmentIndex> {
+pub fn map_sealed_index(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    count: usize,
+) -> std::io::Result<SegmentIndex> {
     let map_of = |kind: IndexKind| -> std::io::Result<_> {
-        let f = storage.open(&super::segment::file_path(dir, base, kind.extension()), false)?;
+        let f = storage.open(
+            &super::segment::file_path(dir, base, kind.extension()),
+            false,
+        )?;
         let len = (INDEX_HEADER_BYTES + count * kind.entry_bytes()) as u64;
         if f.len()? < len {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "index shorter than its header says"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "index shorter than its header says",
+            ));
         }
         f.map(len)
     };
-    Ok(SegmentIndex::mapped(map_of(IndexKind::Offset)?, map_of(IndexKind::Time)?, count))
+    Ok(SegmentIndex::mapped(
+        map_of(IndexKind::Offset)?,
+        map_of(IndexKind::Time)?,
+        count,
+    ))
 }

@@ -11,7 +11,13 @@ use std::path::Path;
 /// order. Stops early (with an error) at damage inside a sealed segment; at
 /// the end of the last segment it stops quietly, since that tail may be
 /// being written right now.
-pub fn for_each_record(storage: &dyn Storage, dir: &Path, from: Offset, limit: u64, mut visit: impl FnMut(RecordView<'_>)) -> Result<u64, WalError> {
+pub fn for_each_record(
+    storage: &dyn Storage,
+    dir: &Path,
+    from: Offset,
+    limit: u64,
+    mut visit: impl FnMut(RecordView<'_>),
+) -> Result<u64, WalError> {
     let names = storage.list(dir).map_err(|e| WalError::io(dir, e))?;
     let mut bases: Vec<Offset> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     bases.sort();
@@ -21,8 +27,12 @@ pub fn for_each_record(storage: &dyn Storage, dir: &Path, from: Offset, limit: u
             continue;
         }
         let path = segment::file_path(dir, base, "log");
-        let file = storage.open(&path, false).map_err(|e| WalError::io(&path, e))?;
-        let map = file.map(file.len().map_err(|e| WalError::io(&path, e))?).map_err(|e| WalError::io(&path, e))?;
+        let file = storage
+            .open(&path, false)
+            .map_err(|e| WalError::io(&path, e))?;
+        let map = file
+            .map(file.len().map_err(|e| WalError::io(&path, e))?)
+            .map_err(|e| WalError::io(&path, e))?;
         let sealed = i + 1 < bases.len();
         let (mut expected, mut pos) = start_point(storage, dir, base, from, map.len() as u64);
         while seen < limit {
@@ -37,7 +47,12 @@ pub fn for_each_record(storage: &dyn Storage, dir: &Path, from: Offset, limit: u
                         Some(Check::Valid(_)) => "offset out of sequence",
                         _ => "record cut short",
                     };
-                    return Err(WalError::Corrupt { segment: path, position: pos, offset: expected, reason });
+                    return Err(WalError::Corrupt {
+                        segment: path,
+                        position: pos,
+                        offset: expected,
+                        reason,
+                    });
                 }
             };
             if rec.offset >= from {
@@ -51,15 +66,26 @@ pub fn for_each_record(storage: &dyn Storage, dir: &Path, from: Offset, limit: u
     Ok(seen)
 }
 
-fn start_point(storage: &dyn Storage, dir: &Path, base: Offset, from: Offset, len: u64) -> (Offset, u64) {
+fn start_point(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    from: Offset,
+    len: u64,
+) -> (Offset, u64) {
     let start = (base, SEGMENT_HEADER_BYTES as u64);
     if from <= base {
         return start;
     }
-    let Some(index) = load_sealed_index(storage, dir, base, len) else { return start };
+    let Some(index) = load_sealed_index(storage, dir, base, len) else {
+        return start;
+    };
     let rel = u32::try_from(from.0 - base.0).unwrap_or(u32::MAX);
     match index.floor_offset(rel) {
-        Some(p) => (Offset(base.0 + u64::from(p.relative_offset)), u64::from(p.position)),
+        Some(p) => (
+            Offset(base.0 + u64::from(p.relative_offset)),
+            u64::from(p.position),
+        ),
         None => start,
     }
 }

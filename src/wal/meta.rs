@@ -67,14 +67,17 @@ pub struct MetaBuilder {
 
 impl MetaBuilder {
     pub fn new() -> Self {
-        Self { bytes: Vec::with_capacity(256) }
+        Self {
+            bytes: Vec::with_capacity(256),
+        }
     }
 
     pub fn push(&mut self, key: MetaKey, value: &[u8]) -> &mut Self {
         let value = &value[..value.len().min(META_FIELD_BYTES_MAX)];
         if self.bytes.len() + 3 + value.len() <= RECORD_META_BYTES_MAX {
             self.bytes.push(key as u8);
-            self.bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            self.bytes
+                .extend_from_slice(&(value.len() as u16).to_le_bytes());
             self.bytes.extend_from_slice(value);
         }
         self
@@ -104,7 +107,9 @@ impl<'a> MetaView<'a> {
 
     /// Like [`Self::get`], as text (lossy: the payload is the source of truth).
     pub fn get_str(&self, key: MetaKey) -> String {
-        self.get(key).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+        self.get(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
     }
 
     /// `(key, value)` pairs in stored order.
@@ -130,7 +135,8 @@ mod tests {
     #[test]
     fn values_round_trip_and_unknown_keys_are_skipped() {
         let mut b = MetaBuilder::new();
-        b.push(MetaKey::ControlId, b"CTRL1").push(MetaKey::MessageType, b"ORU^R01");
+        b.push(MetaKey::ControlId, b"CTRL1")
+            .push(MetaKey::MessageType, b"ORU^R01");
         let mut bytes = b.finish();
         bytes.extend_from_slice(&[200, 2, 0, b'x', b'y']);
         bytes.extend_from_slice(&[MetaKey::Version as u8, 3, 0, b'2', b'.', b'5']);
@@ -149,7 +155,10 @@ mod tests {
         for cut in 0..bytes.len() {
             let _ = MetaView::new(&bytes[..cut]).iter().count();
         }
-        assert_eq!(MetaView::new(&bytes[..bytes.len() - 1]).get(MetaKey::Listener), None);
+        assert_eq!(
+            MetaView::new(&bytes[..bytes.len() - 1]).get(MetaKey::Listener),
+            None
+        );
     }
 
     #[test]
@@ -161,6 +170,9 @@ mod tests {
         }
         let bytes = b.finish();
         assert!(bytes.len() <= RECORD_META_BYTES_MAX);
-        assert_eq!(MetaView::new(&bytes).get(MetaKey::Peer).map(|v| v.len()), Some(META_FIELD_BYTES_MAX));
+        assert_eq!(
+            MetaView::new(&bytes).get(MetaKey::Peer).map(|v| v.len()),
+            Some(META_FIELD_BYTES_MAX)
+        );
     }
 }

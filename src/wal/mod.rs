@@ -10,8 +10,8 @@
 //! `sync_data` covering its bytes returned `Ok`; after a failed `sync_data`
 //! the log refuses every later append until reopened.
 mod checkpoint;
-pub mod inspect;
 mod files;
+pub mod inspect;
 pub mod meta;
 mod open;
 mod reader;
@@ -88,16 +88,28 @@ impl LogConfig {
     /// Checks ranges; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
-            return Err(format!("segment_bytes must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}"));
+            return Err(format!(
+                "segment_bytes must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}"
+            ));
         }
         if self.batch_records_max == 0 || self.batch_records_max > COMMIT_BATCH_RECORDS_MAX {
-            return Err(format!("batch_records_max must be between 1 and {COMMIT_BATCH_RECORDS_MAX}"));
+            return Err(format!(
+                "batch_records_max must be between 1 and {COMMIT_BATCH_RECORDS_MAX}"
+            ));
         }
         if self.queue_depth_max == 0 || self.queue_depth_max > APPEND_QUEUE_DEPTH_MAX {
-            return Err(format!("queue_depth_max must be between 1 and {APPEND_QUEUE_DEPTH_MAX}"));
+            return Err(format!(
+                "queue_depth_max must be between 1 and {APPEND_QUEUE_DEPTH_MAX}"
+            ));
         }
-        if self.segment_age_ms == 0 || self.batch_bytes_max == 0 || self.checkpoint_interval_bytes == 0 {
-            return Err("segment_age_ms, batch_bytes_max and checkpoint_interval_bytes must be positive".into());
+        if self.segment_age_ms == 0
+            || self.batch_bytes_max == 0
+            || self.checkpoint_interval_bytes == 0
+        {
+            return Err(
+                "segment_age_ms, batch_bytes_max and checkpoint_interval_bytes must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -116,14 +128,22 @@ pub enum WalError {
     #[error("offset {offset} was deleted by retention (log now starts at {start})")]
     Deleted { offset: Offset, start: Offset },
     #[error("corrupt data in segment {segment} at byte {position} while looking for offset {offset}: {reason}; the record is quarantined and will not be served")]
-    Corrupt { segment: PathBuf, position: u64, offset: Offset, reason: &'static str },
+    Corrupt {
+        segment: PathBuf,
+        position: u64,
+        offset: Offset,
+        reason: &'static str,
+    },
     #[error("the log at {0} is closed")]
     Closed(PathBuf),
 }
 
 impl WalError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
-        WalError::Io { path: path.to_path_buf(), source }
+        WalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -133,7 +153,9 @@ impl WalError {
 pub enum AppendError {
     #[error("storage full: {0}; free disk space and appends resume")]
     StorageFull(String),
-    #[error("log refuses writes after a failed fsync: {0}; restart so recovery re-validates the log")]
+    #[error(
+        "log refuses writes after a failed fsync: {0}; restart so recovery re-validates the log"
+    )]
     Failed(String),
     #[error("write failed: {0}")]
     Io(String),
@@ -184,12 +206,20 @@ impl Log {
     }
 
     /// Opens the log on any [`Storage`] (tests inject faults this way).
-    pub fn open_with(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Result<Log, WalError> {
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<Log, WalError> {
         config.validate().map_err(WalError::Config)?;
         let recovered = open::recover(storage, dir, config)?;
         let (appender, writer) = writer::spawn(recovered)?;
         let shared = appender.shared().clone();
-        Ok(Log { shared, appender, writer: Some(writer) })
+        Ok(Log {
+            shared,
+            appender,
+            writer: Some(writer),
+        })
     }
 
     /// A cloneable handle producers use to submit appends.
@@ -237,7 +267,10 @@ impl Log {
         let mut r = self.reader(offset);
         match r.next()? {
             Some(rec) => Ok(OwnedRecord::from(rec)),
-            None => Err(WalError::NotYetWritten { offset, end: self.end_offset() }),
+            None => Err(WalError::NotYetWritten {
+                offset,
+                end: self.end_offset(),
+            }),
         }
     }
 
@@ -259,7 +292,11 @@ impl Log {
 
     /// Deletes whole sealed segments that every registered reader has passed
     /// and that `policy` allows to go. Returns the deleted segments' bases.
-    pub fn enforce_retention(&self, policy: &RetentionPolicy, now_ms: u64) -> Result<Vec<Offset>, WalError> {
+    pub fn enforce_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<Vec<Offset>, WalError> {
         retention::enforce(&self.shared, policy, now_ms)
     }
 
@@ -270,9 +307,13 @@ impl Log {
     }
 
     fn shutdown(&mut self) -> Result<(), WalError> {
-        let Some(handle) = self.writer.take() else { return Ok(()) };
+        let Some(handle) = self.writer.take() else {
+            return Ok(());
+        };
         self.appender.request_shutdown();
-        handle.join().map_err(|_| WalError::Closed(self.shared.dir.clone()))
+        handle
+            .join()
+            .map_err(|_| WalError::Closed(self.shared.dir.clone()))
     }
 }
 

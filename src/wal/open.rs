@@ -23,7 +23,9 @@ use super::segment::{self, parse_segment_name, SegmentHeader, Stop, SEGMENT_HEAD
 use super::shared::{QuarantinedRange, SealedInfo, Segment, Shared, Tail};
 use super::{now_ms, LogConfig, Offset, WalError};
 use crate::constants::{COMMIT_BATCH_BYTES_MAX, QUARANTINE_TAIL_BYTES_MAX};
-use crate::index::{decode_points, IndexHeader, IndexKind, IndexPoint, SegmentIndex, INDEX_HEADER_BYTES};
+use crate::index::{
+    decode_points, IndexHeader, IndexKind, IndexPoint, SegmentIndex, INDEX_HEADER_BYTES,
+};
 use crate::storage::{self, Mapping, Storage};
 use parking_lot::RwLock;
 use std::path::Path;
@@ -47,15 +49,29 @@ pub struct Recovered {
     pub active: ActiveState,
 }
 
-pub fn recover(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Result<Recovered, WalError> {
-    storage.create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
-    storage.sync_dir(storage::parent_of(dir)).map_err(|e| WalError::io(dir, e))?;
+pub fn recover(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    config: LogConfig,
+) -> Result<Recovered, WalError> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| WalError::io(dir, e))?;
+    storage
+        .sync_dir(storage::parent_of(dir))
+        .map_err(|e| WalError::io(dir, e))?;
     let bases = tidy_and_list(storage.as_ref(), dir)?;
     let mut quarantine = Vec::new();
     let mut segments = Vec::new();
     let s = storage.as_ref();
     for (i, &base) in bases.iter().enumerate().take(bases.len().saturating_sub(1)) {
-        segments.push(open_sealed(s, dir, base, Some(bases[i + 1]), &mut quarantine)?);
+        segments.push(open_sealed(
+            s,
+            dir,
+            base,
+            Some(bases[i + 1]),
+            &mut quarantine,
+        )?);
     }
     let active = match bases.last() {
         None => new_active(s, dir, Offset(0), &config)?,
@@ -74,7 +90,13 @@ pub fn recover(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Resu
         active_end: active.pos,
         last_timestamp_ms: active.last_timestamp_ms,
     };
-    let shared = Arc::new(Shared::new(dir.to_path_buf(), storage, config, segments, tail));
+    let shared = Arc::new(Shared::new(
+        dir.to_path_buf(),
+        storage,
+        config,
+        segments,
+        tail,
+    ));
     for q in quarantine {
         shared.quarantine(q);
     }
@@ -96,7 +118,9 @@ fn tidy_and_list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Offset>, WalEr
         });
         if name.ends_with(".tmp") || orphan_index {
             tracing::info!(file = %name, "removing leftover file");
-            storage.remove(&dir.join(name)).map_err(|e| WalError::io(&dir.join(name), e))?;
+            storage
+                .remove(&dir.join(name))
+                .map_err(|e| WalError::io(&dir.join(name), e))?;
             removed = true;
         }
     }
@@ -106,16 +130,38 @@ fn tidy_and_list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Offset>, WalEr
     Ok(bases)
 }
 
-fn new_active(storage: &dyn Storage, dir: &Path, base: Offset, config: &LogConfig) -> Result<ActiveState, WalError> {
+fn new_active(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    config: &LogConfig,
+) -> Result<ActiveState, WalError> {
     let (segment, index_files) = files::create_segment(storage, dir, base, now_ms(), config)?;
     let pos = SEGMENT_HEADER_BYTES as u64;
-    let ckpt = Checkpoint { segment_base: base, position: pos, next_offset: base, last_timestamp_ms: 0, index_entries: 0 };
+    let ckpt = Checkpoint {
+        segment_base: base,
+        position: pos,
+        next_offset: base,
+        last_timestamp_ms: 0,
+        index_entries: 0,
+    };
     ckpt.store(storage, dir).map_err(|e| WalError::io(dir, e))?;
-    Ok(ActiveState { segment, index_files, pos, next: base, last_timestamp_ms: 0 })
+    Ok(ActiveState {
+        segment,
+        index_files,
+        pos,
+        next: base,
+        last_timestamp_ms: 0,
+    })
 }
 
-fn open_file(storage: &dyn Storage, path: &Path) -> Result<(Box<dyn crate::storage::StorageFile>, Mapping), WalError> {
-    let file = storage.open(path, false).map_err(|e| WalError::io(path, e))?;
+fn open_file(
+    storage: &dyn Storage,
+    path: &Path,
+) -> Result<(Box<dyn crate::storage::StorageFile>, Mapping), WalError> {
+    let file = storage
+        .open(path, false)
+        .map_err(|e| WalError::io(path, e))?;
     let len = file.len().map_err(|e| WalError::io(path, e))?;
     let map = file.map(len).map_err(|e| WalError::io(path, e))?;
     Ok((file, map))
@@ -134,11 +180,22 @@ fn check_header(map: &[u8], base: Offset, path: &Path) -> Result<u64, &'static s
     }
 }
 
-fn open_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Option<Offset>, quarantine: &mut Vec<QuarantinedRange>) -> Result<Arc<Segment>, WalError> {
+fn open_sealed(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    next_base: Option<Offset>,
+    quarantine: &mut Vec<QuarantinedRange>,
+) -> Result<Arc<Segment>, WalError> {
     let path = segment::file_path(dir, base, "log");
     let (file, map) = open_file(storage, &path)?;
     let created_ms = check_header(&map, base, &path).unwrap_or_else(|reason| {
-        quarantine.push(QuarantinedRange { segment: path.clone(), position: 0, offset: base, reason });
+        quarantine.push(QuarantinedRange {
+            segment: path.clone(),
+            position: 0,
+            offset: base,
+            reason,
+        });
         0
     });
     let (index, end, map, file) = match load_sealed_index(storage, dir, base, map.len() as u64) {
@@ -147,28 +204,57 @@ fn open_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Optio
             let end = rebuild_sealed(storage, dir, base, next_base, &map, &path, quarantine)?;
             drop(map);
             let count = count_points(storage, dir, base, end)?;
-            let index = files::map_sealed_index(storage, dir, base, count).map_err(|e| WalError::io(&path, e))?;
+            let index = files::map_sealed_index(storage, dir, base, count)
+                .map_err(|e| WalError::io(&path, e))?;
             let map = file.map(end).map_err(|e| WalError::io(&path, e))?;
             (index, end, map, file)
         }
     };
     let max_ts = last_timestamp(&map, base, &index);
-    let seg = Segment { base, created_ms, path, file, map: Segment::map_state(map, end), index: RwLock::new(index), sealed: OnceLock::new() };
-    let _ = seg.sealed.set(SealedInfo { end, max_timestamp_ms: max_ts });
+    let seg = Segment {
+        base,
+        created_ms,
+        path,
+        file,
+        map: Segment::map_state(map, end),
+        index: RwLock::new(index),
+        sealed: OnceLock::new(),
+    };
+    let _ = seg.sealed.set(SealedInfo {
+        end,
+        max_timestamp_ms: max_ts,
+    });
     Ok(Arc::new(seg))
 }
 
-fn count_points(storage: &dyn Storage, dir: &Path, base: Offset, end: u64) -> Result<usize, WalError> {
+fn count_points(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    end: u64,
+) -> Result<usize, WalError> {
     load_sealed_index(storage, dir, base, end)
         .map(|i| i.len())
-        .ok_or_else(|| WalError::io(dir, std::io::Error::other("index just rebuilt does not verify")))
+        .ok_or_else(|| {
+            WalError::io(
+                dir,
+                std::io::Error::other("index just rebuilt does not verify"),
+            )
+        })
 }
 
 /// Accepts a sealed index only if both files' headers, lengths and CRCs check out.
-pub(super) fn load_sealed_index(storage: &dyn Storage, dir: &Path, base: Offset, log_len: u64) -> Option<SegmentIndex> {
+pub(super) fn load_sealed_index(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    log_len: u64,
+) -> Option<SegmentIndex> {
     let mut count = None;
     for kind in [IndexKind::Offset, IndexKind::Time] {
-        let f = storage.open(&segment::file_path(dir, base, kind.extension()), false).ok()?;
+        let f = storage
+            .open(&segment::file_path(dir, base, kind.extension()), false)
+            .ok()?;
         let map = f.map(f.len().ok()?).ok()?;
         let h = IndexHeader::decode(kind, &map).ok()?;
         let seal = h.sealed?;
@@ -188,7 +274,15 @@ pub(super) fn load_sealed_index(storage: &dyn Storage, dir: &Path, base: Offset,
 
 /// Scans a whole sealed segment, quarantining damage, trims an interrupted
 /// roll's tail, writes fresh sealed indexes, and returns the segment's end.
-fn rebuild_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Option<Offset>, map: &[u8], path: &Path, quarantine: &mut Vec<QuarantinedRange>) -> Result<u64, WalError> {
+fn rebuild_sealed(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    next_base: Option<Offset>,
+    map: &[u8],
+    path: &Path,
+    quarantine: &mut Vec<QuarantinedRange>,
+) -> Result<u64, WalError> {
     tracing::warn!(segment = %path.display(), "index missing or damaged; rebuilding from the log");
     let (mut start, mut next, mut ts) = (SEGMENT_HEADER_BYTES as u64, base, 0);
     let mut points: Vec<IndexPoint> = Vec::new();
@@ -196,15 +290,27 @@ fn rebuild_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Op
         let run = segment::scan_run(map, base, start, next, ts, None);
         points.extend(&run.points);
         (next, ts) = (run.next_offset, run.last_timestamp_ms);
-        let Stop::Invalid { position, reason } = run.stop else { break run.end };
+        let Stop::Invalid { position, reason } = run.stop else {
+            break run.end;
+        };
         match segment::resync(map, position, next, next_base) {
             Some((pos, rec)) => {
-                quarantine.push(QuarantinedRange { segment: path.to_path_buf(), position, offset: next, reason });
+                quarantine.push(QuarantinedRange {
+                    segment: path.to_path_buf(),
+                    position,
+                    offset: next,
+                    reason,
+                });
                 (start, next) = (pos, rec.offset);
             }
             None if next_base == Some(next) => break position,
             None => {
-                quarantine.push(QuarantinedRange { segment: path.to_path_buf(), position, offset: next, reason });
+                quarantine.push(QuarantinedRange {
+                    segment: path.to_path_buf(),
+                    position,
+                    offset: next,
+                    reason,
+                });
                 break map.len() as u64;
             }
         }
@@ -212,8 +318,12 @@ fn rebuild_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Op
     if end < map.len() as u64 {
         tracing::warn!(segment = %path.display(), end, bytes = map.len() as u64 - end, "trimming tail left by an interrupted roll");
         save_tail(storage, dir, base, end, &map[end as usize..]);
-        let f = storage.open(path, false).map_err(|e| WalError::io(path, e))?;
-        f.set_len(end).and_then(|_| f.sync_data()).map_err(|e| WalError::io(path, e))?;
+        let f = storage
+            .open(path, false)
+            .map_err(|e| WalError::io(path, e))?;
+        f.set_len(end)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| WalError::io(path, e))?;
     }
     let mut idx = SegmentIndex::empty();
     points.iter().for_each(|p| idx.push(*p));
@@ -222,7 +332,8 @@ fn rebuild_sealed(storage: &dyn Storage, dir: &Path, base: Offset, next_base: Op
             IndexKind::Offset => idx.offset_entry_bytes(idx.len()),
             IndexKind::Time => idx.time_entry_bytes(idx.len()),
         };
-        files::write_sealed_index(storage, dir, base, kind, entries, end).map_err(|e| WalError::io(path, e))?;
+        files::write_sealed_index(storage, dir, base, kind, entries, end)
+            .map_err(|e| WalError::io(path, e))?;
     }
     Ok(end)
 }
@@ -237,16 +348,26 @@ fn last_timestamp(map: &[u8], base: Offset, index: &SegmentIndex) -> u64 {
 
 /// The last segment is sealed if a roll crashed after sealing it but before
 /// its successor existed. Returns it with the next offset.
-fn try_open_sealed_last(storage: &dyn Storage, dir: &Path, base: Offset) -> Result<Option<(Arc<Segment>, Offset)>, WalError> {
+fn try_open_sealed_last(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+) -> Result<Option<(Arc<Segment>, Offset)>, WalError> {
     let path = segment::file_path(dir, base, "log");
     let (file, map) = open_file(storage, &path)?;
-    let Some(index) = load_sealed_index(storage, dir, base, map.len() as u64) else { return Ok(None) };
+    let Some(index) = load_sealed_index(storage, dir, base, map.len() as u64) else {
+        return Ok(None);
+    };
     let created_ms = match check_header(&map, base, &path) {
         Ok(c) => c,
         Err(_) => return Ok(None),
     };
     let (start, next, ts) = match index.last() {
-        Some(p) => (u64::from(p.position), Offset(base.0 + u64::from(p.relative_offset)), p.timestamp_ms),
+        Some(p) => (
+            u64::from(p.position),
+            Offset(base.0 + u64::from(p.relative_offset)),
+            p.timestamp_ms,
+        ),
         None => (SEGMENT_HEADER_BYTES as u64, base, 0),
     };
     let run = segment::scan_run(&map, base, start, next, ts, None);
@@ -254,13 +375,30 @@ fn try_open_sealed_last(storage: &dyn Storage, dir: &Path, base: Offset) -> Resu
         return Ok(None);
     }
     let end = map.len() as u64;
-    let seg = Segment { base, created_ms, path, file, map: Segment::map_state(map, end), index: RwLock::new(index), sealed: OnceLock::new() };
-    let _ = seg.sealed.set(SealedInfo { end, max_timestamp_ms: run.last_timestamp_ms });
+    let seg = Segment {
+        base,
+        created_ms,
+        path,
+        file,
+        map: Segment::map_state(map, end),
+        index: RwLock::new(index),
+        sealed: OnceLock::new(),
+    };
+    let _ = seg.sealed.set(SealedInfo {
+        end,
+        max_timestamp_ms: run.last_timestamp_ms,
+    });
     tracing::info!(segment = %seg.path.display(), "last segment was sealed by an interrupted roll; starting a new one");
     Ok(Some((Arc::new(seg), run.next_offset)))
 }
 
-fn open_active(storage: &dyn Storage, dir: &Path, base: Offset, config: &LogConfig, quarantine: &mut Vec<QuarantinedRange>) -> Result<ActiveState, WalError> {
+fn open_active(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    config: &LogConfig,
+    quarantine: &mut Vec<QuarantinedRange>,
+) -> Result<ActiveState, WalError> {
     let path = segment::file_path(dir, base, "log");
     let (file, map) = open_file(storage, &path)?;
     let header = check_header(&map, base, &path);
@@ -275,35 +413,78 @@ fn open_active(storage: &dyn Storage, dir: &Path, base: Offset, config: &LogConf
         return new_active(storage, dir, base, config);
     }
     if let Err(reason) = header {
-        quarantine.push(QuarantinedRange { segment: path.clone(), position: 0, offset: base, reason });
+        quarantine.push(QuarantinedRange {
+            segment: path.clone(),
+            position: 0,
+            offset: base,
+            reason,
+        });
     }
     let created_ms = header.unwrap_or(0);
     let end = run.end;
     let garbage = inspect_tail(storage, dir, base, &map, end, run.next_offset, &path);
     drop(map);
     restore_tail(file.as_ref(), end, garbage, config).map_err(|e| WalError::io(&path, e))?;
-    let index_files = reopen_active_index(storage, dir, base, &points).map_err(|e| WalError::io(&path, e))?;
+    let index_files =
+        reopen_active_index(storage, dir, base, &points).map_err(|e| WalError::io(&path, e))?;
     let mut index = SegmentIndex::empty();
     points.iter().for_each(|p| index.push(*p));
-    let map = file.map(file.len().map_err(|e| WalError::io(&path, e))?).map_err(|e| WalError::io(&path, e))?;
-    let ckpt = Checkpoint { segment_base: base, position: end, next_offset: run.next_offset, last_timestamp_ms: run.last_timestamp_ms, index_entries: points.len() as u32 };
+    let map = file
+        .map(file.len().map_err(|e| WalError::io(&path, e))?)
+        .map_err(|e| WalError::io(&path, e))?;
+    let ckpt = Checkpoint {
+        segment_base: base,
+        position: end,
+        next_offset: run.next_offset,
+        last_timestamp_ms: run.last_timestamp_ms,
+        index_entries: points.len() as u32,
+    };
     ckpt.store(storage, dir).map_err(|e| WalError::io(dir, e))?;
-    let segment = Arc::new(Segment { base, created_ms, path, file, map: Segment::map_state(map, end), index: RwLock::new(index), sealed: OnceLock::new() });
-    Ok(ActiveState { segment, index_files, pos: end, next: run.next_offset, last_timestamp_ms: run.last_timestamp_ms })
+    let segment = Arc::new(Segment {
+        base,
+        created_ms,
+        path,
+        file,
+        map: Segment::map_state(map, end),
+        index: RwLock::new(index),
+        sealed: OnceLock::new(),
+    });
+    Ok(ActiveState {
+        segment,
+        index_files,
+        pos: end,
+        next: run.next_offset,
+        last_timestamp_ms: run.last_timestamp_ms,
+    })
 }
 
 /// Where to start scanning the active segment: the checkpoint if it and the
 /// index prefix it vouches for check out, else the first record.
-fn resume_point(storage: &dyn Storage, dir: &Path, base: Offset, ckpt: Option<Checkpoint>, len: u64) -> (u64, Offset, u64, Vec<IndexPoint>) {
+fn resume_point(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    ckpt: Option<Checkpoint>,
+    len: u64,
+) -> (u64, Offset, u64, Vec<IndexPoint>) {
     let from_start = (SEGMENT_HEADER_BYTES as u64, base, 0, Vec::new());
-    let Some(c) = ckpt.filter(|c| (SEGMENT_HEADER_BYTES as u64..=len).contains(&c.position) && c.next_offset >= base) else {
+    let Some(c) = ckpt.filter(|c| {
+        (SEGMENT_HEADER_BYTES as u64..=len).contains(&c.position) && c.next_offset >= base
+    }) else {
         return from_start;
     };
     let read_entries = |kind: IndexKind| -> Option<Mapping> {
-        let f = storage.open(&segment::file_path(dir, base, kind.extension()), false).ok()?;
+        let f = storage
+            .open(&segment::file_path(dir, base, kind.extension()), false)
+            .ok()?;
         f.map(f.len().ok()?).ok()
     };
-    let (Some(o), Some(t)) = (read_entries(IndexKind::Offset), read_entries(IndexKind::Time)) else { return from_start };
+    let (Some(o), Some(t)) = (
+        read_entries(IndexKind::Offset),
+        read_entries(IndexKind::Time),
+    ) else {
+        return from_start;
+    };
     let n = c.index_entries as usize;
     let entries = |m: &Mapping| m.get(INDEX_HEADER_BYTES..).unwrap_or(&[]).to_vec();
     match decode_points(&entries(&o), &entries(&t), n, c.position) {
@@ -318,10 +499,20 @@ fn resume_point(storage: &dyn Storage, dir: &Path, base: Offset, ckpt: Option<Ch
 /// Non-zero bytes after the recovered end are a torn or damaged tail: they
 /// are logged with byte counts and copied to `quarantine/`. Returns whether
 /// any were found.
-fn inspect_tail(storage: &dyn Storage, dir: &Path, base: Offset, map: &[u8], end: u64, next: Offset, path: &Path) -> bool {
+fn inspect_tail(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    map: &[u8],
+    end: u64,
+    next: Offset,
+    path: &Path,
+) -> bool {
     let window_end = (end + TAIL_WINDOW_BYTES).min(map.len() as u64) as usize;
     let window = &map[end as usize..window_end];
-    let Some(last_nonzero) = window.iter().rposition(|&b| b != 0) else { return false };
+    let Some(last_nonzero) = window.iter().rposition(|&b| b != 0) else {
+        return false;
+    };
     let tail = &window[..=last_nonzero];
     let valid_after = segment::resync(&map[..window_end], end, next, None).is_some();
     if valid_after {
@@ -334,13 +525,21 @@ fn inspect_tail(storage: &dyn Storage, dir: &Path, base: Offset, map: &[u8], end
 }
 
 fn save_tail(storage: &dyn Storage, dir: &Path, base: Offset, end: u64, tail: &[u8]) {
-    let Some(last_nonzero) = tail.iter().rposition(|&b| b != 0) else { return };
+    let Some(last_nonzero) = tail.iter().rposition(|&b| b != 0) else {
+        return;
+    };
     let qdir = dir.join("quarantine");
     let keep = &tail[..(last_nonzero + 1).min(QUARANTINE_TAIL_BYTES_MAX as usize)];
     let saved = storage
         .create_dir_all(&qdir)
         .and_then(|_| storage.sync_dir(dir))
-        .and_then(|_| storage::replace_file(storage, &qdir.join(format!("{:020}-{end}.tail", base.0)), keep));
+        .and_then(|_| {
+            storage::replace_file(
+                storage,
+                &qdir.join(format!("{:020}-{end}.tail", base.0)),
+                keep,
+            )
+        });
     if let Err(e) = saved {
         tracing::warn!(error = %e, "could not keep a copy of the truncated tail");
     }
@@ -348,7 +547,12 @@ fn save_tail(storage: &dyn Storage, dir: &Path, base: Offset, end: u64, tail: &[
 
 /// Cuts the file back to `end` when garbage or an unneeded extension follows,
 /// then restores preallocation, so no stale bytes survive past the end.
-fn restore_tail(file: &dyn storage::StorageFile, end: u64, garbage: bool, config: &LogConfig) -> std::io::Result<()> {
+fn restore_tail(
+    file: &dyn storage::StorageFile,
+    end: u64,
+    garbage: bool,
+    config: &LogConfig,
+) -> std::io::Result<()> {
     let len = file.len()?;
     let mut changed = false;
     if garbage || (!config.preallocate && len > end) {
@@ -365,7 +569,12 @@ fn restore_tail(file: &dyn storage::StorageFile, end: u64, garbage: bool, config
     Ok(())
 }
 
-fn reopen_active_index(storage: &dyn Storage, dir: &Path, base: Offset, points: &[IndexPoint]) -> std::io::Result<IndexFiles> {
+fn reopen_active_index(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    points: &[IndexPoint],
+) -> std::io::Result<IndexFiles> {
     let mut idx = SegmentIndex::empty();
     points.iter().for_each(|p| idx.push(*p));
     let open = |kind: IndexKind, entries: &[u8]| -> std::io::Result<_> {

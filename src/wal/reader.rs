@@ -22,7 +22,12 @@ pub struct OwnedRecord {
 
 impl From<RecordView<'_>> for OwnedRecord {
     fn from(r: RecordView<'_>) -> Self {
-        Self { offset: r.offset, timestamp_ms: r.timestamp_ms, meta: r.meta.to_vec(), payload: r.payload.to_vec() }
+        Self {
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            meta: r.meta.to_vec(),
+            payload: r.payload.to_vec(),
+        }
     }
 }
 
@@ -47,7 +52,11 @@ pub struct LogReader {
 
 impl LogReader {
     pub(crate) fn new(shared: Arc<Shared>, from: Offset) -> Self {
-        Self { shared, next: from, cur: None }
+        Self {
+            shared,
+            next: from,
+            cur: None,
+        }
     }
 
     /// Offset of the record the next call returns.
@@ -68,7 +77,10 @@ impl LogReader {
     pub fn next(&mut self) -> Result<Option<RecordView<'_>>, WalError> {
         let tail = self.shared.tail();
         if self.next < tail.start_offset {
-            return Err(WalError::Deleted { offset: self.next, start: tail.start_offset });
+            return Err(WalError::Deleted {
+                offset: self.next,
+                start: tail.start_offset,
+            });
         }
         if self.next >= tail.next_offset {
             return Ok(None);
@@ -88,9 +100,19 @@ impl LogReader {
             }
             Err(d) => {
                 let segment = cur.seg.path.clone();
-                self.shared.quarantine(QuarantinedRange { segment: segment.clone(), position: d.position, offset: d.offset, reason: d.reason });
+                self.shared.quarantine(QuarantinedRange {
+                    segment: segment.clone(),
+                    position: d.position,
+                    offset: d.offset,
+                    reason: d.reason,
+                });
                 cur.pos = None;
-                Err(WalError::Corrupt { segment, position: d.position, offset: target, reason: d.reason })
+                Err(WalError::Corrupt {
+                    segment,
+                    position: d.position,
+                    offset: target,
+                    reason: d.reason,
+                })
             }
         }
     }
@@ -100,19 +122,39 @@ impl LogReader {
         let next = self.next;
         let stale = match &self.cur {
             None => true,
-            Some(c) => next < c.seg.base || c.limit.is_some_and(|l| next >= l) || (c.limit.is_none() && c.seg.sealed.get().is_some()),
+            Some(c) => {
+                next < c.seg.base
+                    || c.limit.is_some_and(|l| next >= l)
+                    || (c.limit.is_none() && c.seg.sealed.get().is_some())
+            }
         };
         if stale {
-            let (seg, limit) = self.shared.locate(next).ok_or(WalError::Deleted { offset: next, start: tail.start_offset })?;
+            let (seg, limit) = self.shared.locate(next).ok_or(WalError::Deleted {
+                offset: next,
+                start: tail.start_offset,
+            })?;
             let same = self.cur.as_ref().is_some_and(|c| Arc::ptr_eq(&c.seg, &seg));
-            let pos = if same { self.cur.as_ref().and_then(|c| c.pos) } else { None };
+            let pos = if same {
+                self.cur.as_ref().and_then(|c| c.pos)
+            } else {
+                None
+            };
             let (map, valid) = seg.map.read().clone();
-            self.cur = Some(Cursor { seg, limit, map, valid, pos });
+            self.cur = Some(Cursor {
+                seg,
+                limit,
+                map,
+                valid,
+                pos,
+            });
         }
         let cur = self.cur.as_mut().expect("set above");
         let need = cur.seg.sealed.get().map_or(tail.active_end, |s| s.end);
         if cur.valid < need {
-            (cur.map, cur.valid) = cur.seg.map_covering(need).map_err(|e| WalError::io(&cur.seg.path, e))?;
+            (cur.map, cur.valid) = cur
+                .seg
+                .map_covering(need)
+                .map_err(|e| WalError::io(&cur.seg.path, e))?;
         }
         Ok(())
     }
@@ -122,17 +164,26 @@ impl LogReader {
 fn index_floor(seg: &Segment, target: Offset) -> (Offset, u64) {
     let rel = u32::try_from(target.0 - seg.base.0).unwrap_or(u32::MAX);
     match seg.index.read().floor_offset(rel) {
-        Some(p) => (Offset(seg.base.0 + u64::from(p.relative_offset)), u64::from(p.position)),
+        Some(p) => (
+            Offset(seg.base.0 + u64::from(p.relative_offset)),
+            u64::from(p.position),
+        ),
         None => (seg.base, SEGMENT_HEADER_BYTES as u64),
     }
 }
 
 /// First offset appended at or after `timestamp_ms`.
-pub fn offset_for_time(shared: &Arc<Shared>, timestamp_ms: u64) -> Result<Option<Offset>, WalError> {
+pub fn offset_for_time(
+    shared: &Arc<Shared>,
+    timestamp_ms: u64,
+) -> Result<Option<Offset>, WalError> {
     let segs: Vec<Arc<Segment>> = shared.segments.read().clone();
     let tail = shared.tail();
     for seg in segs {
-        let max_ts = seg.sealed.get().map_or(tail.last_timestamp_ms, |s| s.max_timestamp_ms);
+        let max_ts = seg
+            .sealed
+            .get()
+            .map_or(tail.last_timestamp_ms, |s| s.max_timestamp_ms);
         if max_ts < timestamp_ms {
             continue;
         }

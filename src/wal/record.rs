@@ -50,8 +50,14 @@ pub enum Check<'a> {
 
 /// Appends the encoding of one record to `out`.
 pub fn encode(out: &mut Vec<u8>, offset: Offset, timestamp_ms: u64, meta: &[u8], payload: &[u8]) {
-    assert!(meta.len() <= RECORD_META_BYTES_MAX, "meta checked by the caller");
-    assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX, "payload checked by the caller");
+    assert!(
+        meta.len() <= RECORD_META_BYTES_MAX,
+        "meta checked by the caller"
+    );
+    assert!(
+        payload.len() <= RECORD_PAYLOAD_BYTES_MAX,
+        "payload checked by the caller"
+    );
     let total = RECORD_HEADER_BYTES + meta.len() + payload.len();
     let start = out.len();
     out.extend_from_slice(&(total as u32).to_le_bytes());
@@ -94,7 +100,9 @@ pub fn claimed_len(buf: &[u8]) -> Option<usize> {
         return None;
     }
     let total = u32_at(buf, 0) as usize;
-    (RECORD_HEADER_BYTES..=RECORD_BYTES_MAX).contains(&total).then_some(total)
+    (RECORD_HEADER_BYTES..=RECORD_BYTES_MAX)
+        .contains(&total)
+        .then_some(total)
 }
 
 /// Validates the record at the start of `buf`. Never panics on any input.
@@ -159,7 +167,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = buf.clone();
                 bad[i] ^= 1 << bit;
-                assert!(!matches!(check(&bad), Check::Valid(_)), "flip at byte {i} bit {bit} undetected");
+                assert!(
+                    !matches!(check(&bad), Check::Valid(_)),
+                    "flip at byte {i} bit {bit} undetected"
+                );
             }
         }
     }

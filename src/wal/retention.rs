@@ -42,7 +42,11 @@ impl ReaderPosition {
     }
 }
 
-pub fn enforce(shared: &Arc<Shared>, policy: &RetentionPolicy, now_ms: u64) -> Result<Vec<Offset>, WalError> {
+pub fn enforce(
+    shared: &Arc<Shared>,
+    policy: &RetentionPolicy,
+    now_ms: u64,
+) -> Result<Vec<Offset>, WalError> {
     let mut deleted = Vec::new();
     while let Some(seg) = detach_oldest_if_allowed(shared, policy, now_ms) {
         let storage = shared.storage.as_ref();
@@ -52,7 +56,9 @@ pub fn enforce(shared: &Arc<Shared>, policy: &RetentionPolicy, now_ms: u64) -> R
                 storage.remove(&path).map_err(|e| WalError::io(&path, e))?;
             }
         }
-        storage.sync_dir(&shared.dir).map_err(|e| WalError::io(&shared.dir, e))?;
+        storage
+            .sync_dir(&shared.dir)
+            .map_err(|e| WalError::io(&shared.dir, e))?;
         tracing::info!(segment = %seg.path.display(), "retention deleted segment");
         deleted.push(seg.base);
     }
@@ -61,15 +67,24 @@ pub fn enforce(shared: &Arc<Shared>, policy: &RetentionPolicy, now_ms: u64) -> R
 
 /// Removes the oldest segment from the list if it may be deleted. Decided
 /// under the segment-list lock so no reader can locate it afterwards.
-fn detach_oldest_if_allowed(shared: &Arc<Shared>, policy: &RetentionPolicy, now_ms: u64) -> Option<Arc<super::shared::Segment>> {
+fn detach_oldest_if_allowed(
+    shared: &Arc<Shared>,
+    policy: &RetentionPolicy,
+    now_ms: u64,
+) -> Option<Arc<super::shared::Segment>> {
     let mut segs = shared.segments.write();
     let first = segs.first()?;
     let next_base = segs.get(1)?.base;
     let info = *first.sealed.get()?;
     let tail = shared.tail();
-    let total: u64 = segs.iter().map(|s| s.sealed.get().map_or(tail.active_end, |i| i.end)).sum();
+    let total: u64 = segs
+        .iter()
+        .map(|s| s.sealed.get().map_or(tail.active_end, |i| i.end))
+        .sum();
     let needed = shared.min_reader_position().is_some_and(|p| p < next_base);
-    let too_old = policy.max_age_ms.is_some_and(|a| now_ms.saturating_sub(info.max_timestamp_ms) > a);
+    let too_old = policy
+        .max_age_ms
+        .is_some_and(|a| now_ms.saturating_sub(info.max_timestamp_ms) > a);
     let too_big = policy.max_bytes.is_some_and(|b| total > b);
     if needed || !(too_old || too_big) {
         return None;

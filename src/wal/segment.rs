@@ -43,7 +43,9 @@ impl SegmentHeader {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, &'static str> {
-        let h = bytes.get(..SEGMENT_HEADER_BYTES).ok_or("file shorter than the segment header")?;
+        let h = bytes
+            .get(..SEGMENT_HEADER_BYTES)
+            .ok_or("file shorter than the segment header")?;
         if &h[0..8] != MAGIC {
             return Err("bad magic (not an Orderly segment)");
         }
@@ -71,7 +73,8 @@ pub fn file_path(dir: &Path, base: Offset, ext: &str) -> PathBuf {
 /// The base offset encoded in a segment file name, if `name` is one.
 pub fn parse_segment_name(name: &str) -> Option<Offset> {
     let stem = name.strip_suffix(".log")?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok().map(Offset))?
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok().map(Offset))?
 }
 
 /// Whether a record at `position` gets an index point, given the last point.
@@ -107,13 +110,30 @@ pub struct Run {
 
 /// Scans valid, dense, time-ordered records of segment `base` in `bytes`
 /// from `start` until the first thing that does not check out.
-pub fn scan_run(bytes: &[u8], base: Offset, start: u64, next: Offset, last_ts: u64, last_point: Option<IndexPoint>) -> Run {
-    let mut run = Run { end: start, next_offset: next, last_timestamp_ms: last_ts, records: 0, points: Vec::new(), stop: Stop::End };
+pub fn scan_run(
+    bytes: &[u8],
+    base: Offset,
+    start: u64,
+    next: Offset,
+    last_ts: u64,
+    last_point: Option<IndexPoint>,
+) -> Run {
+    let mut run = Run {
+        end: start,
+        next_offset: next,
+        last_timestamp_ms: last_ts,
+        records: 0,
+        points: Vec::new(),
+        stop: Stop::End,
+    };
     let mut last_point = last_point;
     loop {
         let pos = run.end;
         let Some(rest) = bytes.get(pos as usize..) else {
-            run.stop = Stop::Invalid { position: pos, reason: "position past end of file" };
+            run.stop = Stop::Invalid {
+                position: pos,
+                reason: "position past end of file",
+            };
             return run;
         };
         if rest.is_empty() {
@@ -122,16 +142,25 @@ pub fn scan_run(bytes: &[u8], base: Offset, start: u64, next: Offset, last_ts: u
         let rec = match record::check(rest) {
             Check::Valid(r) => r,
             Check::Incomplete => {
-                run.stop = Stop::Invalid { position: pos, reason: "record cut short by end of file" };
+                run.stop = Stop::Invalid {
+                    position: pos,
+                    reason: "record cut short by end of file",
+                };
                 return run;
             }
             Check::Invalid(reason) => {
-                run.stop = Stop::Invalid { position: pos, reason };
+                run.stop = Stop::Invalid {
+                    position: pos,
+                    reason,
+                };
                 return run;
             }
         };
         if let Err(reason) = fits_sequence(&rec, run.next_offset, run.last_timestamp_ms) {
-            run.stop = Stop::Invalid { position: pos, reason };
+            run.stop = Stop::Invalid {
+                position: pos,
+                reason,
+            };
             return run;
         }
         if wants_index_point(last_point, pos) {
@@ -158,7 +187,8 @@ fn fits_sequence(rec: &RecordView<'_>, next: Offset, last_ts: u64) -> Result<(),
 
 pub fn point_for(base: Offset, rec: &RecordView<'_>, position: u64) -> IndexPoint {
     IndexPoint {
-        relative_offset: u32::try_from(rec.offset.0 - base.0).expect("segment holds < 2^32 records"),
+        relative_offset: u32::try_from(rec.offset.0 - base.0)
+            .expect("segment holds < 2^32 records"),
         position: u32::try_from(position).expect("segment smaller than 4 GiB"),
         timestamp_ms: rec.timestamp_ms,
     }
@@ -168,7 +198,12 @@ pub fn point_for(base: Offset, rec: &RecordView<'_>, position: u64) -> IndexPoin
 /// with a valid CRC whose offset lies in `(expected, limit)`. Returns its
 /// position and view. Used only on damaged sealed segments, so a byte-wise
 /// search is fine.
-pub fn resync(bytes: &[u8], bad_position: u64, expected: Offset, limit: Option<Offset>) -> Option<(u64, RecordView<'_>)> {
+pub fn resync(
+    bytes: &[u8],
+    bad_position: u64,
+    expected: Offset,
+    limit: Option<Offset>,
+) -> Option<(u64, RecordView<'_>)> {
     let limit = limit.map_or(u64::MAX, |l| l.0);
     for pos in bad_position as usize + 1..bytes.len() {
         if let Check::Valid(r) = record::check(&bytes[pos..]) {
@@ -183,11 +218,22 @@ pub fn resync(bytes: &[u8], bad_position: u64, expected: Offset, limit: Option<O
 /// Returns the record with `target` offset, scanning from the index point
 /// at or before it. `Err` carries the position and reason when the bytes on
 /// the way do not check out, with the offset expected there.
-pub fn find_record<'a>(bytes: &'a [u8], base: Offset, from: (Offset, u64), target: Offset) -> Result<(u64, RecordView<'a>), Damage> {
+pub fn find_record<'a>(
+    bytes: &'a [u8],
+    base: Offset,
+    from: (Offset, u64),
+    target: Offset,
+) -> Result<(u64, RecordView<'a>), Damage> {
     let (mut expected, mut pos) = from;
     loop {
-        let damage = |reason| Damage { position: pos, offset: expected, reason };
-        let rest = bytes.get(pos as usize..).ok_or(damage("position past end of segment"))?;
+        let damage = |reason| Damage {
+            position: pos,
+            offset: expected,
+            reason,
+        };
+        let rest = bytes
+            .get(pos as usize..)
+            .ok_or(damage("position past end of segment"))?;
         let rec = match record::check(rest) {
             Check::Valid(r) => r,
             Check::Incomplete => return Err(damage("record cut short")),
@@ -218,7 +264,12 @@ mod tests {
     use super::*;
 
     fn segment_with(n: u64, base: u64) -> Vec<u8> {
-        let mut buf = SegmentHeader { base_offset: Offset(base), created_ms: 5 }.encode().to_vec();
+        let mut buf = SegmentHeader {
+            base_offset: Offset(base),
+            created_ms: 5,
+        }
+        .encode()
+        .to_vec();
         for i in 0..n {
             record::encode(&mut buf, Offset(base + i), 100 + i, b"", &vec![b'x'; 1000]);
         }
@@ -227,7 +278,10 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = SegmentHeader { base_offset: Offset(77), created_ms: 123 };
+        let h = SegmentHeader {
+            base_offset: Offset(77),
+            created_ms: 123,
+        };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         let mut bad = h.encode();
         bad[20] ^= 1;
@@ -236,18 +290,30 @@ mod tests {
 
     #[test]
     fn names_parse_only_20_digit_log_files() {
-        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(Offset(42)));
+        assert_eq!(
+            parse_segment_name("00000000000000000042.log"),
+            Some(Offset(42))
+        );
         assert_eq!(parse_segment_name("42.log"), None);
         assert_eq!(parse_segment_name("00000000000000000042.index"), None);
-        assert_eq!(file_path(Path::new("/q"), Offset(42), "log"), PathBuf::from("/q/00000000000000000042.log"));
+        assert_eq!(
+            file_path(Path::new("/q"), Offset(42), "log"),
+            PathBuf::from("/q/00000000000000000042.log")
+        );
     }
 
     #[test]
     fn scan_stops_at_torn_record_and_indexes_every_interval() {
         let seg = segment_with(20, 10);
         let run = scan_run(&seg, Offset(10), 64, Offset(10), 0, None);
-        assert_eq!((run.records, run.next_offset, run.stop.clone()), (20, Offset(30), Stop::End));
-        assert!(run.points.len() >= 4, "one point per ~4 KiB of 1 KiB records");
+        assert_eq!(
+            (run.records, run.next_offset, run.stop.clone()),
+            (20, Offset(30), Stop::End)
+        );
+        assert!(
+            run.points.len() >= 4,
+            "one point per ~4 KiB of 1 KiB records"
+        );
         let torn = &seg[..seg.len() - 10];
         let run = scan_run(torn, Offset(10), 64, Offset(10), 0, None);
         assert_eq!(run.records, 19);
@@ -261,7 +327,9 @@ mod tests {
         seg[second + 40] ^= 0xff;
         let run = scan_run(&seg, Offset(0), 64, Offset(0), 0, None);
         assert_eq!(run.records, 1);
-        let Stop::Invalid { position, .. } = run.stop else { panic!("expected damage") };
+        let Stop::Invalid { position, .. } = run.stop else {
+            panic!("expected damage")
+        };
         let (pos, rec) = resync(&seg, position, Offset(1), None).expect("record 2 is intact");
         assert_eq!(rec.offset, Offset(2));
         assert_eq!(pos as usize, second + record::RECORD_HEADER_BYTES + 1000);

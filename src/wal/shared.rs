@@ -43,7 +43,11 @@ impl Segment {
         }
         let file_len = self.file.len()?.max(len);
         let fresh = self.file.map(file_len)?;
-        let valid = if fresh.is_coherent() { fresh.len() as u64 } else { len };
+        let valid = if fresh.is_coherent() {
+            fresh.len() as u64
+        } else {
+            len
+        };
         let state = (Arc::new(fresh), valid);
         *self.map.write() = state.clone();
         Ok(state)
@@ -51,7 +55,11 @@ impl Segment {
 
     /// Initial map state for a mapping of which `valid` leading bytes are durable.
     pub fn map_state(map: Mapping, valid: u64) -> RwLock<(Arc<Mapping>, u64)> {
-        let valid = if map.is_coherent() { map.len() as u64 } else { valid.min(map.len() as u64) };
+        let valid = if map.is_coherent() {
+            map.len() as u64
+        } else {
+            valid.min(map.len() as u64)
+        };
         RwLock::new((Arc::new(map), valid))
     }
 }
@@ -90,7 +98,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(dir: PathBuf, storage: Arc<dyn Storage>, config: LogConfig, segments: Vec<Arc<Segment>>, tail: Tail) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+        segments: Vec<Arc<Segment>>,
+        tail: Tail,
+    ) -> Self {
         assert!(!segments.is_empty(), "a log always has an active segment");
         Self {
             dir,
@@ -114,7 +128,10 @@ impl Shared {
         let mut t = self.tail.lock();
         let before = t.next_offset;
         f(&mut t);
-        assert!(t.next_offset >= before, "the durable end never moves backwards");
+        assert!(
+            t.next_offset >= before,
+            "the durable end never moves backwards"
+        );
         self.tail_grew.notify_all();
     }
 

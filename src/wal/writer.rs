@@ -12,7 +12,9 @@ use super::open::Recovered;
 use super::record::{self, RECORD_HEADER_BYTES};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::shared::{Segment, Shared};
-use super::{now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError};
+use super::{
+    now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError,
+};
 use crate::constants::{RECORD_META_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX};
 use crate::index::{IndexPoint, INDEX_HEADER_BYTES, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use crate::storage;
@@ -68,7 +70,13 @@ impl Appender {
     /// Appends one record and waits until it is durable (or failed).
     pub fn append(&self, meta: Vec<u8>, payload: Vec<u8>) -> Result<Appended, AppendError> {
         let (reply, done) = bounded(1);
-        let req = AppendRequest { payload, meta, tag: 0, reply, notify: None };
+        let req = AppendRequest {
+            payload,
+            meta,
+            tag: 0,
+            reply,
+            notify: None,
+        };
         self.submit(req).map_err(|_| AppendError::Closed)?;
         done.recv().map_err(|_| AppendError::Closed)?.result
     }
@@ -161,7 +169,10 @@ impl Writer {
 
     /// Collects a batch starting with `first`; false once shutdown was asked.
     fn gather(&mut self, first: Msg, batch: &mut Vec<AppendRequest>) -> bool {
-        let (max_records, max_bytes) = (self.shared.config.batch_records_max, self.shared.config.batch_bytes_max);
+        let (max_records, max_bytes) = (
+            self.shared.config.batch_records_max,
+            self.shared.config.batch_bytes_max,
+        );
         let mut bytes = 0;
         let mut msg = first;
         loop {
@@ -220,20 +231,31 @@ impl Writer {
     }
 
     fn stage(&mut self, req: AppendRequest, now: u64) {
-        let ts = now.max(self.staged.last().map_or(self.last_ts, |s| s.appended.timestamp_ms));
+        let ts = now.max(
+            self.staged
+                .last()
+                .map_or(self.last_ts, |s| s.appended.timestamp_ms),
+        );
         let offset = Offset(self.next.0 + self.staged.len() as u64);
         let position = self.pos + self.buf.len() as u64;
         let last_point = self.points.last().copied().or(self.last_point);
         if segment::wants_index_point(last_point, position) {
             let p = IndexPoint {
-                relative_offset: u32::try_from(offset.0 - self.seg.base.0).expect("segment holds < 2^32 records"),
+                relative_offset: u32::try_from(offset.0 - self.seg.base.0)
+                    .expect("segment holds < 2^32 records"),
                 position: u32::try_from(position).expect("segment smaller than 4 GiB"),
                 timestamp_ms: ts,
             };
             self.points.push(p);
         }
         record::encode(&mut self.buf, offset, ts, &req.meta, &req.payload);
-        self.staged.push(Staged { req, appended: Appended { offset, timestamp_ms: ts } });
+        self.staged.push(Staged {
+            req,
+            appended: Appended {
+                offset,
+                timestamp_ms: ts,
+            },
+        });
     }
 
     /// Writes and syncs the staged records, then completes them.
@@ -241,7 +263,8 @@ impl Writer {
         if self.staged.is_empty() {
             return Ok(());
         }
-        let written = storage::write_all_at(self.seg.file.as_ref(), &self.buf, self.pos).map_err(classify);
+        let written =
+            storage::write_all_at(self.seg.file.as_ref(), &self.buf, self.pos).map_err(classify);
         let result = written.and_then(|_| self.sync());
         if let Err(e) = result {
             self.undo_failed_write(&e);
@@ -275,13 +298,20 @@ impl Writer {
         }
         tracing::warn!(segment = %self.seg.path.display(), error = %e, "append batch failed; truncating to the durable end");
         if let Err(te) = self.seg.file.set_len(self.pos) {
-            self.shared.latch_failure(format!("could not truncate {} after a failed write: {te}", self.seg.path.display()));
+            self.shared.latch_failure(format!(
+                "could not truncate {} after a failed write: {te}",
+                self.seg.path.display()
+            ));
         }
     }
 
     /// Makes the synced batch visible: index, tail, completions, notifications.
     fn publish(&mut self) {
-        let last = self.staged.last().expect("flush checked non-empty").appended;
+        let last = self
+            .staged
+            .last()
+            .expect("flush checked non-empty")
+            .appended;
         self.pos += self.buf.len() as u64;
         self.next = Offset(last.offset.0 + 1);
         self.last_ts = last.timestamp_ms;
@@ -319,8 +349,11 @@ impl Writer {
         let o = &idx.offset_entry_bytes(idx.len())[from * OFFSET_ENTRY_BYTES..];
         let t = &idx.time_entry_bytes(idx.len())[from * TIME_ENTRY_BYTES..];
         let at = |n: usize| (INDEX_HEADER_BYTES + from * n) as u64;
-        let res = storage::write_all_at(self.index_files.offsets.as_ref(), o, at(OFFSET_ENTRY_BYTES))
-            .and_then(|_| storage::write_all_at(self.index_files.times.as_ref(), t, at(TIME_ENTRY_BYTES)));
+        let res =
+            storage::write_all_at(self.index_files.offsets.as_ref(), o, at(OFFSET_ENTRY_BYTES))
+                .and_then(|_| {
+                    storage::write_all_at(self.index_files.times.as_ref(), t, at(TIME_ENTRY_BYTES))
+                });
         match res {
             Ok(()) => self.index_written = idx.len(),
             Err(e) => {
@@ -336,7 +369,11 @@ impl Writer {
             return;
         }
         let storage = self.shared.storage.as_ref();
-        let synced = self.index_files.offsets.sync_data().and_then(|_| self.index_files.times.sync_data());
+        let synced = self
+            .index_files
+            .offsets
+            .sync_data()
+            .and_then(|_| self.index_files.times.sync_data());
         let ckpt = Checkpoint {
             segment_base: self.seg.base,
             position: self.pos,
@@ -346,7 +383,9 @@ impl Writer {
         };
         match synced.and_then(|_| ckpt.store(storage, &self.shared.dir)) {
             Ok(()) => self.since_checkpoint = 0,
-            Err(e) => tracing::warn!(error = %e, dir = %self.shared.dir.display(), "checkpoint not written; recovery will scan further"),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.shared.dir.display(), "checkpoint not written; recovery will scan further")
+            }
         }
     }
 
@@ -357,10 +396,13 @@ impl Writer {
         debug_assert!(self.staged.is_empty() && self.buf.is_empty());
         let storage = self.shared.storage.as_ref();
         let dir = self.shared.dir.clone();
-        let (seg, index_files) = files::create_segment(storage, &dir, self.next, now, &self.shared.config).map_err(|e| match e {
-            WalError::Io { source, .. } => classify(source),
-            other => AppendError::Io(other.to_string()),
-        })?;
+        let (seg, index_files) =
+            files::create_segment(storage, &dir, self.next, now, &self.shared.config).map_err(
+                |e| match e {
+                    WalError::Io { source, .. } => classify(source),
+                    other => AppendError::Io(other.to_string()),
+                },
+            )?;
         if let Err(e) = files::seal(storage, &dir, &self.seg, self.pos, self.last_ts) {
             let reason = format!("sealing {} failed: {e}", self.seg.path.display());
             self.shared.latch_failure(reason.clone());
@@ -384,7 +426,10 @@ impl Writer {
 fn distinct_notifiers(batch: &[AppendRequest]) -> Vec<Arc<dyn Notify>> {
     let mut out: Vec<Arc<dyn Notify>> = Vec::new();
     for n in batch.iter().filter_map(|r| r.notify.as_ref()) {
-        if !out.iter().any(|m| std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(n))) {
+        if !out
+            .iter()
+            .any(|m| std::ptr::addr_eq(Arc::as_ptr(m), Arc::as_ptr(n)))
+        {
             out.push(n.clone());
         }
     }
@@ -393,10 +438,16 @@ fn distinct_notifiers(batch: &[AppendRequest]) -> Vec<Arc<dyn Notify>> {
 
 fn check_size(req: &AppendRequest) -> Result<(), AppendError> {
     if req.payload.len() > RECORD_PAYLOAD_BYTES_MAX {
-        return Err(AppendError::TooLarge { bytes: req.payload.len(), limit: RECORD_PAYLOAD_BYTES_MAX });
+        return Err(AppendError::TooLarge {
+            bytes: req.payload.len(),
+            limit: RECORD_PAYLOAD_BYTES_MAX,
+        });
     }
     if req.meta.len() > RECORD_META_BYTES_MAX {
-        return Err(AppendError::TooLarge { bytes: req.meta.len(), limit: RECORD_META_BYTES_MAX });
+        return Err(AppendError::TooLarge {
+            bytes: req.meta.len(),
+            limit: RECORD_META_BYTES_MAX,
+        });
     }
     Ok(())
 }
@@ -410,7 +461,16 @@ fn classify(e: io::Error) -> AppendError {
 }
 
 fn reply(req: AppendRequest, result: Result<Appended, AppendError>) {
-    let AppendRequest { payload, tag, reply, .. } = req;
+    let AppendRequest {
+        payload,
+        tag,
+        reply,
+        ..
+    } = req;
     // A producer that went away no longer needs its answer.
-    let _ = reply.send(AppendDone { tag, result, payload });
+    let _ = reply.send(AppendDone {
+        tag,
+        result,
+        payload,
+    });
 }

@@ -74,7 +74,11 @@ impl Sink {
 
     /// Control ids answered AA, in the order they arrived.
     pub fn accepted_ids(&self) -> Vec<String> {
-        self.received().into_iter().filter(|r| r.reply == Reply::Accept).map(|r| r.control_id).collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.reply == Reply::Accept)
+            .map(|r| r.control_id)
+            .collect()
     }
 
     /// Waits (signalled on every receipt) until `done` holds; panics after `timeout`.
@@ -83,18 +87,34 @@ impl Sink {
         let mut log = self.log.0.lock();
         while !done(&log) {
             if self.log.1.wait_until(&mut log, deadline).timed_out() && !done(&log) {
-                panic!("timed out waiting for: {what}; received {} frames: {:?}", log.len(), log.iter().map(|r| (&r.control_id, r.reply)).collect::<Vec<_>>());
+                panic!(
+                    "timed out waiting for: {what}; received {} frames: {:?}",
+                    log.len(),
+                    log.iter()
+                        .map(|r| (&r.control_id, r.reply))
+                        .collect::<Vec<_>>()
+                );
             }
         }
     }
 
     /// Waits until every id in `ids` was accepted at least once.
     pub fn wait_accepted(&self, ids: &[String], timeout: Duration) {
-        self.wait_until(timeout, "all messages accepted", |log| ids.iter().all(|id| log.iter().any(|r| r.reply == Reply::Accept && &r.control_id == id)));
+        self.wait_until(timeout, "all messages accepted", |log| {
+            ids.iter().all(|id| {
+                log.iter()
+                    .any(|r| r.reply == Reply::Accept && &r.control_id == id)
+            })
+        });
     }
 }
 
-fn serve(mut conn: TcpStream, conn_opened: Instant, log: Arc<(Mutex<Vec<Received>>, Condvar)>, script: Arc<Mutex<Script>>) {
+fn serve(
+    mut conn: TcpStream,
+    conn_opened: Instant,
+    log: Arc<(Mutex<Vec<Received>>, Condvar)>,
+    script: Arc<Mutex<Script>>,
+) {
     let (mut buf, mut out) = (Vec::new(), Vec::new());
     let mut dec = FrameDecoder::new(1 << 24);
     let mut chunk = vec![0u8; 65536];
@@ -102,10 +122,19 @@ fn serve(mut conn: TcpStream, conn_opened: Instant, log: Arc<(Mutex<Vec<Received
         while let Decoded::Frame(r) = dec.decode(&buf) {
             let payload = buf[r].to_vec();
             let header = parse_header(&payload).ok();
-            let id = header.as_ref().map(|h| String::from_utf8_lossy(h.control_id()).into_owned()).unwrap_or_default();
+            let id = header
+                .as_ref()
+                .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
+                .unwrap_or_default();
             let n = log.0.lock().iter().filter(|r| r.control_id == id).count() + 1;
             let reply = (script.lock().clone())(&id, n);
-            log.0.lock().push(Received { control_id: id, payload: payload.clone(), at: Instant::now(), reply, conn_opened });
+            log.0.lock().push(Received {
+                control_id: id,
+                payload: payload.clone(),
+                at: Instant::now(),
+                reply,
+                conn_opened,
+            });
             log.1.notify_all();
             let kind = match reply {
                 Reply::Drop => return,
@@ -114,7 +143,14 @@ fn serve(mut conn: TcpStream, conn_opened: Instant, log: Arc<(Mutex<Vec<Received
                 Reply::Reject => AckKind::Reject,
             };
             out.push(START_BLOCK);
-            build_ack(header.as_ref(), kind, None, b"SINK", Hl7Timestamp::from_unix_seconds(0), &mut out);
+            build_ack(
+                header.as_ref(),
+                kind,
+                None,
+                b"SINK",
+                Hl7Timestamp::from_unix_seconds(0),
+                &mut out,
+            );
             out.extend_from_slice(&[END_BLOCK, TRAILER]);
         }
         dec.compact(&mut buf);
@@ -156,7 +192,17 @@ pub fn keyed(id: &str, key: &str) -> Vec<u8> {
 
 /// `orderly ctl ... ` output, asserting success.
 pub fn ctl(config: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly")).arg("ctl").arg("--config").arg(config).args(args).output().unwrap();
-    assert!(out.status.success(), "ctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+        .arg("ctl")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }

@@ -36,7 +36,13 @@ impl Broker {
     /// Starts `orderly serve --config` and waits for its "ready" line.
     pub fn start(config: &Path) -> Broker {
         let dir = config.parent().expect("config in a dir");
-        let stderr_log = dir.join(format!("stderr-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let stderr_log = dir.join(format!(
+            "stderr-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let err = std::fs::File::create(&stderr_log).expect("stderr file");
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
@@ -53,7 +59,10 @@ impl Broker {
         loop {
             let line = match lines.next() {
                 Some(Ok(l)) => l,
-                _ => panic!("orderly exited before ready; stderr: {}", std::fs::read_to_string(&stderr_log).unwrap_or_default()),
+                _ => panic!(
+                    "orderly exited before ready; stderr: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                ),
             };
             if let Some(rest) = line.strip_prefix("orderly: listener ") {
                 let mut parts = rest.split_whitespace();
@@ -68,7 +77,13 @@ impl Broker {
         }
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Broker { child, addrs, data_dir, config: config.to_path_buf(), stderr_log }
+        Broker {
+            child,
+            addrs,
+            data_dir,
+            config: config.to_path_buf(),
+            stderr_log,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -76,7 +91,11 @@ impl Broker {
     }
 
     pub fn addr_of(&self, listener: &str) -> SocketAddr {
-        self.addrs.iter().find(|(n, _)| n == listener).map(|(_, a)| *a).expect("listener")
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+            .expect("listener")
     }
 
     pub fn kill9(&mut self) {
@@ -105,15 +124,28 @@ impl Drop for Broker {
 
 /// `orderly inspect` output lines as (offset, bytes, control_id, message_type).
 pub fn inspect(data_dir: &Path, queue: &str) -> Vec<(u64, usize, String, String)> {
-    let out = Command::new(BIN).args(["inspect", queue, "--data-dir"]).arg(data_dir).output().expect("inspect");
-    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["inspect", queue, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("inspect");
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             assert_eq!(f.len(), 5, "inspect line has 5 fields: {l}");
-            (f[0].parse().unwrap(), f[2].parse().unwrap(), f[3].to_string(), f[4].to_string())
+            (
+                f[0].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].to_string(),
+                f[4].to_string(),
+            )
         })
         .collect()
 }
@@ -128,9 +160,15 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new(), decoder: FrameDecoder::new(1 << 24) }
+        Client {
+            stream,
+            buf: Vec::new(),
+            decoder: FrameDecoder::new(1 << 24),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {

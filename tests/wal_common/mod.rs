@@ -10,7 +10,12 @@ pub const DIR: &str = "/sim/queues/q";
 
 /// Small segments so tests roll often; preallocation as given.
 pub fn small_config(preallocate: bool) -> LogConfig {
-    LogConfig { segment_bytes: 64 * 1024, preallocate, checkpoint_interval_bytes: 16 * 1024, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        preallocate,
+        checkpoint_interval_bytes: 16 * 1024,
+        ..LogConfig::default()
+    }
 }
 
 pub fn open_sim(sim: &SimStorage, config: LogConfig) -> Log {
@@ -39,10 +44,18 @@ pub fn append_burst(log: &Log, items: &[(u64, usize)]) -> Vec<AppendDone> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let appender = log.appender();
     for (tag, &(i, len)) in items.iter().enumerate() {
-        let req = AppendRequest { payload: payload(i, len), meta: meta(i), tag: tag as u64, reply: tx.clone(), notify: None };
+        let req = AppendRequest {
+            payload: payload(i, len),
+            meta: meta(i),
+            tag: tag as u64,
+            reply: tx.clone(),
+            notify: None,
+        };
         assert!(appender.submit(req).is_ok(), "log open");
     }
-    let mut done: Vec<AppendDone> = (0..items.len()).map(|_| rx.recv().expect("completion")).collect();
+    let mut done: Vec<AppendDone> = (0..items.len())
+        .map(|_| rx.recv().expect("completion"))
+        .collect();
     done.sort_by_key(|d| d.tag);
     done
 }
