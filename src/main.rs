@@ -45,6 +45,9 @@ enum Command {
         /// Most records to print.
         #[arg(long)]
         limit: Option<u64>,
+        /// Read the dead-letter queue of the destination named by QUEUE instead.
+        #[arg(long)]
+        dlq: bool,
     },
     /// Check every segment and index of every queue; non-zero exit on corruption.
     Verify {
@@ -257,15 +260,14 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     }
 }
 
-fn inspect_queue(data_dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode {
-    let dir = queue_dir(data_dir, queue);
+fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode {
     if !dir.is_dir() {
-        eprintln!("orderly: no queue `{queue}` under {}", data_dir.display());
+        eprintln!("orderly: no log for `{queue}` at {}", dir.display());
         return ExitCode::from(1);
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = inspect::for_each_record(&FsStorage, &dir, from, limit, |r| {
+    let result = inspect::for_each_record(&FsStorage, dir, from, limit, |r| {
         let meta = MetaView::new(r.meta);
         let field = |k| {
             meta.get(k)
