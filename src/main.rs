@@ -119,8 +119,14 @@ fn main() -> ExitCode {
             config,
             from,
             limit,
+            dlq,
         } => with_data_dir(data_dir, config, |dir| {
-            inspect_queue(dir, &queue, Offset(from), limit.unwrap_or(u64::MAX))
+            let log_dir = if dlq {
+                dir.join("dlq").join(&queue)
+            } else {
+                queue_dir(dir, &queue)
+            };
+            inspect_queue(&log_dir, &queue, Offset(from), limit.unwrap_or(u64::MAX))
         }),
         Command::Verify { data_dir, config } => with_data_dir(data_dir, config, verify_all),
         Command::Send {
