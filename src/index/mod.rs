@@ -58,6 +58,13 @@ impl SegmentIndex {
         }
     }
 
+    /// An owned index holding `points` (which must be strictly increasing).
+    pub fn from_points(points: &[IndexPoint]) -> Self {
+        let mut idx = Self::empty();
+        points.iter().for_each(|p| idx.push(*p));
+        idx
+    }
+
     /// Wraps mapped index files whose headers were verified for `count` entries.
     pub fn mapped(offsets: Mapping, times: Mapping, count: usize) -> Self {
         let idx = Self {

@@ -211,20 +211,18 @@ fn open_sealed(
         }
     };
     let max_ts = last_timestamp(&map, base, &index);
-    let seg = Segment {
+    Ok(Segment::sealed(
         base,
         created_ms,
         path,
         file,
-        map: Segment::map_state(map, end),
-        index: RwLock::new(index),
-        sealed: OnceLock::new(),
-    };
-    let _ = seg.sealed.set(SealedInfo {
-        end,
-        max_timestamp_ms: max_ts,
-    });
-    Ok(Arc::new(seg))
+        map,
+        index,
+        SealedInfo {
+            end,
+            max_timestamp_ms: max_ts,
+        },
+    ))
 }
 
 fn count_points(
@@ -325,8 +323,7 @@ fn rebuild_sealed(
             .and_then(|_| f.sync_data())
             .map_err(|e| WalError::io(path, e))?;
     }
-    let mut idx = SegmentIndex::empty();
-    points.iter().for_each(|p| idx.push(*p));
+    let idx = SegmentIndex::from_points(&points);
     for kind in [IndexKind::Offset, IndexKind::Time] {
         let entries = match kind {
             IndexKind::Offset => idx.offset_entry_bytes(idx.len()),
@@ -375,21 +372,20 @@ fn try_open_sealed_last(
         return Ok(None);
     }
     let end = map.len() as u64;
-    let seg = Segment {
+    let seg = Segment::sealed(
         base,
         created_ms,
         path,
         file,
-        map: Segment::map_state(map, end),
-        index: RwLock::new(index),
-        sealed: OnceLock::new(),
-    };
-    let _ = seg.sealed.set(SealedInfo {
-        end,
-        max_timestamp_ms: run.last_timestamp_ms,
-    });
+        map,
+        index,
+        SealedInfo {
+            end,
+            max_timestamp_ms: run.last_timestamp_ms,
+        },
+    );
     tracing::info!(segment = %seg.path.display(), "last segment was sealed by an interrupted roll; starting a new one");
-    Ok(Some((Arc::new(seg), run.next_offset)))
+    Ok(Some((seg, run.next_offset)))
 }
 
 fn open_active(
@@ -427,8 +423,7 @@ fn open_active(
     restore_tail(file.as_ref(), end, garbage, config).map_err(|e| WalError::io(&path, e))?;
     let index_files =
         reopen_active_index(storage, dir, base, &points).map_err(|e| WalError::io(&path, e))?;
-    let mut index = SegmentIndex::empty();
-    points.iter().for_each(|p| index.push(*p));
+    let index = SegmentIndex::from_points(&points);
     let map = file
         .map(file.len().map_err(|e| WalError::io(&path, e))?)
         .map_err(|e| WalError::io(&path, e))?;
@@ -575,8 +570,7 @@ fn reopen_active_index(
     base: Offset,
     points: &[IndexPoint],
 ) -> std::io::Result<IndexFiles> {
-    let mut idx = SegmentIndex::empty();
-    points.iter().for_each(|p| idx.push(*p));
+    let idx = SegmentIndex::from_points(&points);
     let open = |kind: IndexKind, entries: &[u8]| -> std::io::Result<_> {
         let f = storage.open(&segment::file_path(dir, base, kind.extension()), true)?;
         files::rewrite_active_index(f.as_ref(), kind, base, entries)?;

@@ -53,6 +53,30 @@ impl Segment {
         Ok(state)
     }
 
+    /// A sealed (immutable) segment, opened from disk.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sealed(
+        base: Offset,
+        created_ms: u64,
+        path: PathBuf,
+        file: Box<dyn StorageFile>,
+        map: Mapping,
+        index: SegmentIndex,
+        info: SealedInfo,
+    ) -> Arc<Segment> {
+        let seg = Segment {
+            base,
+            created_ms,
+            path,
+            file,
+            map: Self::map_state(map, info.end),
+            index: RwLock::new(index),
+            sealed: OnceLock::new(),
+        };
+        let _ = seg.sealed.set(info);
+        Arc::new(seg)
+    }
+
     /// Initial map state for a mapping of which `valid` leading bytes are durable.
     pub fn map_state(map: Mapping, valid: u64) -> RwLock<(Arc<Mapping>, u64)> {
         let valid = if map.is_coherent() {
