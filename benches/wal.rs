@@ -26,20 +26,20 @@ fn record() -> Vec<u8> {
     p
 }
 
-/// Submits `burst` appends at once and waits for all to be durable.
+/// Submits `burst` appends as one unit (one write, one fsync) and waits
+/// for all to be durable.
 fn append_burst(log: &Log, payload: &[u8], burst: usize) {
     let (tx, rx) = unbounded();
-    let appender = log.appender();
-    for tag in 0..burst {
-        let req = AppendRequest {
+    let reqs = (0..burst)
+        .map(|tag| AppendRequest {
             payload: payload.to_vec(),
             meta: Vec::new(),
             tag: tag as u64,
             reply: tx.clone(),
             notify: None,
-        };
-        assert!(appender.submit(req).is_ok());
-    }
+        })
+        .collect();
+    assert!(log.appender().submit_batch(reqs).is_ok());
     for _ in 0..burst {
         rx.recv().expect("completion").result.expect("durable");
     }

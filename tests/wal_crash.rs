@@ -118,10 +118,24 @@ fn crash_at_every_byte(config: LogConfig, bursts: usize) {
 }
 
 #[test]
-fn crash_at_every_byte_recovers_a_prefix_with_every_acked_record_preallocated() {
+fn crash_at_every_byte_recovers_a_prefix_with_every_acked_record_zero_filled() {
+    // The production layout: segments made from zero-filled spares.
     crash_at_every_byte(
         LogConfig {
             segment_bytes: 64 * 1024,
+            checkpoint_interval_bytes: 2048,
+            ..LogConfig::default()
+        },
+        60,
+    );
+}
+
+#[test]
+fn crash_at_every_byte_recovers_a_prefix_with_every_acked_record_fallocated() {
+    crash_at_every_byte(
+        LogConfig {
+            segment_bytes: 64 * 1024,
+            prepare_segments: false,
             checkpoint_interval_bytes: 2048,
             ..LogConfig::default()
         },
@@ -144,13 +158,27 @@ fn crash_at_every_byte_recovers_a_prefix_with_every_acked_record_appending() {
 
 #[test]
 fn crash_during_segment_rolls_loses_nothing_acked() {
-    // Segments of 64 KiB with ~10 KiB records: a roll every few bursts, so
-    // captures land inside create/seal/checkpoint sequences.
-    let config = LogConfig {
+    crash_during_segment_rolls(LogConfig {
         segment_bytes: 64 * 1024,
         preallocate: false,
+        prepare_segments: false,
         ..LogConfig::default()
-    };
+    });
+}
+
+#[test]
+fn crash_during_segment_rolls_onto_spares_loses_nothing_acked() {
+    // Captures also land inside the background zero-fill and the rename of
+    // the spare into place.
+    crash_during_segment_rolls(LogConfig {
+        segment_bytes: 64 * 1024,
+        ..LogConfig::default()
+    });
+}
+
+/// Segments of 64 KiB with ~10 KiB records: a roll every few bursts, so
+/// captures land inside create/seal/checkpoint sequences.
+fn crash_during_segment_rolls(config: LogConfig) {
     let sim = SimStorage::new();
     let acked = Arc::new(AtomicU64::new(0));
     let captures = Arc::new(Mutex::new(Vec::new()));

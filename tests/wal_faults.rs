@@ -2,7 +2,7 @@
 mod wal_common;
 use orderly::storage::{SimFault, SimStorage, Storage};
 use orderly::wal::verify::verify_dir;
-use orderly::wal::{AppendError, LogConfig, Offset, RetentionPolicy, WalError};
+use orderly::wal::{AppendError, AppendRequest, LogConfig, Offset, RetentionPolicy, WalError};
 use std::path::{Path, PathBuf};
 use wal_common::*;
 
@@ -14,12 +14,13 @@ fn fill(sim: &SimStorage, config: LogConfig, n: u64, len: usize) {
     log.close().expect("close");
 }
 
+/// Segment files (or their index files) by extension; the spare is not one.
 fn segment_files(sim: &SimStorage, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = sim
         .list(Path::new(DIR))
         .unwrap()
         .into_iter()
-        .filter(|n| n.ends_with(ext))
+        .filter(|n| n.ends_with(ext) && n.as_bytes()[0].is_ascii_digit())
         .map(|n| Path::new(DIR).join(n))
         .collect();
     v.sort();
@@ -339,4 +340,67 @@ fn retention_policy_alone_keeps_young_small_logs() {
         .unwrap()
         .is_empty());
     assert_eq!(read_all(&log).last().unwrap().0, Offset(299));
+}
+
+#[test]
+fn segments_start_zero_filled_and_a_missing_spare_only_costs_speed() {
+    // With preallocation off, only a zero-filled spare makes a new
+    // segment full-length from the start.
+    let zero_filled = LogConfig {
+        preallocate: false,
+        prepare_segments: true,
+        ..small_config(false)
+    };
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, zero_filled.clone());
+    let first = segment_files(&sim, ".log")[0].clone();
+    assert_eq!(
+        sim.contents(&first).unwrap().len() as u64,
+        zero_filled.segment_bytes
+    );
+    log.append(&meta(0), &payload(0, 100)).unwrap();
+    drop(log);
+
+    // No room for a spare: the log still opens, appends and rolls.
+    let full = SimStorage::new();
+    full.inject(SimFault::NoSpaceAfter(zero_filled.segment_bytes / 2));
+    let log = open_sim(&full, zero_filled.clone());
+    full.clear_faults();
+    for i in 0..200 {
+        log.append(&meta(i), &payload(i, 1000)).expect("append");
+    }
+    assert!(segment_files(&full, ".log").len() > 1);
+    drop(log);
+    let reopened = open_sim(&full.crash(Some(0)), zero_filled);
+    assert_eq!(read_all(&reopened).len(), 200);
+}
+
+#[test]
+fn a_submitted_batch_is_written_in_order_with_one_fsync() {
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, small_config(false));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let reqs: Vec<AppendRequest> = (0..20u64)
+        .map(|i| AppendRequest {
+            payload: payload(i, 300),
+            meta: meta(i),
+            tag: i,
+            reply: tx.clone(),
+            notify: None,
+        })
+        .collect();
+    let syncs_before = sim.sync_count();
+    assert!(log.appender().submit_batch(reqs).is_ok());
+    let mut done: Vec<(u64, Offset)> = (0..20)
+        .map(|_| {
+            let d = rx.recv().unwrap();
+            (d.tag, d.result.expect("durable").offset)
+        })
+        .collect();
+    assert_eq!(sim.sync_count() - syncs_before, 1, "one fdatasync for the batch");
+    done.sort();
+    for (tag, offset) in done {
+        assert_eq!(offset, Offset(tag), "submission order is log order");
+    }
+    assert_eq!(read_all(&log).len(), 20);
 }

@@ -8,11 +8,13 @@ use crate::wal::meta::{MetaBuilder, MetaKey, MetaView};
 use crate::wal::{AppendError, Appended, Log, LogConfig, Offset, OwnedRecord, WalError};
 use std::path::Path;
 
-/// Dead-letter logs are small: no preallocation, modest segments.
+/// Dead-letter logs are small and rarely written: no preallocation, no
+/// zero-filled spare, modest segments.
 pub fn dlq_log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 16 * 1024 * 1024,
         preallocate: false,
+        prepare_segments: false,
         ..LogConfig::default()
     }
 }

@@ -42,16 +42,22 @@ fn try_create(
     config: &LogConfig,
     path: &Path,
 ) -> std::io::Result<(Arc<Segment>, IndexFiles)> {
-    let file = storage.open(path, true)?;
-    file.set_len(0)?;
+    let file = match take_spare(storage, dir, path, config) {
+        Some(zeroed) => zeroed,
+        None => {
+            let file = storage.open(path, true)?;
+            file.set_len(0)?;
+            if config.preallocate {
+                file.allocate(config.segment_bytes)?;
+            }
+            file
+        }
+    };
     let header = SegmentHeader {
         base_offset: base,
         created_ms: now_ms,
     };
     storage::write_all_at(file.as_ref(), &header.encode(), 0)?;
-    if config.preallocate {
-        file.allocate(config.segment_bytes)?;
-    }
     file.sync_data()?;
     let index = IndexFiles {
         offsets: create_active_index(storage, dir, base, IndexKind::Offset)?,
@@ -69,6 +75,26 @@ fn try_create(
         sealed: OnceLock::new(),
     };
     Ok((Arc::new(segment), index))
+}
+
+/// The ready spare renamed to `path`, if enabled and there is one. Any
+/// trouble with it only means the segment is created the ordinary way.
+fn take_spare(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    config: &LogConfig,
+) -> Option<Box<dyn StorageFile>> {
+    if !config.prepare_segments {
+        return None;
+    }
+    match super::spare::take(storage, dir, path, config.segment_bytes) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "spare segment unusable; creating the segment afresh");
+            None
+        }
+    }
 }
 
 fn create_active_index(

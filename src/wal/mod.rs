@@ -18,6 +18,7 @@ mod reader;
 pub mod record;
 mod retention;
 pub mod segment;
+mod spare;
 mod shared;
 pub mod verify;
 mod writer;
@@ -62,6 +63,9 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     pub segment_age_ms: u64,
     pub preallocate: bool,
+    /// Keep a zero-filled spare segment ready (see `spare.rs`): fsyncs into
+    /// written blocks skip the journal. Costs one segment of disk space.
+    pub prepare_segments: bool,
     pub fsync: FsyncMode,
     pub batch_records_max: usize,
     pub batch_bytes_max: usize,
@@ -75,6 +79,7 @@ impl Default for LogConfig {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             segment_age_ms: SEGMENT_AGE_MS_DEFAULT,
             preallocate: true,
+            prepare_segments: true,
             fsync: FsyncMode::Always,
             batch_records_max: COMMIT_BATCH_RECORDS_MAX,
             batch_bytes_max: COMMIT_BATCH_BYTES_MAX,

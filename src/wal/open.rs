@@ -74,7 +74,10 @@ pub fn recover(
         )?);
     }
     let active = match bases.last() {
-        None => new_active(s, dir, Offset(0), &config)?,
+        None => {
+            zero_fill_first_segment(s, dir, &config);
+            new_active(s, dir, Offset(0), &config)?
+        }
         Some(&last) => match try_open_sealed_last(s, dir, last)? {
             Some((seg, next)) => {
                 segments.push(seg);
@@ -128,6 +131,18 @@ fn tidy_and_list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Offset>, WalEr
         storage.sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
     }
     Ok(bases)
+}
+
+/// A new log starts on a zero-filled segment too (see `spare.rs`): one
+/// segment's worth of writing, once per queue. Failure only costs speed.
+fn zero_fill_first_segment(storage: &dyn Storage, dir: &Path, config: &LogConfig) {
+    if !config.prepare_segments {
+        return;
+    }
+    let never_stop = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = super::spare::prepare(storage, dir, config.segment_bytes, &never_stop) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not zero-fill the first segment; using a fresh one");
+    }
 }
 
 fn new_active(

@@ -12,6 +12,7 @@ use super::open::Recovered;
 use super::record::{self, RECORD_HEADER_BYTES};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
 use super::shared::{Segment, Shared};
+use super::spare::Preparer;
 use super::{
     now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError,
 };
@@ -31,6 +32,9 @@ pub trait Notify: Send + Sync {
 
 enum Msg {
     Append(AppendRequest),
+    /// Requests a producer already has together: they go into one batch
+    /// (one write, one fsync) unless the batch limits split them.
+    Batch(Vec<AppendRequest>),
     Shutdown,
 }
 
@@ -54,8 +58,32 @@ impl Appender {
     pub fn submit(&self, req: AppendRequest) -> Result<(), AppendRequest> {
         self.tx.send(Msg::Append(req)).map_err(|e| match e.0 {
             Msg::Append(r) => r,
-            Msg::Shutdown => unreachable!("only Append was sent"),
+            _ => unreachable!("only Append was sent"),
         })
+    }
+
+    /// Queues several requests as one unit, so the writer commits them
+    /// together; waits while the queue is full. On a closed log the
+    /// requests are handed back. A unit counts as one slot of queue depth
+    /// but at most `batch_records_max` requests, so memory stays bounded.
+    pub fn submit_batch(&self, mut reqs: Vec<AppendRequest>) -> Result<(), Vec<AppendRequest>> {
+        let max = self.shared.config.batch_records_max;
+        while !reqs.is_empty() {
+            let rest = if reqs.len() > max {
+                reqs.split_off(max)
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = self.tx.send(Msg::Batch(reqs)) {
+                let Msg::Batch(mut back) = e.0 else {
+                    unreachable!("only Batch was sent")
+                };
+                back.extend(rest);
+                return Err(back);
+            }
+            reqs = rest;
+        }
+        Ok(())
     }
 
     /// Queues a request if there is room now.
@@ -100,7 +128,20 @@ pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
     let shared = rec.shared.clone();
     let last_point = rec.active.segment.index.read().last();
     let index_written = rec.active.segment.index.read().len();
+    let spare = if shared.config.prepare_segments {
+        let p = Preparer::spawn(
+            shared.storage.clone(),
+            shared.dir.clone(),
+            shared.config.segment_bytes,
+        )
+        .map_err(|e| WalError::io(&shared.dir, e))?;
+        Some(p)
+    } else {
+        None
+    };
     let writer = Writer {
+        spare,
+        carried: None,
         shared: rec.shared,
         rx,
         seg: rec.active.segment,
@@ -130,6 +171,10 @@ struct Staged {
 }
 
 struct Writer {
+    /// Keeps the next segment zero-filled; stopped when the writer ends.
+    spare: Option<Preparer>,
+    /// A unit taken from the queue that did not fit the batch being built.
+    carried: Option<Msg>,
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
     seg: Arc<Segment>,
@@ -154,12 +199,24 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.shared.config.batch_records_max);
         let mut open = true;
         while open {
-            let Ok(first) = self.rx.recv() else { break };
+            let first = match self.carried.take() {
+                Some(m) => m,
+                None => match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
             open = self.gather(first, &mut batch);
             self.commit(&mut batch);
         }
-        while let Ok(Msg::Append(req)) = self.rx.try_recv() {
-            reply(req, Err(AppendError::Closed));
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Append(req) => reply(req, Err(AppendError::Closed)),
+                Msg::Batch(reqs) => reqs
+                    .into_iter()
+                    .for_each(|r| reply(r, Err(AppendError::Closed))),
+                Msg::Shutdown => {}
+            }
         }
         if self.shared.failure().is_none() {
             self.checkpoint();
@@ -181,12 +238,24 @@ impl Writer {
                     bytes += req.payload.len() + req.meta.len();
                     batch.push(req);
                 }
+                Msg::Batch(reqs) => {
+                    bytes += reqs
+                        .iter()
+                        .map(|r| r.payload.len() + r.meta.len())
+                        .sum::<usize>();
+                    batch.extend(reqs);
+                }
                 Msg::Shutdown => return false,
             }
             if batch.len() >= max_records || bytes >= max_bytes {
                 return true;
             }
             match self.rx.try_recv() {
+                Ok(Msg::Batch(reqs)) if batch.len() + reqs.len() > max_records => {
+                    // Kept whole for the next batch rather than split.
+                    self.carried = Some(Msg::Batch(reqs));
+                    return true;
+                }
                 Ok(m) => msg = m,
                 Err(_) => return true,
             }
@@ -410,6 +479,9 @@ impl Writer {
         }
         self.shared.segments.write().push(seg.clone());
         tracing::info!(sealed = %self.seg.path.display(), next = %seg.path.display(), "segment rolled");
+        if let Some(p) = &self.spare {
+            p.kick();
+        }
         self.seg = seg;
         self.index_files = index_files;
         self.index_written = 0;

@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 pub const DIR: &str = "/sim/queues/q";
 
-/// Small segments so tests roll often; preallocation as given.
+/// Small segments so tests roll often. `preallocate`: space ahead of the
+/// tail, as in production (zero-filled spare segments, fallocate for the
+/// rest); otherwise files grow with every write.
 pub fn small_config(preallocate: bool) -> LogConfig {
     LogConfig {
         segment_bytes: 64 * 1024,
         preallocate,
+        prepare_segments: preallocate,
         checkpoint_interval_bytes: 16 * 1024,
         ..LogConfig::default()
     }
