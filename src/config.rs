@@ -209,6 +209,7 @@ struct RawWal {
     segment_bytes: Option<u64>,
     segment_age_s: Option<u64>,
     preallocate: Option<bool>,
+    zero_fill_segments: Option<bool>,
     fsync: Option<String>,
     batch_records_max: Option<usize>,
 }
@@ -554,6 +555,9 @@ fn wal_config(raw: Option<RawWal>) -> Result<LogConfig, KeyError> {
     }
     if let Some(p) = w.preallocate {
         c.preallocate = p;
+    }
+    if let Some(z) = w.zero_fill_segments {
+        c.prepare_segments = z;
     }
     if let Some(n) = w.batch_records_max {
         c.batch_records_max = n;

@@ -139,8 +139,8 @@ fn zero_fill_first_segment(storage: &dyn Storage, dir: &Path, config: &LogConfig
     if !config.prepare_segments {
         return;
     }
-    let never_stop = std::sync::atomic::AtomicBool::new(false);
-    if let Err(e) = super::spare::prepare(storage, dir, config.segment_bytes, &never_stop) {
+    let mut pace = super::spare::unpaced;
+    if let Err(e) = super::spare::prepare(storage, dir, config.segment_bytes, &mut pace) {
         tracing::warn!(dir = %dir.display(), error = %e, "could not zero-fill the first segment; using a fresh one");
     }
 }

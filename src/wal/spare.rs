@@ -16,21 +16,22 @@
 //! The writer never waits for the preparer; without a spare it creates the
 //! segment the ordinary way.
 use crate::storage::{self, Storage, StorageFile};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// File name of the ready spare in a log directory (never a segment name).
 pub const SPARE_FILE: &str = "spare.log";
 const SPARE_TMP_FILE: &str = "spare.log.tmp";
 /// Zeros written per call.
 const FILL_CHUNK_BYTES: usize = 1024 * 1024;
-/// Dirty zeros allowed before an intermediate fdatasync, so the fill never
-/// builds a large writeback burst that would stall the writer's flushes.
-const FILL_SYNC_EVERY_BYTES: u64 = 16 * 1024 * 1024;
+/// Zeros written and synced between pauses. Small, so one flush of the fill
+/// never holds the disk long enough to stall the writer's fdatasync.
+const FILL_SYNC_EVERY_BYTES: u64 = 2 * 1024 * 1024;
 
 pub fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_FILE)
@@ -61,19 +62,24 @@ pub fn take(
     storage.open(path, false).map(Some)
 }
 
+/// Called after each synced step of a fill with how long the step took; it
+/// may pause (to leave the disk to the writer) and returns false to abandon
+/// the fill.
+pub type Pace<'a> = &'a mut dyn FnMut(Duration) -> bool;
+
 /// Zero-fills and publishes a spare unless one exists. Returns whether it
-/// made one; `Ok(false)` also when `stop` was raised mid-fill.
+/// made one; `Ok(false)` also when `pace` abandoned the fill.
 pub fn prepare(
     storage: &dyn Storage,
     dir: &Path,
     segment_bytes: u64,
-    stop: &AtomicBool,
+    pace: Pace<'_>,
 ) -> io::Result<bool> {
     if storage.exists(&spare_path(dir)) {
         return Ok(false);
     }
     let tmp = dir.join(SPARE_TMP_FILE);
-    let filled = fill_zeros(storage, &tmp, segment_bytes, stop);
+    let filled = fill_zeros(storage, &tmp, segment_bytes, pace);
     match filled {
         Ok(true) => {
             storage.rename(&tmp, &spare_path(dir))?;
@@ -87,32 +93,30 @@ pub fn prepare(
     }
 }
 
-fn fill_zeros(
-    storage: &dyn Storage,
-    tmp: &Path,
-    bytes: u64,
-    stop: &AtomicBool,
-) -> io::Result<bool> {
+fn fill_zeros(storage: &dyn Storage, tmp: &Path, bytes: u64, pace: Pace<'_>) -> io::Result<bool> {
     let file = storage.open(tmp, true)?;
     file.set_len(0)?;
     let zeros = vec![0u8; FILL_CHUNK_BYTES];
     let mut pos = 0u64;
-    let mut unsynced = 0u64;
+    let mut step_started = Instant::now();
     while pos < bytes {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
         let n = (bytes - pos).min(FILL_CHUNK_BYTES as u64) as usize;
         storage::write_all_at(file.as_ref(), &zeros[..n], pos)?;
         pos += n as u64;
-        unsynced += n as u64;
-        if unsynced >= FILL_SYNC_EVERY_BYTES {
+        if pos % FILL_SYNC_EVERY_BYTES == 0 || pos == bytes {
             file.sync_data()?;
-            unsynced = 0;
+            if pos < bytes && !pace(step_started.elapsed()) {
+                return Ok(false);
+            }
+            step_started = Instant::now();
         }
     }
-    file.sync_data()?;
     Ok(true)
+}
+
+/// A fill that never pauses (a new log's first segment).
+pub fn unpaced(_: Duration) -> bool {
+    true
 }
 
 /// The background thread that keeps one spare ready. Kick it after a roll
@@ -174,7 +178,13 @@ fn run(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        match prepare(storage, dir, segment_bytes, stop) {
+        // Pause as long as each step took: the fill uses at most half the
+        // disk's time, and a stop request ends the pause at once.
+        let mut pace = |took: Duration| {
+            let woke = kicked.recv_timeout(took);
+            !stop.load(Ordering::Relaxed) && !matches!(woke, Err(RecvTimeoutError::Disconnected))
+        };
+        match prepare(storage, dir, segment_bytes, &mut pace) {
             Ok(true) => tracing::debug!(dir = %dir.display(), "spare segment ready"),
             Ok(false) => {}
             // Only a missed optimisation: the next roll creates its segment
@@ -203,20 +213,20 @@ mod tests {
     #[test]
     fn prepared_spare_is_all_zeros_of_the_segment_size_and_survives_a_crash() {
         let s = sim();
-        assert!(prepare(&s, Path::new(DIR), BYTES, &AtomicBool::new(false)).unwrap());
+        assert!(prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap());
         let after_crash = s.crash(Some(0));
         let bytes = after_crash.contents(&spare_path(Path::new(DIR))).unwrap();
         assert_eq!(bytes.len() as u64, BYTES);
         assert!(bytes.iter().all(|&b| b == 0));
         assert!(!after_crash.exists(&Path::new(DIR).join(SPARE_TMP_FILE)));
         // A second call finds the spare and does nothing.
-        assert!(!prepare(&s, Path::new(DIR), BYTES, &AtomicBool::new(false)).unwrap());
+        assert!(!prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap());
     }
 
     #[test]
     fn take_renames_the_spare_into_place_once() {
         let s = sim();
-        prepare(&s, Path::new(DIR), BYTES, &AtomicBool::new(false)).unwrap();
+        prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap();
         let seg = Path::new(DIR).join("00000000000000000007.log");
         let f = take(&s, Path::new(DIR), &seg, BYTES).unwrap().expect("a spare");
         assert_eq!(f.len().unwrap(), BYTES);
@@ -227,7 +237,7 @@ mod tests {
     #[test]
     fn a_spare_of_another_size_is_removed_not_used() {
         let s = sim();
-        prepare(&s, Path::new(DIR), BYTES, &AtomicBool::new(false)).unwrap();
+        prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap();
         let seg = Path::new(DIR).join("00000000000000000000.log");
         assert!(take(&s, Path::new(DIR), &seg, BYTES * 2).unwrap().is_none());
         assert!(!s.exists(&spare_path(Path::new(DIR))));
@@ -237,9 +247,9 @@ mod tests {
     #[test]
     fn a_stopped_or_failed_fill_leaves_nothing_behind() {
         let s = sim();
-        assert!(!prepare(&s, Path::new(DIR), BYTES, &AtomicBool::new(true)).unwrap());
+        assert!(!prepare(&s, Path::new(DIR), BYTES, &mut |_| false).unwrap());
         s.inject(SimFault::NoSpaceAfter(BYTES / 2));
-        assert!(prepare(&s, Path::new(DIR), BYTES, &AtomicBool::new(false)).is_err());
+        assert!(prepare(&s, Path::new(DIR), BYTES, &mut unpaced).is_err());
         s.clear_faults();
         let names = s.list(Path::new(DIR)).unwrap();
         assert!(names.is_empty(), "left behind: {names:?}");
