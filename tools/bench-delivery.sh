@@ -16,13 +16,14 @@ cargo build --release --bins >&2
 bin=target/release
 work=target/bench-delivery
 rm -rf "$work" && mkdir -p "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# Daemons start inside $(...) subshells, so their PIDs go to a file, and
+# their output to files: an inherited pipe would keep a caller's `| tail` open.
+cleanup() { [ -f "$work/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done < "$work/pids"; }
 trap cleanup EXIT
 
 start_ackd() { # name delay-ms -> prints addr
-  "$bin/orderly-ackd" --listen 127.0.0.1:0 --ack-delay-ms "$2" --latency-out "$work/$1.lat" > "$work/$1.out" &
-  pids+=($!)
+  "$bin/orderly-ackd" --listen 127.0.0.1:0 --ack-delay-ms "$2" --latency-out "$work/$1.lat" > "$work/$1.out" 2>&1 &
+  echo $! >> "$work/pids"
   for _ in $(seq 100); do grep -q listening "$work/$1.out" 2>/dev/null && break; sleep 0.05; done
   sed -n 's/^orderly-ackd: listening on //p' "$work/$1.out"
 }
@@ -30,7 +31,7 @@ start_broker() { # name destination-toml -> prints listener addr
   mkdir -p "$work/$1"
   printf 'data_dir = "%s"\n[[listener]]\nname = "in"\nlisten = "127.0.0.1:0"\nqueue = "q"\nmax_connections = 2048\n%s\n' "$work/$1/data" "$2" > "$work/$1/orderly.toml"
   "$bin/orderly" serve --config "$work/$1/orderly.toml" > "$work/$1/out" 2> "$work/$1/err" &
-  pids+=($!)
+  echo $! >> "$work/pids"
   for _ in $(seq 100); do grep -q ready "$work/$1/out" 2>/dev/null && break; sleep 0.05; done
   sed -n 's/^orderly: listener in on \([^ ]*\).*/\1/p' "$work/$1/out"
 }

@@ -38,6 +38,15 @@ pub struct Link {
     decoder: FrameDecoder,
     recent: VecDeque<Vec<u8>>,
     frame: Vec<u8>,
+    /// Socket timeouts currently set on `stream`, so the per-message path
+    /// makes no `setsockopt` call when they have not changed.
+    timeouts: SocketTimeouts,
+}
+
+#[derive(Default)]
+struct SocketTimeouts {
+    read: Option<Duration>,
+    write: Option<Duration>,
 }
 
 impl Link {
@@ -49,12 +58,14 @@ impl Link {
             decoder: FrameDecoder::new(ACK_FRAME_BYTES_MAX),
             recent: VecDeque::new(),
             frame: Vec::new(),
+            timeouts: SocketTimeouts::default(),
         }
     }
 
     /// Drops the connection (the next send reconnects).
     pub fn reset(&mut self) {
         self.stream = None;
+        self.timeouts = SocketTimeouts::default();
         self.buf.clear();
         self.decoder = FrameDecoder::new(ACK_FRAME_BYTES_MAX);
         self.recent.clear();
@@ -102,10 +113,13 @@ impl Link {
         self.frame.clear();
         encode_frame(payload, &mut self.frame);
         let stream = self.stream.as_mut().expect("connected above");
-        if let Err(e) = stream
-            .set_write_timeout(Some(timeout))
-            .and_then(|_| stream.write_all(&self.frame))
-        {
+        let set = if self.timeouts.write == Some(timeout) {
+            Ok(())
+        } else {
+            self.timeouts.write = Some(timeout);
+            stream.set_write_timeout(Some(timeout))
+        };
+        if let Err(e) = set.and_then(|_| stream.write_all(&self.frame)) {
             return failed(
                 ErrorClass::ConnectionLost,
                 format!("send to {} failed: {e}", self.target),
@@ -184,7 +198,9 @@ impl Link {
             }
             let slice = (deadline - now).min(Duration::from_millis(DELIVERY_POLL_MS));
             let stream = self.stream.as_mut().expect("connected");
-            let _ = stream.set_read_timeout(Some(slice));
+            if self.timeouts.read != Some(slice) && stream.set_read_timeout(Some(slice)).is_ok() {
+                self.timeouts.read = Some(slice);
+            }
             match stream.read(&mut chunk) {
                 Ok(0) => {
                     return Err(failed(

@@ -96,6 +96,23 @@ impl StorageFile for RealFile {
         }
     }
 
+    fn write_back(&self, pos: u64, len: u64) -> io::Result<()> {
+        let (pos, len) = match (libc::off64_t::try_from(pos), libc::off64_t::try_from(len)) {
+            (Ok(p), Ok(l)) => (p, l),
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large")),
+        };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: sync_file_range only reads its integer arguments.
+        let rc = unsafe { libc::sync_file_range(self.file.as_raw_fd(), pos, len, flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     fn map(&self, len: u64) -> io::Result<Mapping> {
         if len == 0 {
             return Ok(Mapping::Empty);

@@ -47,6 +47,12 @@ pub trait StorageFile: Send + Sync {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// A read-only view of the file's first `len` bytes (an mmap for real files).
     fn map(&self, len: u64) -> io::Result<Mapping>;
+    /// Writes the dirty pages of `len` bytes at `pos` to the device and waits,
+    /// WITHOUT a cache flush: no durability promise, only bounded dirty data
+    /// without the device-wide flush an fsync costs. Default: nothing.
+    fn write_back(&self, _pos: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Read-only bytes of a file: a memory map, or a copy for simulated storage.

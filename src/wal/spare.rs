@@ -29,9 +29,10 @@ pub const SPARE_FILE: &str = "spare.log";
 const SPARE_TMP_FILE: &str = "spare.log.tmp";
 /// Zeros written per call.
 const FILL_CHUNK_BYTES: usize = 1024 * 1024;
-/// Zeros written and synced between pauses. Small, so one flush of the fill
-/// never holds the disk long enough to stall the writer's fdatasync.
-const FILL_SYNC_EVERY_BYTES: u64 = 2 * 1024 * 1024;
+/// Zeros written back between pauses. Small, so one step never holds the
+/// disk long enough to stall the writer's fdatasync. Steps use writeback
+/// without a cache flush; the one flush comes at the end.
+const FILL_STEP_BYTES: u64 = 2 * 1024 * 1024;
 
 pub fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_FILE)
@@ -103,14 +104,15 @@ fn fill_zeros(storage: &dyn Storage, tmp: &Path, bytes: u64, pace: Pace<'_>) -> 
         let n = (bytes - pos).min(FILL_CHUNK_BYTES as u64) as usize;
         storage::write_all_at(file.as_ref(), &zeros[..n], pos)?;
         pos += n as u64;
-        if pos % FILL_SYNC_EVERY_BYTES == 0 || pos == bytes {
-            file.sync_data()?;
-            if pos < bytes && !pace(step_started.elapsed()) {
+        if pos % FILL_STEP_BYTES == 0 && pos < bytes {
+            file.write_back(pos - FILL_STEP_BYTES, FILL_STEP_BYTES)?;
+            if !pace(step_started.elapsed()) {
                 return Ok(false);
             }
             step_started = Instant::now();
         }
     }
+    file.sync_data()?;
     Ok(true)
 }
 
@@ -174,6 +176,7 @@ fn run(
     kicked: &Receiver<()>,
     stop: &AtomicBool,
 ) {
+    lower_own_priority();
     while kicked.recv().is_ok() {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -193,6 +196,32 @@ fn run(
                 tracing::warn!(dir = %dir.display(), error = %e, "could not prepare a spare segment")
             }
         }
+    }
+}
+
+/// The fill is background work: it should take CPU and disk time only when
+/// the writer, the event loop and delivery leave some. Lowest CPU weight
+/// (nice 19) and the lowest best-effort I/O priority, for this thread only
+/// (on Linux both apply per thread). Failure is harmless and only logged.
+fn lower_own_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: both calls take plain integers and affect only the calling
+    // thread (who = 0).
+    let (nice, io) = unsafe {
+        (
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19),
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0,
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            ),
+        )
+    };
+    if nice != 0 || io != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not lower the spare thread's priority");
     }
 }
 
