@@ -146,7 +146,7 @@ proptest! {
         let mut stream = Vec::new();
         let mut expected_junk = 0;
         for (payload, trailing_cr, junk) in &frames {
-            stream.extend(std::iter::repeat(b'\n').take(*junk));
+            stream.extend(std::iter::repeat_n(b'\n', *junk));
             expected_junk += junk;
             stream.push(0x0B);
             stream.extend_from_slice(payload);

@@ -17,7 +17,9 @@ fn start(
     orderly::server::ShutdownHandle,
     std::thread::JoinHandle<()>,
 ) {
-    let text = format!("data_dir = {:?}\n[wal]\npreallocate = false\nsegment_bytes = 65536\n{extra}\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n", dir.display().to_string());
+    // Files that grow with every write (no preallocation, no zero-filled
+    // spare), so a full disk fails the append itself, not only a roll.
+    let text = format!("data_dir = {:?}\n[wal]\npreallocate = false\nzero_fill_segments = false\nsegment_bytes = 65536\n{extra}\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n", dir.display().to_string());
     let config = Config::parse(&text, "test.toml").expect("config");
     let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
     let addr = server.bound()[0].1;
@@ -62,6 +64,7 @@ fn disk_full_answers_ae_and_service_resumes_when_space_returns() {
         &dir.path().join("queues/lab"),
         orderly::wal::LogConfig {
             preallocate: false,
+            prepare_segments: false,
             segment_bytes: 65536,
             ..Default::default()
         },

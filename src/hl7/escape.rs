@@ -73,7 +73,7 @@ fn resolve(body: &[u8], d: &Delimiters, out: &mut Vec<u8>) -> bool {
 }
 
 fn decode_hex(hex: &[u8], out: &mut Vec<u8>) -> bool {
-    if hex.is_empty() || hex.len() % 2 != 0 || !hex.iter().all(u8::is_ascii_hexdigit) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.iter().all(u8::is_ascii_hexdigit) {
         return false;
     }
     out.extend(
@@ -104,8 +104,8 @@ fn format_command(command: &[u8], out: &mut Vec<u8>) -> bool {
     let count = parse_count(arg);
     match (name, count) {
         (b"br", _) if arg.is_empty() => out.push(b'\n'),
-        (b"sp", Some(n)) => out.extend(std::iter::repeat(b'\n').take(n.max(1))),
-        (b"sk", Some(n)) => out.extend(std::iter::repeat(b' ').take(n.max(1))),
+        (b"sp", Some(n)) => out.extend(std::iter::repeat_n(b'\n', n.max(1))),
+        (b"sk", Some(n)) => out.extend(std::iter::repeat_n(b' ', n.max(1))),
         (b"in" | b"ti", Some(_)) => {}
         _ => return false,
     }

@@ -71,7 +71,7 @@ impl IndexHeader {
     }
 
     pub fn sealed(kind: IndexKind, base_offset: u64, entries: &[u8], log_bytes: u64) -> Self {
-        assert!(entries.len() % kind.entry_bytes() == 0);
+        assert!(entries.len().is_multiple_of(kind.entry_bytes()));
         let entry_count =
             u32::try_from(entries.len() / kind.entry_bytes()).expect("bounded by segment size");
         let seal = SealInfo {

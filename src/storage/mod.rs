@@ -33,6 +33,8 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// One open file. All I/O is positional so the writer never depends on a cursor.
+// `len` is a file length that can fail (I/O), not a collection size.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync {
     /// Reads up to `buf.len()` bytes at `pos`; returns 0 at end of file.
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;

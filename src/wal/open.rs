@@ -585,7 +585,7 @@ fn reopen_active_index(
     base: Offset,
     points: &[IndexPoint],
 ) -> std::io::Result<IndexFiles> {
-    let idx = SegmentIndex::from_points(&points);
+    let idx = SegmentIndex::from_points(points);
     let open = |kind: IndexKind, entries: &[u8]| -> std::io::Result<_> {
         let f = storage.open(&segment::file_path(dir, base, kind.extension()), true)?;
         files::rewrite_active_index(f.as_ref(), kind, base, entries)?;

@@ -33,6 +33,7 @@ const FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// disk long enough to stall the writer's fdatasync. Steps use writeback
 /// without a cache flush; the one flush comes at the end.
 const FILL_STEP_BYTES: u64 = 2 * 1024 * 1024;
+const _: () = assert!(FILL_STEP_BYTES.is_multiple_of(FILL_CHUNK_BYTES as u64));
 
 pub fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_FILE)
@@ -104,7 +105,7 @@ fn fill_zeros(storage: &dyn Storage, tmp: &Path, bytes: u64, pace: Pace<'_>) -> 
         let n = (bytes - pos).min(FILL_CHUNK_BYTES as u64) as usize;
         storage::write_all_at(file.as_ref(), &zeros[..n], pos)?;
         pos += n as u64;
-        if pos % FILL_STEP_BYTES == 0 && pos < bytes {
+        if pos.is_multiple_of(FILL_STEP_BYTES) && pos < bytes {
             file.write_back(pos - FILL_STEP_BYTES, FILL_STEP_BYTES)?;
             if !pace(step_started.elapsed()) {
                 return Ok(false);
