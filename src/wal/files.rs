@@ -1,4 +1,5 @@
-//! Creating segment files and writing their index files, durably.
+//! Creating segment files and writing their index files, durably; opening
+//! existing segment files mapped.
 use super::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::shared::{SealedInfo, Segment};
 use super::{LogConfig, Offset, WalError};
@@ -7,6 +8,19 @@ use crate::storage::{self, Storage, StorageFile};
 use parking_lot::RwLock;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+
+/// Opens an existing file (a segment) and maps all of it, read-only.
+pub fn open_mapped(
+    storage: &dyn Storage,
+    path: &Path,
+) -> Result<(Box<dyn StorageFile>, crate::storage::Mapping), WalError> {
+    let file = storage
+        .open(path, false)
+        .map_err(|e| WalError::io(path, e))?;
+    let len = file.len().map_err(|e| WalError::io(path, e))?;
+    let map = file.map(len).map_err(|e| WalError::io(path, e))?;
+    Ok((file, map))
+}
 
 /// The open index files of the active segment.
 pub struct IndexFiles {

@@ -27,12 +27,7 @@ pub fn for_each_record(
             continue;
         }
         let path = segment::file_path(dir, base, "log");
-        let file = storage
-            .open(&path, false)
-            .map_err(|e| WalError::io(&path, e))?;
-        let map = file
-            .map(file.len().map_err(|e| WalError::io(&path, e))?)
-            .map_err(|e| WalError::io(&path, e))?;
+        let (_file, map) = super::files::open_mapped(storage, &path)?;
         let sealed = i + 1 < bases.len();
         let (mut expected, mut pos) = start_point(storage, dir, base, from, map.len() as u64);
         while seen < limit {

@@ -170,18 +170,6 @@ fn new_active(
     })
 }
 
-fn open_file(
-    storage: &dyn Storage,
-    path: &Path,
-) -> Result<(Box<dyn crate::storage::StorageFile>, Mapping), WalError> {
-    let file = storage
-        .open(path, false)
-        .map_err(|e| WalError::io(path, e))?;
-    let len = file.len().map_err(|e| WalError::io(path, e))?;
-    let map = file.map(len).map_err(|e| WalError::io(path, e))?;
-    Ok((file, map))
-}
-
 /// Checks a segment header; damage is logged and reported, and the base from
 /// the file name is used (records carry their own offsets and CRCs).
 fn check_header(map: &[u8], base: Offset, path: &Path) -> Result<u64, &'static str> {
@@ -203,7 +191,7 @@ fn open_sealed(
     quarantine: &mut Vec<QuarantinedRange>,
 ) -> Result<Arc<Segment>, WalError> {
     let path = segment::file_path(dir, base, "log");
-    let (file, map) = open_file(storage, &path)?;
+    let (file, map) = files::open_mapped(storage, &path)?;
     let created_ms = check_header(&map, base, &path).unwrap_or_else(|reason| {
         quarantine.push(QuarantinedRange {
             segment: path.clone(),
@@ -366,7 +354,7 @@ fn try_open_sealed_last(
     base: Offset,
 ) -> Result<Option<(Arc<Segment>, Offset)>, WalError> {
     let path = segment::file_path(dir, base, "log");
-    let (file, map) = open_file(storage, &path)?;
+    let (file, map) = files::open_mapped(storage, &path)?;
     let Some(index) = load_sealed_index(storage, dir, base, map.len() as u64) else {
         return Ok(None);
     };
@@ -411,7 +399,7 @@ fn open_active(
     quarantine: &mut Vec<QuarantinedRange>,
 ) -> Result<ActiveState, WalError> {
     let path = segment::file_path(dir, base, "log");
-    let (file, map) = open_file(storage, &path)?;
+    let (file, map) = files::open_mapped(storage, &path)?;
     let header = check_header(&map, base, &path);
     let ckpt = Checkpoint::load(storage, dir).filter(|c| c.segment_base == base);
     let (start, next, ts, mut points) = resume_point(storage, dir, base, ckpt, map.len() as u64);

@@ -69,12 +69,7 @@ fn verify_segment(
     report: &mut VerifyReport,
 ) -> Result<Offset, WalError> {
     let path = segment::file_path(dir, base, "log");
-    let file = storage
-        .open(&path, false)
-        .map_err(|e| WalError::io(&path, e))?;
-    let map = file
-        .map(file.len().map_err(|e| WalError::io(&path, e))?)
-        .map_err(|e| WalError::io(&path, e))?;
+    let (_file, map) = super::files::open_mapped(storage, &path)?;
     let problem = |position: u64, what: String| Problem {
         file: path.clone(),
         position,
