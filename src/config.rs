@@ -592,6 +592,14 @@ mod tests {
         assert_eq!(c.listeners[0].listen, "127.0.0.1:2575".parse().unwrap());
         assert_eq!(c.listeners[0].queue, "inbound");
         assert_eq!(c.wal.fsync, FsyncMode::Always);
+        assert!(c.wal.prepare_segments, "zero-filled spares by default");
+    }
+
+    #[test]
+    fn zero_fill_segments_can_be_turned_off() {
+        let text = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[wal]\nzero_fill_segments = false\n";
+        let c = Config::parse(text, "w").expect("parses");
+        assert!(!c.wal.prepare_segments);
     }
 
     #[test]
