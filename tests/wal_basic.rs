@@ -168,3 +168,44 @@ fn group_commit_shares_one_fsync_among_a_burst() {
         "256 records took {syncs} data syncs: group commit is not batching"
     );
 }
+
+#[test]
+fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
+    // Larger than one fill step (2 MiB) and not a whole number of 1 MiB
+    // chunks, so the fill's writeback steps and its short last chunk run.
+    let segment_bytes = 3 * 1024 * 1024 + 4096 + 100;
+    let config = LogConfig {
+        segment_bytes,
+        preallocate: false,
+        prepare_segments: true,
+        ..LogConfig::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q");
+    let log = Log::open(&path, config.clone()).expect("open");
+    let first = path.join(format!("{:020}.log", 0));
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().len(),
+        segment_bytes,
+        "the first segment is zero-filled to full length before any append"
+    );
+    let n = 5_000u64;
+    for i in 0..n {
+        log.append(&meta(i), &payload(i, 1500)).expect("append");
+    }
+    log.close().expect("close");
+    let segments = std::fs::read_dir(&path)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .count();
+    assert!(segments >= 3, "rolled at least twice ({segments} .log files)");
+    let report = verify_dir(&FsStorage, &path).expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let log = Log::open(&path, config).expect("reopen");
+    let all = read_all(&log);
+    assert_eq!(all.len() as u64, n);
+    for (i, (off, p)) in all.iter().enumerate() {
+        assert_eq!((*off, p), (Offset(i as u64), &payload(i as u64, 1500)));
+    }
+}
