@@ -5,6 +5,7 @@
 //! The authenticated HTTP API of a later issue calls the same engine methods.
 use crate::delivery::{render_status, Engine};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 /// Longest request line accepted.
 const REQUEST_BYTES_MAX: u64 = 4096;
+/// Pause after a failed accept (e.g. EMFILE), so the loop cannot spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("orderly.ctl")
@@ -22,6 +25,10 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket, kept to shut it down: that wakes the accept
+    /// loop without going through the socket's path, which an operator or
+    /// a temp cleaner may have removed.
+    listener: UnixListener,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -31,34 +38,46 @@ impl ControlServer {
         // A socket left by a killed broker; the data-dir lock proves it is stale.
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
+        let accepting = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("orderly-control".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(c) = conn {
-                        serve(c, &engine);
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(&accepting, &flag, &engine))?;
         Ok(ControlServer {
             path,
             stop,
+            listener,
             thread: Some(thread),
         })
     }
 
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path);
+        // SAFETY: shutdown(2) on a socket this struct owns; a blocked
+        // accept(2) on it then returns (EINVAL) on Linux.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Only our own socket: another broker cannot hold this data dir.
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(listener: &UnixListener, stop: &AtomicBool, engine: &Engine) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match conn {
+            Ok(c) => serve(c, engine),
+            Err(e) => {
+                // Out of file descriptors, most likely: back off rather than spin.
+                tracing::warn!(error = %e, "control socket accept failed");
+                std::thread::sleep(ACCEPT_ERROR_BACKOFF);
+            }
+        }
     }
 }
 

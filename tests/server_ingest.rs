@@ -390,3 +390,25 @@ fn send_command_prints_each_ack_and_fails_on_a_negative_one() {
     let stored = stored(&broker.data_dir, "lab");
     assert!(!stored[0].contains(&b'\n'));
 }
+
+#[test]
+fn sigterm_exits_cleanly_even_if_the_control_socket_file_was_removed() {
+    // A temp cleaner or an operator may delete `orderly.ctl`; shutdown must
+    // not depend on connecting to it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    assert_eq!(
+        c.roundtrip(&oru("before-stop", 300)).0,
+        AckCode::ApplicationAccept
+    );
+    let ctl = orderly::control::socket_path(&broker.data_dir);
+    std::fs::remove_file(&ctl).expect("the running broker has a control socket");
+    let status = broker.terminate_within(std::time::Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "broker did not exit 0 after SIGTERM: {status:?}\n{}",
+        broker.stderr()
+    );
+    assert_eq!(stored(&broker.data_dir, "lab"), vec![oru("before-stop", 300)]);
+}

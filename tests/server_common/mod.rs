@@ -110,6 +110,24 @@ impl Broker {
         self.child.wait().expect("wait")
     }
 
+    /// SIGTERM, then the exit status if the broker exits within `limit`
+    /// (`None`: still running; Drop kills it). std has no waitpid with a
+    /// timeout, so this polls `try_wait`.
+    pub fn terminate_within(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
