@@ -277,6 +277,11 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    /// What `SimFault::NoSpaceAfter` leaves, when injected.
+    fn available_bytes(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        Ok(self.state.lock().space_left)
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let hook = self.sync_hook.lock().clone();
         if let Some(hook) = hook {

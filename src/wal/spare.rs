@@ -34,6 +34,10 @@ const FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// without a cache flush; the one flush comes at the end.
 const FILL_STEP_BYTES: u64 = 2 * 1024 * 1024;
 const _: () = assert!(FILL_STEP_BYTES.is_multiple_of(FILL_CHUNK_BYTES as u64));
+/// Free space a spare must leave on its file system: it is only an
+/// optimisation, and must never take the room cursor commits, dead letters,
+/// indexes and checkpoints need (nor bring a full disk closer for them).
+pub const SPARE_FREE_SPACE_RESERVE_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_FILE)
@@ -79,6 +83,12 @@ pub fn prepare(
 ) -> io::Result<bool> {
     if storage.exists(&spare_path(dir)) {
         return Ok(false);
+    }
+    if let Some(free) = storage.available_bytes(dir)? {
+        if free < segment_bytes.saturating_add(SPARE_FREE_SPACE_RESERVE_BYTES) {
+            tracing::info!(dir = %dir.display(), free_bytes = free, "not preparing a spare segment: disk space is low");
+            return Ok(false);
+        }
     }
     let tmp = dir.join(SPARE_TMP_FILE);
     let filled = fill_zeros(storage, &tmp, segment_bytes, pace);
@@ -275,11 +285,30 @@ mod tests {
     }
 
     #[test]
+    fn no_spare_when_it_would_eat_into_the_free_space_reserve() {
+        let s = sim();
+        s.inject(SimFault::NoSpaceAfter(BYTES + SPARE_FREE_SPACE_RESERVE_BYTES - 1));
+        assert!(!prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap());
+        assert!(s.list(Path::new(DIR)).unwrap().is_empty());
+        s.inject(SimFault::NoSpaceAfter(BYTES + SPARE_FREE_SPACE_RESERVE_BYTES));
+        assert!(prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap());
+    }
+
+    #[test]
     fn a_stopped_or_failed_fill_leaves_nothing_behind() {
         let s = sim();
         assert!(!prepare(&s, Path::new(DIR), BYTES, &mut |_| false).unwrap());
-        s.inject(SimFault::NoSpaceAfter(BYTES / 2));
-        assert!(prepare(&s, Path::new(DIR), BYTES, &mut unpaced).is_err());
+        // Room by the free-space check, then the disk fills up mid-fill.
+        s.inject(SimFault::NoSpaceAfter(u64::MAX));
+        let sim_full_mid_fill = s.clone();
+        let mut steps = 0;
+        let mut pace = |_: Duration| {
+            steps += 1;
+            sim_full_mid_fill.inject(SimFault::NoSpaceAfter(0));
+            true
+        };
+        assert!(prepare(&s, Path::new(DIR), BYTES, &mut pace).is_err());
+        assert_eq!(steps, 1, "failed in the step after the disk filled");
         s.clear_faults();
         let names = s.list(Path::new(DIR)).unwrap();
         assert!(names.is_empty(), "left behind: {names:?}");
