@@ -1,6 +1,6 @@
 //! Appending, reading, rolling, reopening, indexes and tailing on real files.
 mod wal_common;
-use orderly::storage::FsStorage;
+use orderly::storage::{FsStorage, Storage};
 use orderly::wal::meta::{MetaKey, MetaView};
 use orderly::wal::verify::verify_dir;
 use orderly::wal::{Log, LogConfig, Offset};
@@ -181,6 +181,11 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
         ..LogConfig::default()
     };
     let dir = tempfile::tempdir().expect("tempdir");
+    let free = FsStorage
+        .available_bytes(dir.path())
+        .expect("statvfs")
+        .expect("known on a real file system");
+    assert!(free > 0);
     let path = dir.path().join("q");
     let log = Log::open(&path, config.clone()).expect("open");
     let first = path.join(format!("{:020}.log", 0));
