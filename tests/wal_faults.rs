@@ -404,3 +404,38 @@ fn a_submitted_batch_is_written_in_order_with_one_fsync() {
     }
     assert_eq!(read_all(&log).len(), 20);
 }
+
+#[test]
+fn batches_keep_submission_order_and_never_exceed_the_batch_limit() {
+    let sim = SimStorage::new();
+    let config = LogConfig {
+        batch_records_max: 8,
+        ..small_config(false)
+    };
+    let log = open_sim(&sim, config);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let syncs_before = sim.sync_count();
+    let mut tag = 0u64;
+    for size in [4usize, 8, 4, 20] {
+        let reqs: Vec<AppendRequest> = (0..size)
+            .map(|_| {
+                tag += 1;
+                AppendRequest {
+                    payload: payload(tag - 1, 200),
+                    meta: meta(tag - 1),
+                    tag: tag - 1,
+                    reply: tx.clone(),
+                    notify: None,
+                }
+            })
+            .collect();
+        assert!(log.appender().submit_batch(reqs).is_ok());
+    }
+    for _ in 0..tag {
+        let d = rx.recv().unwrap();
+        assert_eq!(d.result.expect("durable").offset, Offset(d.tag));
+    }
+    // 36 records, at most 8 per commit: at least 5 fdatasyncs.
+    assert!(sim.sync_count() - syncs_before >= 5);
+    assert_eq!(read_all(&log).len() as u64, tag);
+}

@@ -63,9 +63,10 @@ impl Appender {
     }
 
     /// Queues several requests as one unit, so the writer commits them
-    /// together; waits while the queue is full. On a closed log the
-    /// requests are handed back. A unit counts as one slot of queue depth
-    /// but at most `batch_records_max` requests, so memory stays bounded.
+    /// together; waits while the queue is full. Units hold at most
+    /// `batch_records_max` requests (larger sets are split, in order), so a
+    /// commit never exceeds its limit and memory stays bounded. On a closed
+    /// log the requests not yet queued are handed back.
     pub fn submit_batch(&self, mut reqs: Vec<AppendRequest>) -> Result<(), Vec<AppendRequest>> {
         let max = self.shared.config.batch_records_max;
         while !reqs.is_empty() {
