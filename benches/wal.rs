@@ -78,7 +78,10 @@ fn appends_into_zero_filled(c: &mut Criterion) {
     let bursts_per_log = (SEGMENT as usize * 9 / 10) / (BURST * (RECORD_BYTES + 64));
     let fresh_log = || {
         let dir = bench_dir("append-zero-filled");
-        Log::open(&dir, config.clone()).expect("open").close().expect("close");
+        Log::open(&dir, config.clone())
+            .expect("open")
+            .close()
+            .expect("close");
         let no_fill = LogConfig {
             prepare_segments: false,
             ..config.clone()

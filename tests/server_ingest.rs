@@ -410,5 +410,8 @@ fn sigterm_exits_cleanly_even_if_the_control_socket_file_was_removed() {
         "broker did not exit 0 after SIGTERM: {status:?}\n{}",
         broker.stderr()
     );
-    assert_eq!(stored(&broker.data_dir, "lab"), vec![oru("before-stop", 300)]);
+    assert_eq!(
+        stored(&broker.data_dir, "lab"),
+        vec![oru("before-stop", 300)]
+    );
 }

@@ -204,7 +204,10 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
         .count();
-    assert!(segments >= 3, "rolled at least twice ({segments} .log files)");
+    assert!(
+        segments >= 3,
+        "rolled at least twice ({segments} .log files)"
+    );
     let report = verify_dir(&FsStorage, &path).expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let log = Log::open(&path, config).expect("reopen");

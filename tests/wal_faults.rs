@@ -397,7 +397,11 @@ fn a_submitted_batch_is_written_in_order_with_one_fsync() {
             (d.tag, d.result.expect("durable").offset)
         })
         .collect();
-    assert_eq!(sim.sync_count() - syncs_before, 1, "one fdatasync for the batch");
+    assert_eq!(
+        sim.sync_count() - syncs_before,
+        1,
+        "one fdatasync for the batch"
+    );
     done.sort();
     for (tag, offset) in done {
         assert_eq!(offset, Offset(tag), "submission order is log order");

@@ -114,7 +114,12 @@ impl StorageFile for RealFile {
     fn write_back(&self, pos: u64, len: u64) -> io::Result<()> {
         let (pos, len) = match (libc::off64_t::try_from(pos), libc::off64_t::try_from(len)) {
             (Ok(p), Ok(l)) => (p, l),
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large")),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "range too large",
+                ))
+            }
         };
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE

@@ -18,8 +18,8 @@ mod reader;
 pub mod record;
 mod retention;
 pub mod segment;
-mod spare;
 mod shared;
+mod spare;
 pub mod verify;
 mod writer;
 

@@ -268,7 +268,9 @@ mod tests {
         let s = sim();
         prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap();
         let seg = Path::new(DIR).join("00000000000000000007.log");
-        let f = take(&s, Path::new(DIR), &seg, BYTES).unwrap().expect("a spare");
+        let f = take(&s, Path::new(DIR), &seg, BYTES)
+            .unwrap()
+            .expect("a spare");
         assert_eq!(f.len().unwrap(), BYTES);
         assert!(!s.exists(&spare_path(Path::new(DIR))));
         assert!(take(&s, Path::new(DIR), &seg, BYTES).unwrap().is_none());
@@ -287,10 +289,14 @@ mod tests {
     #[test]
     fn no_spare_when_it_would_eat_into_the_free_space_reserve() {
         let s = sim();
-        s.inject(SimFault::NoSpaceAfter(BYTES + SPARE_FREE_SPACE_RESERVE_BYTES - 1));
+        s.inject(SimFault::NoSpaceAfter(
+            BYTES + SPARE_FREE_SPACE_RESERVE_BYTES - 1,
+        ));
         assert!(!prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap());
         assert!(s.list(Path::new(DIR)).unwrap().is_empty());
-        s.inject(SimFault::NoSpaceAfter(BYTES + SPARE_FREE_SPACE_RESERVE_BYTES));
+        s.inject(SimFault::NoSpaceAfter(
+            BYTES + SPARE_FREE_SPACE_RESERVE_BYTES,
+        ));
         assert!(prepare(&s, Path::new(DIR), BYTES, &mut unpaced).unwrap());
     }
 

@@ -113,7 +113,10 @@ impl Broker {
     /// SIGTERM, then the exit status if the broker exits within `limit`
     /// (`None`: still running; Drop kills it). std has no waitpid with a
     /// timeout, so this polls `try_wait`.
-    pub fn terminate_within(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    pub fn terminate_within(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) with our own child's pid and a valid signal number.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = std::time::Instant::now() + limit;
