@@ -213,7 +213,7 @@ fn open_sealed(
             (index, end, map, file)
         }
     };
-    let max_ts = last_timestamp(&map, base, &index);
+    let max_ts = scan_after_last_point(&map, base, &index).last_timestamp_ms;
     Ok(Segment::sealed(
         base,
         created_ms,
@@ -338,12 +338,19 @@ fn rebuild_sealed(
     Ok(end)
 }
 
-/// Newest timestamp in a sealed segment: scan the short stretch after the last index point.
-fn last_timestamp(map: &[u8], base: Offset, index: &SegmentIndex) -> u64 {
-    let Some(p) = index.last() else { return 0 };
-    let from = Offset(base.0 + u64::from(p.relative_offset));
-    let run = segment::scan_run(map, base, u64::from(p.position), from, p.timestamp_ms, None);
-    run.last_timestamp_ms.max(p.timestamp_ms)
+/// Scans the short stretch of a segment after its last index point (all of
+/// it when there is none): the newest timestamp and where the records end,
+/// without reading the rest.
+fn scan_after_last_point(map: &[u8], base: Offset, index: &SegmentIndex) -> segment::Run {
+    let (start, next, ts) = match index.last() {
+        Some(p) => (
+            u64::from(p.position),
+            Offset(base.0 + u64::from(p.relative_offset)),
+            p.timestamp_ms,
+        ),
+        None => (SEGMENT_HEADER_BYTES as u64, base, 0),
+    };
+    segment::scan_run(map, base, start, next, ts, None)
 }
 
 /// The last segment is sealed if a roll crashed after sealing it but before
@@ -362,15 +369,7 @@ fn try_open_sealed_last(
         Ok(c) => c,
         Err(_) => return Ok(None),
     };
-    let (start, next, ts) = match index.last() {
-        Some(p) => (
-            u64::from(p.position),
-            Offset(base.0 + u64::from(p.relative_offset)),
-            p.timestamp_ms,
-        ),
-        None => (SEGMENT_HEADER_BYTES as u64, base, 0),
-    };
-    let run = segment::scan_run(&map, base, start, next, ts, None);
+    let run = scan_after_last_point(&map, base, &index);
     if run.stop != Stop::End {
         return Ok(None);
     }
