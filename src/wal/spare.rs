@@ -19,7 +19,6 @@ use crate::storage::{self, Storage, StorageFile};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -133,10 +132,10 @@ pub fn unpaced(_: Duration) -> bool {
 }
 
 /// The background thread that keeps one spare ready. Kick it after a roll
-/// consumed the spare; it stops (abandoning a half-made spare) on drop.
+/// consumed the spare; it stops (abandoning a half-made spare) on drop,
+/// when its kick channel disconnects.
 pub struct Preparer {
-    kick: Sender<()>,
-    stop: Arc<AtomicBool>,
+    kick: Option<Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -148,14 +147,11 @@ impl Preparer {
         segment_bytes: u64,
     ) -> io::Result<Preparer> {
         let (kick, kicked) = bounded(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name("orderly-wal-spare".into())
-            .spawn(move || run(storage.as_ref(), &dir, segment_bytes, &kicked, &thread_stop))?;
+            .spawn(move || run(storage.as_ref(), &dir, segment_bytes, &kicked))?;
         let p = Preparer {
-            kick,
-            stop,
+            kick: Some(kick),
             handle: Some(handle),
         };
         p.kick();
@@ -164,39 +160,33 @@ impl Preparer {
 
     /// Asks for a spare; a kick already pending covers this one.
     pub fn kick(&self) {
-        let _ = self.kick.try_send(());
+        if let Some(k) = &self.kick {
+            // Full: a kick is already pending, which covers this one.
+            let _ = k.try_send(());
+        }
     }
 }
 
 impl Drop for Preparer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (dead, _) = bounded(1);
-        // Dropping our sender wakes the thread; replace it to drop it now.
-        drop(std::mem::replace(&mut self.kick, dead));
+        // The thread's only sender: dropping it ends waits and pauses at once.
+        drop(self.kick.take());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
     }
 }
 
-fn run(
-    storage: &dyn Storage,
-    dir: &Path,
-    segment_bytes: u64,
-    kicked: &Receiver<()>,
-    stop: &AtomicBool,
-) {
+fn run(storage: &dyn Storage, dir: &Path, segment_bytes: u64, kicked: &Receiver<()>) {
     lower_own_priority();
     while kicked.recv().is_ok() {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
         // Pause as long as each step took: the fill uses at most half the
-        // disk's time, and a stop request ends the pause at once.
+        // disk's time; the Preparer's drop ends the pause (and the fill).
         let mut pace = |took: Duration| {
-            let woke = kicked.recv_timeout(took);
-            !stop.load(Ordering::Relaxed) && !matches!(woke, Err(RecvTimeoutError::Disconnected))
+            !matches!(
+                kicked.recv_timeout(took),
+                Err(RecvTimeoutError::Disconnected)
+            )
         };
         match prepare(storage, dir, segment_bytes, &mut pace) {
             Ok(true) => tracing::debug!(dir = %dir.display(), "spare segment ready"),
