@@ -264,13 +264,9 @@ impl Lane {
                 self.commit();
             }
             other => {
+                // `current` stays empty: a retry reads the record again, and
+                // only a skip dead-letters it (without its bytes).
                 let now = now_ms();
-                self.current = Some(OwnedRecord {
-                    offset: self.next,
-                    timestamp_ms: 0,
-                    meta: Vec::new(),
-                    payload: Vec::new(),
-                });
                 let h = HeadState {
                     offset: self.next,
                     attempts: 1,
@@ -292,7 +288,13 @@ impl Lane {
         self.current = None;
         self.commit();
         while !self.dest.cursors.wait_lead(self.lane, POLL) && !self.stop.load(Ordering::Relaxed) {
-            self.handle_commands(Duration::ZERO);
+            // A failed cursor store answers at once; wait here instead of spinning.
+            let wait = if self.dest.cursors.failure().is_some() {
+                POLL
+            } else {
+                Duration::ZERO
+            };
+            self.handle_commands(wait);
         }
     }
 
@@ -364,12 +366,28 @@ impl Lane {
 
     fn skip(&mut self, h: HeadState, reason: &str) -> Result<(), String> {
         if self.current.as_ref().is_none_or(|c| c.offset != h.offset) {
-            self.current = Some(self.dest.log.read(h.offset).unwrap_or(OwnedRecord {
-                offset: h.offset,
-                timestamp_ms: 0,
-                meta: Vec::new(),
-                payload: Vec::new(),
-            }));
+            let rec = match self.dest.log.read(h.offset) {
+                Ok(rec) => rec,
+                // The bytes are damaged or gone: dead-letter the context alone.
+                Err(e)
+                    if h.class == ErrorClass::Unreadable
+                        || matches!(e, WalError::Corrupt { .. } | WalError::Deleted { .. }) =>
+                {
+                    OwnedRecord {
+                        offset: h.offset,
+                        timestamp_ms: 0,
+                        meta: Vec::new(),
+                        payload: Vec::new(),
+                    }
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot read offset {} to dead-letter it: {e}; nothing was skipped",
+                        h.offset.0
+                    ))
+                }
+            };
+            self.current = Some(rec);
         }
         let reason = format!("operator skip: {reason}");
         tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, %reason, "operator skip");
