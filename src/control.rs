@@ -56,7 +56,11 @@ impl ControlServer {
         self.stop.store(true, Ordering::SeqCst);
         // SAFETY: shutdown(2) on a socket this struct owns; a blocked
         // accept(2) on it then returns (EINVAL) on Linux.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let rc = unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "control socket shutdown failed; waking it through its path");
+            let _ = UnixStream::connect(&self.path);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -198,7 +198,16 @@ impl Link {
             }
             let slice = (deadline - now).min(Duration::from_millis(DELIVERY_POLL_MS));
             let stream = self.stream.as_mut().expect("connected");
-            if self.timeouts.read != Some(slice) && stream.set_read_timeout(Some(slice)).is_ok() {
+            if self.timeouts.read != Some(slice) {
+                // Without a read timeout the wait below could outlast both
+                // the ack timeout and a stop request.
+                if let Err(e) = stream.set_read_timeout(Some(slice)) {
+                    return Err(failed(
+                        ErrorClass::ConnectionLost,
+                        format!("setting the read timeout for {}: {e}", self.target),
+                        None,
+                    ));
+                }
                 self.timeouts.read = Some(slice);
             }
             match stream.read(&mut chunk) {
