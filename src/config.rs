@@ -327,6 +327,11 @@ pub fn queue_dir(data_dir: &Path, queue: &str) -> PathBuf {
     data_dir.join("queues").join(queue)
 }
 
+/// Where a destination's dead-letter log lives.
+pub fn dlq_dir(data_dir: &Path, destination: &str) -> PathBuf {
+    data_dir.join("dlq").join(destination)
+}
+
 type KeyError = (String, String);
 
 fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConfig, KeyError> {

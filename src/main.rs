@@ -1,6 +1,6 @@
 //! The `orderly` command line: parses arguments and calls into the library.
 use clap::{Parser, Subcommand};
-use orderly::config::{queue_dir, Config};
+use orderly::config::{dlq_dir, queue_dir, Config};
 use orderly::hl7::ack::parse_ack;
 use orderly::mllp::{encode_frame, Decoded, FrameDecoder, FRAME_BYTES_MAX_DEFAULT};
 use orderly::server::Server;
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             dlq,
         } => with_data_dir(data_dir, config, |dir| {
             let log_dir = if dlq {
-                dir.join("dlq").join(&queue)
+                dlq_dir(dir, &queue)
             } else {
                 queue_dir(dir, &queue)
             };

@@ -5,8 +5,7 @@
 //! edits and resubmits these records; this module only writes them, durably.
 use crate::cursor::HeadState;
 use crate::wal::meta::{MetaBuilder, MetaKey, MetaView};
-use crate::wal::{AppendError, Appended, Log, LogConfig, Offset, OwnedRecord, WalError};
-use std::path::Path;
+use crate::wal::{AppendError, Appended, Log, LogConfig, Offset, OwnedRecord};
 
 /// Dead-letter logs are small and rarely written: no preallocation, no
 /// zero-filled spare, modest segments.
@@ -17,10 +16,6 @@ pub fn dlq_log_config() -> LogConfig {
         prepare_segments: false,
         ..LogConfig::default()
     }
-}
-
-pub fn open(data_dir: &Path, destination: &str) -> Result<Log, WalError> {
-    Log::open(data_dir.join("dlq").join(destination), dlq_log_config())
 }
 
 /// What is known about the failure that sends a message to the DLQ.

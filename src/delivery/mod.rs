@@ -251,7 +251,7 @@ fn open_destination(
         })?;
     let dlq = Log::open_with(
         storage.clone(),
-        &config.data_dir.join("dlq").join(&d.name),
+        &crate::config::dlq_dir(&config.data_dir, &d.name),
         dlq::dlq_log_config(),
     )
     .map_err(|source| DeliveryError::Dlq {
