@@ -73,10 +73,13 @@ impl Conn {
         }
     }
 
-    /// Whether to take more frames from this peer now.
+    /// Whether to take more frames from this peer now. The cap counts every
+    /// unanswered frame, including NAKs parked behind a pending append, so
+    /// a peer cannot queue rejections without bound during a slow fsync.
     pub fn accepts_frames(&self, max_inflight: usize) -> bool {
+        debug_assert!(self.acks.len() >= self.inflight);
         self.state == ConnState::Open
-            && self.inflight < max_inflight
+            && self.acks.len() < max_inflight
             && self.pending_write() < CONNECTION_WRITE_BUFFER_BYTES_MAX
     }
 
