@@ -46,10 +46,20 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Latency samples kept; later ones are dropped (a run of this many
+/// messages is far longer than any benchmark here), so memory is bounded.
+const LATENCY_SAMPLES_MAX: usize = 20_000_000;
+
 fn report_latencies(lat: Latencies, path: std::path::PathBuf) {
+    let mut reported = usize::MAX;
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        // Nothing new since the last report: skip the copy and the sort.
+        if lat.lock().map(|v| v.len()).unwrap_or(0) == reported {
+            continue;
+        }
         let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+        reported = v.len();
         v.sort_unstable();
         let pct = |p: f64| {
             if v.is_empty() {
@@ -104,7 +114,9 @@ fn serve(mut stream: TcpStream, delay: Duration, latencies: Option<Latencies>) {
                     seq += 1;
                     if let (Some(l), Some(sent)) = (&latencies, sent_us(&buf[range.clone()])) {
                         if let Ok(mut v) = l.lock() {
-                            v.push(now_us().saturating_sub(sent));
+                            if v.len() < LATENCY_SAMPLES_MAX {
+                                v.push(now_us().saturating_sub(sent));
+                            }
                         }
                     }
                     out.push(START_BLOCK);
