@@ -380,15 +380,7 @@ fn a_submitted_batch_is_written_in_order_with_one_fsync() {
     let sim = SimStorage::new();
     let log = open_sim(&sim, small_config(false));
     let (tx, rx) = crossbeam_channel::unbounded();
-    let reqs: Vec<AppendRequest> = (0..20u64)
-        .map(|i| AppendRequest {
-            payload: payload(i, 300),
-            meta: meta(i),
-            tag: i,
-            reply: tx.clone(),
-            notify: None,
-        })
-        .collect();
+    let reqs: Vec<AppendRequest> = (0..20u64).map(|i| request(i, 300, i, &tx)).collect();
     let syncs_before = sim.sync_count();
     assert!(log.appender().submit_batch(reqs).is_ok());
     let mut done: Vec<(u64, Offset)> = (0..20)
@@ -424,13 +416,7 @@ fn batches_keep_submission_order_and_never_exceed_the_batch_limit() {
         let reqs: Vec<AppendRequest> = (0..size)
             .map(|_| {
                 tag += 1;
-                AppendRequest {
-                    payload: payload(tag - 1, 200),
-                    meta: meta(tag - 1),
-                    tag: tag - 1,
-                    reply: tx.clone(),
-                    notify: None,
-                }
+                request(tag - 1, 200, tag - 1, &tx)
             })
             .collect();
         assert!(log.appender().submit_batch(reqs).is_ok());

@@ -1,5 +1,6 @@
 //! Helpers shared by the WAL tests.
 #![allow(dead_code)]
+use crossbeam_channel::Sender;
 use orderly::storage::SimStorage;
 use orderly::wal::meta::{MetaBuilder, MetaKey};
 use orderly::wal::{AppendDone, AppendRequest, Log, LogConfig, Offset};
@@ -42,18 +43,23 @@ pub fn meta(i: u64) -> Vec<u8> {
     m.finish()
 }
 
+/// A request for record `i` (payload of `len` bytes) tagged `tag`.
+pub fn request(i: u64, len: usize, tag: u64, reply: &Sender<AppendDone>) -> AppendRequest {
+    AppendRequest {
+        payload: payload(i, len),
+        meta: meta(i),
+        tag,
+        reply: reply.clone(),
+        notify: None,
+    }
+}
+
 /// Submits `items` as one burst (they may share group commits) and waits for all.
 pub fn append_burst(log: &Log, items: &[(u64, usize)]) -> Vec<AppendDone> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let appender = log.appender();
     for (tag, &(i, len)) in items.iter().enumerate() {
-        let req = AppendRequest {
-            payload: payload(i, len),
-            meta: meta(i),
-            tag: tag as u64,
-            reply: tx.clone(),
-            notify: None,
-        };
+        let req = request(i, len, tag as u64, &tx);
         assert!(appender.submit(req).is_ok(), "log open");
     }
     let mut done: Vec<AppendDone> = (0..items.len())
