@@ -73,6 +73,9 @@ fn appends_into_zero_filled(c: &mut Criterion) {
     const SEGMENT: u64 = 1 << 30;
     let config = LogConfig {
         segment_bytes: SEGMENT,
+        // Without fallocate only the zero fill makes segment 0 full-length,
+        // which the check below relies on.
+        preallocate: false,
         ..LogConfig::default()
     };
     let bursts_per_log = (SEGMENT as usize * 9 / 10) / (BURST * (RECORD_BYTES + 64));
@@ -82,6 +85,12 @@ fn appends_into_zero_filled(c: &mut Criterion) {
             .expect("open")
             .close()
             .expect("close");
+        let first = std::fs::metadata(dir.join(format!("{:020}.log", 0))).expect("segment 0");
+        assert_eq!(
+            first.len(),
+            SEGMENT,
+            "first segment zero-filled (needs SEGMENT + 1 GiB free)"
+        );
         let no_fill = LogConfig {
             prepare_segments: false,
             ..config.clone()

@@ -38,6 +38,10 @@ pub const COMMIT_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// (the server stops reading sockets instead of buffering without bound).
 pub const APPEND_QUEUE_DEPTH_MAX: usize = 8192;
 
+/// Free space a zero-filled spare segment must leave on its file system:
+/// it is only an optimisation, and must never take the room cursor commits,
+/// dead letters, indexes and checkpoints need.
+pub const SPARE_FREE_SPACE_RESERVE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Bytes appended between recovery checkpoints: recovery scans at most this
 /// much (plus the unflushed tail) of the active segment.
 pub const CHECKPOINT_INTERVAL_BYTES: u64 = 8 * 1024 * 1024;

@@ -15,6 +15,7 @@
 //! from a spare reads exactly like a preallocated one: a header, then zeros.
 //! The writer never waits for the preparer; without a spare it creates the
 //! segment the ordinary way.
+use crate::constants::SPARE_FREE_SPACE_RESERVE_BYTES;
 use crate::storage::{self, Storage, StorageFile};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::io;
@@ -33,10 +34,6 @@ const FILL_CHUNK_BYTES: usize = 1024 * 1024;
 /// without a cache flush; the one flush comes at the end.
 const FILL_STEP_BYTES: u64 = 2 * 1024 * 1024;
 const _: () = assert!(FILL_STEP_BYTES.is_multiple_of(FILL_CHUNK_BYTES as u64));
-/// Free space a spare must leave on its file system: it is only an
-/// optimisation, and must never take the room cursor commits, dead letters,
-/// indexes and checkpoints need (nor bring a full disk closer for them).
-pub const SPARE_FREE_SPACE_RESERVE_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_FILE)
