@@ -185,7 +185,11 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
         .available_bytes(dir.path())
         .expect("statvfs")
         .expect("known on a real file system");
-    assert!(free > 0);
+    assert!(
+        free >= segment_bytes + orderly::constants::SPARE_FREE_SPACE_RESERVE_BYTES,
+        "this test needs {} free bytes in the temp dir for a zero-filled segment; {free} are free",
+        segment_bytes + orderly::constants::SPARE_FREE_SPACE_RESERVE_BYTES
+    );
     let path = dir.path().join("q");
     let log = Log::open(&path, config.clone()).expect("open");
     let first = path.join(format!("{:020}.log", 0));
@@ -211,6 +215,21 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
     let report = verify_dir(&FsStorage, &path).expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let log = Log::open(&path, config).expect("reopen");
+    let mut logs: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "log")
+                && p.file_name().unwrap().to_string_lossy().as_bytes()[0].is_ascii_digit()
+        })
+        .collect();
+    logs.sort();
+    assert_eq!(
+        std::fs::metadata(logs.last().unwrap()).unwrap().len(),
+        segment_bytes,
+        "recovery keeps the zero-filled space ahead of the active segment's end"
+    );
     let all = read_all(&log);
     assert_eq!(all.len() as u64, n);
     for (i, (off, p)) in all.iter().enumerate() {

@@ -552,7 +552,10 @@ fn restore_tail(
 ) -> std::io::Result<()> {
     let len = file.len()?;
     let mut changed = false;
-    if garbage || (!config.preallocate && len > end) {
+    // Zeros past the end are space kept ahead on purpose when the segment
+    // was fallocated or made from a zero-filled spare.
+    let space_ahead = config.preallocate || config.prepare_segments;
+    if garbage || (!space_ahead && len > end) {
         file.set_len(end)?;
         changed = true;
     }
