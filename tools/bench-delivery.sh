@@ -40,8 +40,10 @@ dest() { # name addr extra
 }
 lag_zero_at() { # broker-name -> waits until every lane's lag is 0, prints epoch seconds
   for _ in $(seq 6000); do
-    if "$bin/orderly" ctl --config "$work/$1/orderly.toml" status | grep -q "lag=" &&
-       ! "$bin/orderly" ctl --config "$work/$1/orderly.toml" status | grep -q "lag=[1-9]"; then
+    # One status read per poll: two could disagree, and each is a process.
+    local status
+    status=$("$bin/orderly" ctl --config "$work/$1/orderly.toml" status)
+    if grep -q "lag=" <<<"$status" && ! grep -q "lag=[1-9]" <<<"$status"; then
       date +%s.%N; return
     fi
     sleep 0.02
