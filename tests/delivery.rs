@@ -291,13 +291,10 @@ fn fan_out_keeps_healthy_destinations_current_while_one_is_down_then_it_catches_
     b.wait_accepted(&ids, WAIT);
     assert_eq!(a.accepted_ids(), ids);
     assert_eq!(b.accepted_ids(), ids);
-    let status = ctl(&config, &["status"]);
-    assert!(
-        status.lines().any(|l| l.contains("committed=0")
-            && l.contains("lag=60")
-            && l.contains("connect-failed")),
-        "{status}"
-    );
+    let down_lane =
+        |l: &str| l.contains("committed=0") && l.contains("lag=60") && l.contains("connect-failed");
+    let status = ctl_status_until(&config, WAIT, |s| s.lines().any(down_lane));
+    assert!(status.lines().any(down_lane), "{status}");
     let c = Sink::start_on(down_addr, accept_all());
     c.wait_accepted(&ids, WAIT);
     assert_eq!(c.accepted_ids(), ids, "caught up in order, each once");
@@ -323,7 +320,7 @@ fn filter_sends_only_matching_messages_and_skips_the_rest() {
         sink.accepted_ids(),
         vec!["O1".to_string(), "O2".to_string()]
     );
-    let status = ctl(&config, &["status"]);
+    let status = ctl_status_until(&config, WAIT, |s| s.contains("committed=3"));
     assert!(
         status.contains("committed=3"),
         "cursor passes filtered messages: {status}"

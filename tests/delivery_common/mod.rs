@@ -190,6 +190,24 @@ pub fn keyed(id: &str, key: &str) -> Vec<u8> {
     format!("MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261123||ORU^R01|{id}|P|2.5\rPID|1||{key}^^^HOSP^MR||DOE^J\rOBX|1|TX|N||result {id}\r").into_bytes()
 }
 
+/// `orderly ctl status` once it satisfies `done`, or the last one read at
+/// `timeout`. The lane commits its cursor after reading the sink's ACK, in
+/// another process, so a test that saw the sink accept polls for it.
+pub fn ctl_status_until(
+    config: &std::path::Path,
+    timeout: std::time::Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let status = ctl(config, &["status"]);
+        if done(&status) || std::time::Instant::now() >= deadline {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `orderly ctl ... ` output, asserting success.
 pub fn ctl(config: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
