@@ -281,6 +281,51 @@ fn connections_over_max_are_refused_and_existing_ones_keep_working() {
     }
 }
 
+fn cork(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a pointer to a live c_int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "TCP_CORK");
+}
+
+/// Senders that write one message and half-close at once (mllp_send-style
+/// one-shot clients): the message and the FIN often arrive together, in one
+/// readiness event. Each still gets its ACK, and the broker closes its side
+/// right after, long before the idle timeout; with one connection slot, a
+/// connection left open would refuse the next round.
+#[test]
+fn one_shot_senders_that_half_close_get_their_ack_and_free_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab", "lab", "max_connections = 1\nidle_timeout_s = 3600")],
+    ));
+    for i in 0..20 {
+        let mut c = Client::connect(broker.addr());
+        cork(&c.stream);
+        let mut frame = Vec::new();
+        orderly::mllp::encode_frame(&oru(&format!("H{i}"), 300), &mut frame);
+        c.send_raw(&frame);
+        // With the socket corked, the FIN joins the queued bytes: one segment.
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let ack = c.recv().unwrap_or_else(|| panic!("round {i}: no ACK"));
+        assert_eq!(ack_of(&ack), (AckCode::ApplicationAccept, format!("H{i}")));
+        assert!(
+            c.is_closed_by_server(),
+            "round {i}: broker closes after the ACK"
+        );
+    }
+}
+
 #[test]
 fn several_listeners_feed_one_queue_and_separate_queues() {
     let dir = tempfile::tempdir().unwrap();

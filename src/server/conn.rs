@@ -45,6 +45,15 @@ pub struct Conn {
     pub frame_started: Option<Instant>,
     pub state: ConnState,
     pub writable_registered: bool,
+    /// The socket may hold unread bytes: set by a readable event, cleared
+    /// when a read comes back short or would block. Sockets are registered
+    /// edge-triggered, and any bytes arriving after a short read raise a new
+    /// event, so reading only while this is set drops the EAGAIN `read`s
+    /// (two per lockstep message) without ever leaving bytes unread.
+    pub read_ready: bool,
+    /// An event reported the peer's close (or an error): keep reading past
+    /// short reads until the socket says 0 or fails.
+    pub read_closed: bool,
 }
 
 impl Conn {
@@ -70,6 +79,8 @@ impl Conn {
             frame_started: None,
             state: ConnState::Open,
             writable_registered: false,
+            read_ready: true,
+            read_closed: false,
         }
     }
 

@@ -150,7 +150,17 @@ impl EventLoop {
                 match ev.token() {
                     WAKER => {}
                     Token(t) if t < CONN_BASE => self.accept_all(t),
-                    Token(t) => self.dirty.push(t - CONN_BASE),
+                    Token(t) => {
+                        let slot = t - CONN_BASE;
+                        let closed = ev.is_read_closed() || ev.is_error();
+                        if ev.is_readable() || closed {
+                            if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                                conn.read_ready = true;
+                                conn.read_closed |= closed;
+                            }
+                        }
+                        self.dirty.push(slot);
+                    }
                 }
             }
             let blocked_before = self.globally_blocked();
@@ -284,7 +294,7 @@ impl EventLoop {
     fn pump(&mut self, slot: usize, conn: &mut Conn) -> bool {
         loop {
             self.take_frames(slot, conn);
-            if !self.wants_read(conn) {
+            if !conn.read_ready || !self.wants_read(conn) {
                 break;
             }
             match conn.stream.read(&mut self.chunk) {
@@ -295,8 +305,13 @@ impl EventLoop {
                 Ok(n) => {
                     Metrics::add(&self.metrics.bytes_received, n as u64);
                     conn.rbuf.extend_from_slice(&self.chunk[..n]);
+                    // A short read emptied the socket (see `Conn::read_ready`).
+                    conn.read_ready = n == self.chunk.len() || conn.read_closed;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.read_ready = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, error = %e, "connection read failed");
