@@ -84,6 +84,8 @@ pub struct DestinationConfig {
     pub on_reject: FailurePolicy,
     pub on_exhausted: FailurePolicy,
     pub rate_limit_per_s: u32,
+    /// Least time between two cursor fsyncs of this destination (0 = back to back).
+    pub cursor_sync_interval_ms: u64,
     pub filter: FilterConfig,
     pub retry: RetryConfig,
     pub circuit_breaker: BreakerConfig,
@@ -158,6 +160,7 @@ struct RawDestination {
     on_reject: Option<String>,
     on_exhausted: Option<String>,
     rate_limit_per_s: Option<u32>,
+    cursor_sync_interval_ms: Option<u64>,
     filter: Option<RawFilter>,
     retry: Option<RawRetry>,
     circuit_breaker: Option<RawBreaker>,
@@ -490,6 +493,15 @@ fn destination(
             "must be between 10 and 600000".into(),
         ));
     }
+    let cursor_sync_interval_ms = d
+        .cursor_sync_interval_ms
+        .unwrap_or(CURSOR_SYNC_INTERVAL_MS_DEFAULT);
+    if cursor_sync_interval_ms > CURSOR_SYNC_INTERVAL_MS_MAX {
+        return Err((
+            key("cursor_sync_interval_ms"),
+            format!("must be between 0 and {CURSOR_SYNC_INTERVAL_MS_MAX}"),
+        ));
+    }
     let r = d.retry.unwrap_or_default();
     let retry = RetryConfig {
         max_attempts: r.max_attempts.unwrap_or(10),
@@ -540,6 +552,7 @@ fn destination(
         on_reject,
         on_exhausted,
         rate_limit_per_s: d.rate_limit_per_s.unwrap_or(0),
+        cursor_sync_interval_ms,
         filter: FilterConfig {
             message_types: f.message_types,
             sending_facilities: f.sending_facilities,
@@ -666,8 +679,9 @@ mod tests {
         assert_eq!(d.on_reject, FailurePolicy::DeadLetter);
         assert_eq!(d.on_exhausted, FailurePolicy::Block);
         assert_eq!(d.filter.message_types, vec!["ORU^R01".to_string()]);
-        let strict = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='h:1'\nlanes=4\n";
-        assert!(Config::parse(strict, "s")
+        let strict_base = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='h:1'\n";
+        let strict = format!("{strict_base}lanes=4\n");
+        assert!(Config::parse(&strict, "s")
             .unwrap_err()
             .to_string()
             .contains("destination[0].lanes"));
@@ -676,6 +690,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("partition_key"));
+        assert_eq!(d.cursor_sync_interval_ms, CURSOR_SYNC_INTERVAL_MS_DEFAULT);
+        let paced = format!("{strict_base}cursor_sync_interval_ms = 0\n");
+        let c = Config::parse(&paced, "p").expect("0 = back to back");
+        assert_eq!(c.destinations[0].cursor_sync_interval_ms, 0);
+        let too_slow = format!("{strict_base}cursor_sync_interval_ms = 1001\n");
+        assert!(Config::parse(&too_slow, "p")
+            .unwrap_err()
+            .to_string()
+            .contains("destination[0].cursor_sync_interval_ms"));
     }
 
     #[test]

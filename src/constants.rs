@@ -87,8 +87,16 @@ pub const DESTINATION_LANES_MAX: u16 = 256;
 pub const RETRY_ATTEMPTS_MAX: u32 = 1_000_000;
 /// Deliveries a lane may complete ahead of its durably committed cursor.
 /// After a crash at most this many per lane (plus the one in flight) are
-/// delivered again; it lets cursor fsyncs overlap with sending.
-pub const CURSOR_LEAD_MAX: u64 = 64;
+/// delivered again; it lets cursor fsyncs overlap with sending, and must
+/// cover what a fast lane delivers during one sync interval plus one fsync.
+pub const CURSOR_LEAD_MAX: u64 = 256;
+/// Default least time between two cursor fsyncs of one destination. Each
+/// cursor fsync is a disk flush competing with the WAL's; pacing them keeps
+/// a fast lane from doubling the flush rate, at the price of (bounded)
+/// extra duplicates after a crash.
+pub const CURSOR_SYNC_INTERVAL_MS_DEFAULT: u64 = 2;
+/// Upper bound on `cursor_sync_interval_ms`.
+pub const CURSOR_SYNC_INTERVAL_MS_MAX: u64 = 1000;
 /// Cursor records appended before the cursor file is compacted to one record per lane.
 pub const CURSOR_RECORDS_BEFORE_COMPACTION: u64 = 16_384;
 /// Longest error text kept in a blocked-head state or a dead-letter record.

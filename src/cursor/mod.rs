@@ -3,7 +3,10 @@
 //!
 //! Lanes submit their state after each delivery without waiting; a commit
 //! thread appends the latest state of every lane that changed (one write,
-//! one `fdatasync`), then publishes it as durable. A lane may run at most
+//! one `fdatasync`), then publishes it as durable. Commits start at least
+//! the destination's `cursor_sync_interval_ms` apart, so a busy lane's
+//! updates share a flush instead of adding one disk flush per few
+//! messages to the WAL's. A lane may run at most
 //! [`CURSOR_LEAD_MAX`] commits ahead of what is durable, which bounds how much
 //! is delivered again after a crash. The file is compacted to one record per
 //! lane (temp file, fsync, rename, fsync directory) when it grows.
@@ -76,6 +79,7 @@ impl CursorStore {
         destination: &str,
         lanes: u16,
         positions: Vec<ReaderPosition>,
+        sync_interval: Duration,
     ) -> Result<(CursorStore, Vec<LaneCursor>), CursorError> {
         assert_eq!(positions.len(), usize::from(lanes));
         let path = dir.join(format!("{destination}.cur"));
@@ -115,6 +119,7 @@ impl CursorStore {
             records: u64::from(lanes),
             seq: 1,
             buf: Vec::new(),
+            sync_interval,
         };
         let thread = std::thread::Builder::new()
             .name(format!("orderly-cursor-{destination}"))
@@ -220,13 +225,26 @@ struct Committer {
     records: u64,
     seq: u64,
     buf: Vec<u8>,
+    sync_interval: Duration,
 }
 
 impl Committer {
     fn run(mut self, rx: Receiver<Update>) {
         let lanes = self.inner.positions.len();
         let mut latest: Vec<Option<(u64, LaneCursor)>> = vec![None; lanes];
+        let mut last_sync: Option<Instant> = None;
         while let Ok(first) = rx.recv() {
+            // Pacing: a lone update after a quiet spell commits at once; a
+            // busy lane's updates gather until the interval is up, so they
+            // share one flush. Sleeping (not waiting on the channel) spares
+            // the lanes a wake-up per submit.
+            if let Some(due) = last_sync.map(|t| t + self.sync_interval) {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
+            last_sync = Some(Instant::now());
             let mut next = Some(first);
             while let Some(u) = next {
                 latest[usize::from(u.lane)] = Some((u.seq, u.cursor));
@@ -375,6 +393,8 @@ mod tests {
     use super::*;
     use crate::storage::SimStorage;
 
+    const PACE: Duration = Duration::from_millis(2);
+
     fn positions(n: u16) -> Vec<ReaderPosition> {
         let log = crate::wal::Log::open_with(
             Arc::new(SimStorage::new()),
@@ -391,8 +411,15 @@ mod tests {
     fn committed_cursors_and_heads_survive_reopen_and_crash() {
         let sim = SimStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-        let (store, start) =
-            CursorStore::open(storage.clone(), Path::new("/c"), "ehr", 2, positions(2)).unwrap();
+        let (store, start) = CursorStore::open(
+            storage.clone(),
+            Path::new("/c"),
+            "ehr",
+            2,
+            positions(2),
+            PACE,
+        )
+        .unwrap();
         assert_eq!(start, vec![LaneCursor::default(); 2]);
         for i in 1..=100u64 {
             store.submit(
@@ -425,10 +452,51 @@ mod tests {
                 && store.wait_durable(1, Duration::from_secs(5))
         );
         let crashed = sim.crash(Some(0));
-        let (_s, got) =
-            CursorStore::open(Arc::new(crashed), Path::new("/c"), "ehr", 2, positions(2)).unwrap();
+        let (_s, got) = CursorStore::open(
+            Arc::new(crashed),
+            Path::new("/c"),
+            "ehr",
+            2,
+            positions(2),
+            PACE,
+        )
+        .unwrap();
         assert_eq!(got[0].next_offset, Offset(100));
         assert_eq!(got[1].head.as_ref(), Some(&head));
+    }
+
+    /// A busy lane's updates share flushes: cursor syncs start at least the
+    /// interval apart, and the last update still becomes durable.
+    #[test]
+    fn commits_are_paced_by_the_sync_interval_and_the_last_one_is_durable() {
+        let sim = SimStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let interval = Duration::from_millis(5);
+        let (store, _) =
+            CursorStore::open(storage, Path::new("/c"), "d", 1, positions(1), interval).unwrap();
+        let syncs_before = sim.sync_count();
+        let started = Instant::now();
+        for i in 1..=2_000u64 {
+            store.submit(
+                0,
+                LaneCursor {
+                    next_offset: Offset(i),
+                    head: None,
+                },
+            );
+            if i % 100 == 0 {
+                assert!(store.wait_lead(0, Duration::from_secs(5)));
+            }
+        }
+        assert!(store.wait_durable(0, Duration::from_secs(5)));
+        let elapsed = started.elapsed();
+        let syncs = sim.sync_count() - syncs_before;
+        let most = 1 + (elapsed.as_nanos() / interval.as_nanos()) as u64;
+        assert!(
+            syncs <= most,
+            "{syncs} cursor syncs in {elapsed:?} at one per {interval:?}"
+        );
+        assert_eq!(store.durable(0).next_offset, Offset(2_000));
     }
 
     #[test]
@@ -436,7 +504,8 @@ mod tests {
         let sim = SimStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
         let (store, _) =
-            CursorStore::open(storage.clone(), Path::new("/c"), "d", 2, positions(2)).unwrap();
+            CursorStore::open(storage.clone(), Path::new("/c"), "d", 2, positions(2), PACE)
+                .unwrap();
         store.submit(
             0,
             LaneCursor {
@@ -452,7 +521,8 @@ mod tests {
             },
         );
         store.close();
-        let (_s, got) = CursorStore::open(storage, Path::new("/c"), "d", 4, positions(4)).unwrap();
+        let (_s, got) =
+            CursorStore::open(storage, Path::new("/c"), "d", 4, positions(4), PACE).unwrap();
         assert!(got.iter().all(|c| c.next_offset == Offset(30)));
     }
 }

@@ -267,6 +267,7 @@ fn open_destination(
         &d.name,
         d.lanes(),
         positions,
+        Duration::from_millis(d.cursor_sync_interval_ms),
     )
     .map_err(|source| DeliveryError::Cursor {
         destination: d.name.clone(),
