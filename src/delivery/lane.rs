@@ -334,6 +334,7 @@ impl Lane {
 
     fn run_command(&mut self, cmd: LaneCommand) {
         match cmd {
+            LaneCommand::Wake => {}
             LaneCommand::Retry(reply) => {
                 let result = match self.head.as_mut() {
                     Some(h) => {

@@ -47,6 +47,8 @@ pub enum DeliveryError {
 
 /// An operator command for one lane; the reply says whether it applied.
 pub enum LaneCommand {
+    /// No action: ends a lane's wait at once (after resume).
+    Wake,
     Retry(Sender<Result<(), String>>),
     Skip(String, Sender<Result<(), String>>),
 }
@@ -163,7 +165,15 @@ impl Engine {
     }
 
     pub fn pause(&self, name: &str, paused: bool) -> Result<(), String> {
-        self.find(name)?.paused.store(paused, Ordering::Relaxed);
+        let d = self.find(name)?;
+        d.paused.store(paused, Ordering::Relaxed);
+        if !paused {
+            // A paused lane polls its commands; wake it so delivery resumes now,
+            // not at the end of its current wait.
+            for l in &d.lanes {
+                let _ = l.commands.0.send(LaneCommand::Wake);
+            }
+        }
         tracing::info!(destination = name, paused, "operator pause/resume");
         Ok(())
     }
