@@ -198,18 +198,20 @@ fn run(storage: &dyn Storage, dir: &Path, segment_bytes: u64, kicked: &Receiver<
 }
 
 /// The fill is background work: it should take CPU and disk time only when
-/// the writer, the event loop and delivery leave some. Lowest CPU weight
-/// (nice 19) and the lowest best-effort I/O priority, for this thread only
-/// (on Linux both apply per thread). Failure is harmless and only logged.
+/// the writer, the event loop and delivery leave some. SCHED_IDLE (a waking
+/// ordinary thread always preempts it; nice 19 alone can still hold a CPU
+/// until its slice ends) and the idle I/O class, for this thread only (on
+/// Linux both apply per thread). Failure is harmless and only logged.
 fn lower_own_priority() {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE: libc::c_long = 3;
     const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    // SAFETY: both calls take plain integers and affect only the calling
-    // thread (who = 0).
-    let (nice, io) = unsafe {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: the calls take plain integers and a pointer to a live
+    // sched_param, and affect only the calling thread (pid/who = 0).
+    let (sched, io) = unsafe {
         (
-            libc::setpriority(libc::PRIO_PROCESS, 0, 19),
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param),
             libc::syscall(
                 libc::SYS_ioprio_set,
                 IOPRIO_WHO_PROCESS,
@@ -218,7 +220,7 @@ fn lower_own_priority() {
             ),
         )
     };
-    if nice != 0 || io != 0 {
+    if sched != 0 || io != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "could not lower the spare thread's priority");
     }
 }
