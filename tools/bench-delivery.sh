@@ -5,9 +5,13 @@
 #     (messages / time until the destination's lag is 0) as a ratio of the
 #     ingest-only rate of an identical broker without destinations; p50/p99
 #     end-to-end latency (load tool send → sink receipt).
+#     For scale, the same-run ceiling of any strict (lockstep) lane: one bare
+#     lockstep MLLP client (orderly-load, 1 connection) against its own
+#     orderly-ackd while the 32-connection load runs into the ingest-only
+#     broker. It reads no log and commits no cursor.
 #  2. Against a sink with 1 ms ACK latency: N queued messages drained by a strict
 #     destination vs a partitioned one with 8 lanes (keyed on PID-3.1).
-#  usage: tools/bench-delivery.sh [seconds] [drain-messages]
+#  usage: tools/bench-delivery.sh [seconds] [drain-messages]   (drain 0 skips part 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -61,9 +65,15 @@ t0=$(date +%s.%N)
 t1=$(lag_zero_at e2e)
 sleep 1.2 # the sink rewrites its latency file every second
 e2e_lat=$(cat "$work/fast.lat")
+echo "1b. lockstep ceiling: 1 bare connection to a sink during the same ingest load" >&2
+bare=$(start_ackd bare 0)
+"$bin/orderly-load" --to "$plain" --connections 32 --duration-s "$secs" --json > "$work/ceiling-ingest.json" &
+ingest_pid=$!
+"$bin/orderly-load" --to "$bare" --connections 1 --duration-s "$secs" --json > "$work/ceiling.json"
+wait "$ingest_pid"
 
-echo "2. drain $drain messages through a 1 ms sink: strict vs 8 lanes" >&2
-slow=$(start_ackd slow 1)
+slow=""
+[ "$drain" -gt 0 ] && echo "2. drain $drain messages through a 1 ms sink: strict vs 8 lanes" >&2 && slow=$(start_ackd slow 1)
 drain_rate() { # broker-name destination-extra
   local addr t0 t1
   addr=$(start_broker "$1" "$(dest d "$slow" "$2")
@@ -76,10 +86,13 @@ max_attempts = 1000")
   t1=$(lag_zero_at "$1")
   python3 -c "print(($drain // 8 * 8) / ($t1 - $t0))"
 }
-strict_rate=$(drain_rate strict "")
-part_rate=$(drain_rate part 'ordering = "partitioned"
+strict_rate=0 part_rate=0
+if [ "$drain" -gt 0 ]; then
+  strict_rate=$(drain_rate strict "")
+  part_rate=$(drain_rate part 'ordering = "partitioned"
 partition_key = "PID-3.1"
 lanes = 8')
+fi
 
 python3 - "$work" "$t0" "$t1" "$e2e_lat" "$strict_rate" "$part_rate" <<'PY'
 import sys, json
@@ -94,6 +107,9 @@ print(f"ingest with one strict destination:      {e2e['msgs_per_s']:9.0f} msgs/s
 print(f"delivered (all {e2e['acked']} delivered after {t1-t0:.2f} s): {delivered:9.0f} msgs/s")
 print(f"ratio delivered / ingest-only:           {delivered/ingest_only['msgs_per_s']:.2f}  (target >= 0.8)")
 print(f"end-to-end latency send→sink: p50={lat[1]}us p99={lat[2]}us over {lat[0]} messages")
+ceiling = json.load(open(f"{work}/ceiling.json"))["msgs_per_s"]
+print(f"lockstep ceiling (bare 1-conn client under the same load): {ceiling:9.0f} msgs/s = {ceiling/ingest_only['msgs_per_s']:.2f} of ingest-only; delivered = {delivered/ceiling:.2f} of it")
+if strict == 0: sys.exit(0)
 print(f"1 ms sink, strict:                       {strict:9.0f} msgs/s")
 print(f"1 ms sink, partitioned 8 lanes:          {part:9.0f} msgs/s")
 print(f"ratio partitioned / strict:              {part/strict:.2f}  (target >= 6)")

@@ -163,8 +163,14 @@ fn message(id: &str, key: u64, size: usize, out: &mut Vec<u8>) {
         .unwrap_or(0);
     let rest = format!("|P|2.5.1\rPID|1||MRN{key}^^^HOSP^MR||DOE^JANE||19700101|F\rOBR|1||LAB1|CBC\rOBX|1|TX|NOTE||SENT_US={sent_us};");
     out.extend_from_slice(rest.as_bytes());
+    // Padding: byte i is b'a' + i % 26, copied a slice at a time (a byte-wise
+    // loop made this tool a visible share of the machine's CPU, which the
+    // broker it measures then lacked).
+    const ALPHABET: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
     while out.len() + 1 < size {
-        out.push(b'a' + (out.len() % 26) as u8);
+        let phase = out.len() % 26;
+        let take = (26 - phase).min(size - 1 - out.len());
+        out.extend_from_slice(&ALPHABET[phase..phase + take]);
     }
     out.push(b'\r');
 }
@@ -185,6 +191,7 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
         .ok();
     let mut inflight: std::collections::VecDeque<(String, Instant)> = Default::default();
     let (mut msg, mut frame, mut rbuf) = (Vec::new(), Vec::new(), Vec::new());
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut decoder = FrameDecoder::new(1 << 20);
     let more = |r: &ConnResult| match args.count {
         Some(n) => r.sent < n,
@@ -209,7 +216,7 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
         let Some((id, sent_at)) = inflight.pop_front() else {
             return Ok(());
         };
-        let ack = read_ack(&mut stream, &mut rbuf, &mut decoder)?;
+        let ack = read_ack(&mut stream, &mut rbuf, &mut chunk, &mut decoder)?;
         r.latencies_us
             .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
         match parse_ack(&ack) {
@@ -223,9 +230,9 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
 fn read_ack(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    chunk: &mut [u8],
     decoder: &mut FrameDecoder,
 ) -> Result<Vec<u8>, String> {
-    let mut chunk = [0u8; 16 * 1024];
     loop {
         match decoder.decode(buf) {
             Decoded::Frame(range) => {
@@ -236,10 +243,34 @@ fn read_ack(
             Decoded::Invalid(e) => return Err(format!("framing: {e}")),
             _ => {}
         }
-        match stream.read(&mut chunk) {
+        match stream.read(chunk) {
             Ok(0) => return Err("server closed the connection".into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(format!("waiting for ACK: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    #[test]
+    fn messages_have_the_asked_size_and_the_alphabet_padding() {
+        for size in [200, 201, 226, 1500, 4096] {
+            let mut out = Vec::new();
+            message("L0-1", 7, size, &mut out);
+            assert_eq!(out.len(), size);
+            assert_eq!(out.last(), Some(&b'\r'));
+            let stamp_end = out.windows(1).rposition(|w| w == b";").unwrap() + 1;
+            for (i, &b) in out.iter().enumerate().take(size - 1).skip(stamp_end) {
+                assert_eq!(
+                    b,
+                    b'a' + (i % 26) as u8,
+                    "byte {i} of a {size}-byte message"
+                );
+            }
+            assert!(orderly::hl7::parse_header(&out).is_ok());
         }
     }
 }
