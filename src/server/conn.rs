@@ -110,6 +110,12 @@ impl Conn {
             debug_assert!(false, "a completion always has a waiting slot");
             return;
         };
+        // Ready slots never sit at the front (they are released as soon as
+        // they get there, and push_ready queues one only behind a waiting
+        // slot), and completions come back in submission order, so the
+        // oldest waiting slot is the front one. The other branch keeps ACK
+        // order intact should that ever stop being true.
+        debug_assert_eq!(i, 0, "completions fill ACK slots front first");
         if i == 0 {
             build(&mut self.wbuf);
             self.acks.pop_front();
