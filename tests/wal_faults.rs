@@ -429,3 +429,76 @@ fn batches_keep_submission_order_and_never_exceed_the_batch_limit() {
     assert!(sim.sync_count() - syncs_before >= 5);
     assert_eq!(read_all(&log).len() as u64, tag);
 }
+
+/// Polls `done` until it holds; the spare is filled by its own thread, which
+/// reports to nothing a test can wait on.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Appends 20-record group commits (~40 KiB per fdatasync) until `segments` exist.
+fn big_flushes_until(log: &orderly::wal::Log, sim: &SimStorage, segments: usize, i: &mut u64) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    while segment_files(sim, ".log").len() < segments {
+        let reqs: Vec<AppendRequest> = (0..20).map(|k| request(*i + k, 2000, k, &tx)).collect();
+        assert!(log.appender().submit_batch(reqs).is_ok());
+        for _ in 0..20 {
+            rx.recv().unwrap().result.expect("durable");
+        }
+        *i += 20;
+    }
+}
+
+/// Appends one small record per fdatasync (a lone lockstep sender) until `segments` exist.
+fn small_flushes_until(log: &orderly::wal::Log, sim: &SimStorage, segments: usize, i: &mut u64) {
+    while segment_files(sim, ".log").len() < segments {
+        log.append(&meta(*i), &payload(*i, 100)).expect("append");
+        *i += 1;
+    }
+}
+
+/// Zero-filling writes every byte twice, so it is done only where it pays:
+/// after a segment written in big group commits no spare is prepared; after
+/// one written a small flush at a time, one is.
+#[test]
+fn a_spare_is_prepared_only_after_a_segment_of_small_flushes() {
+    let cfg = LogConfig {
+        preallocate: false,
+        prepare_segments: true,
+        ..small_config(false)
+    };
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, cfg.clone());
+    let spare = Path::new(DIR).join("spare.log");
+    let zero_filled = |n: usize| {
+        let seg = &segment_files(&sim, ".log")[n];
+        sim.contents(seg).unwrap().len() as u64 == cfg.segment_bytes
+    };
+    let mut i = 0;
+    wait_until("the first spare", || sim.contents(&spare).is_some());
+    big_flushes_until(&log, &sim, 2, &mut i);
+    assert!(zero_filled(1), "the first roll uses the spare made at open");
+    big_flushes_until(&log, &sim, 3, &mut i);
+    assert!(
+        !zero_filled(2) && sim.contents(&spare).is_none(),
+        "no spare after a segment of big flushes (zero-filled: {}, spare: {})",
+        zero_filled(2),
+        sim.contents(&spare).is_some()
+    );
+    small_flushes_until(&log, &sim, 4, &mut i);
+    wait_until("a spare after small flushes", || {
+        sim.contents(&spare).is_some()
+    });
+    small_flushes_until(&log, &sim, 5, &mut i);
+    assert!(zero_filled(4), "the next roll uses it");
+    drop(log);
+    let reopened = open_sim(&sim.crash(Some(0)), cfg);
+    assert_eq!(read_all(&reopened).len() as u64, i);
+}

@@ -16,7 +16,9 @@ use super::spare::Preparer;
 use super::{
     now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError,
 };
-use crate::constants::{RECORD_META_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX};
+use crate::constants::{
+    RECORD_META_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, SPARE_BYTES_PER_FLUSH_MAX,
+};
 use crate::index::{IndexPoint, INDEX_HEADER_BYTES, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use crate::storage;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -154,6 +156,7 @@ pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
         next: rec.active.next,
         last_ts: rec.active.last_timestamp_ms,
         since_checkpoint: 0,
+        segment_flushes: 0,
         buf: Vec::with_capacity(1 << 20),
         staged: Vec::new(),
         points: Vec::new(),
@@ -190,6 +193,8 @@ struct Writer {
     next: Offset,
     last_ts: u64,
     since_checkpoint: u64,
+    /// fdatasyncs of the active segment, to judge whether a spare pays.
+    segment_flushes: u64,
     buf: Vec<u8>,
     staged: Vec<Staged>,
     points: Vec<IndexPoint>,
@@ -336,6 +341,7 @@ impl Writer {
         let written =
             storage::write_all_at(self.seg.file.as_ref(), &self.buf, self.pos).map_err(classify);
         let result = written.and_then(|_| self.sync());
+        self.segment_flushes += 1;
         if let Err(e) = result {
             self.undo_failed_write(&e);
             for s in self.staged.drain(..) {
@@ -481,8 +487,18 @@ impl Writer {
         self.shared.segments.write().push(seg.clone());
         tracing::info!(sealed = %self.seg.path.display(), next = %seg.path.display(), "segment rolled");
         if let Some(p) = &self.spare {
-            p.kick();
+            let bytes = self.pos - SEGMENT_HEADER_BYTES as u64;
+            if spare_pays(bytes, self.segment_flushes) {
+                p.kick();
+            } else {
+                tracing::debug!(
+                    bytes,
+                    flushes = self.segment_flushes,
+                    "large flushes: no spare segment prepared for the next roll"
+                );
+            }
         }
+        self.segment_flushes = 0;
         self.seg = seg;
         self.index_files = index_files;
         self.index_written = 0;
@@ -494,6 +510,12 @@ impl Writer {
         self.checkpoint();
         Ok(())
     }
+}
+
+/// Whether zero-filling the next segment is worth its second write of every
+/// byte: only while flushes stay small (see [`SPARE_BYTES_PER_FLUSH_MAX`]).
+fn spare_pays(segment_bytes_written: u64, flushes: u64) -> bool {
+    segment_bytes_written < SPARE_BYTES_PER_FLUSH_MAX.saturating_mul(flushes.max(1))
 }
 
 fn distinct_notifiers(batch: &[AppendRequest]) -> Vec<Arc<dyn Notify>> {
