@@ -443,11 +443,17 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-/// Appends 20-record group commits (~40 KiB per fdatasync) until `segments` exist.
-fn big_flushes_until(log: &orderly::wal::Log, sim: &SimStorage, segments: usize, i: &mut u64) {
+/// Appends 20-record group commits of `len`-byte records until `segments` exist.
+fn group_commits_until(
+    log: &orderly::wal::Log,
+    sim: &SimStorage,
+    segments: usize,
+    len: usize,
+    i: &mut u64,
+) {
     let (tx, rx) = crossbeam_channel::unbounded();
     while segment_files(sim, ".log").len() < segments {
-        let reqs: Vec<AppendRequest> = (0..20).map(|k| request(*i + k, 2000, k, &tx)).collect();
+        let reqs: Vec<AppendRequest> = (0..20).map(|k| request(*i + k, len, k, &tx)).collect();
         assert!(log.appender().submit_batch(reqs).is_ok());
         for _ in 0..20 {
             rx.recv().unwrap().result.expect("durable");
@@ -465,10 +471,10 @@ fn small_flushes_until(log: &orderly::wal::Log, sim: &SimStorage, segments: usiz
 }
 
 /// Zero-filling writes every byte twice, so it is done only where it pays:
-/// after a segment written in big group commits no spare is prepared; after
-/// one written a small flush at a time, one is.
+/// after a segment written in mid-size group commits (~40 KiB per flush) no
+/// spare is prepared; after one written a small flush at a time, one is.
 #[test]
-fn a_spare_is_prepared_only_after_a_segment_of_small_flushes() {
+fn no_spare_after_mid_size_flushes_and_one_after_small_flushes() {
     let cfg = LogConfig {
         preallocate: false,
         prepare_segments: true,
@@ -483,12 +489,12 @@ fn a_spare_is_prepared_only_after_a_segment_of_small_flushes() {
     };
     let mut i = 0;
     wait_until("the first spare", || sim.contents(&spare).is_some());
-    big_flushes_until(&log, &sim, 2, &mut i);
+    group_commits_until(&log, &sim, 2, 2000, &mut i);
     assert!(zero_filled(1), "the first roll uses the spare made at open");
-    big_flushes_until(&log, &sim, 3, &mut i);
+    group_commits_until(&log, &sim, 3, 2000, &mut i);
     assert!(
         !zero_filled(2) && sim.contents(&spare).is_none(),
-        "no spare after a segment of big flushes (zero-filled: {}, spare: {})",
+        "no spare after a segment of mid-size flushes (zero-filled: {}, spare: {})",
         zero_filled(2),
         sim.contents(&spare).is_some()
     );
@@ -501,4 +507,32 @@ fn a_spare_is_prepared_only_after_a_segment_of_small_flushes() {
     drop(log);
     let reopened = open_sim(&sim.crash(Some(0)), cfg);
     assert_eq!(read_all(&reopened).len() as u64, i);
+}
+
+/// Very large flushes (bursts of ~200 KiB) pay for a spare again: there the
+/// fallocated blocks' extent conversion grows with the flush.
+#[test]
+fn a_spare_follows_a_segment_of_very_large_flushes() {
+    let cfg = LogConfig {
+        preallocate: false,
+        prepare_segments: true,
+        segment_bytes: 1024 * 1024,
+        ..small_config(false)
+    };
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, cfg.clone());
+    let spare = Path::new(DIR).join("spare.log");
+    let zero_filled = |n: usize| {
+        let seg = &segment_files(&sim, ".log")[n];
+        sim.contents(seg).unwrap().len() as u64 == cfg.segment_bytes
+    };
+    let mut i = 0;
+    wait_until("the first spare", || sim.contents(&spare).is_some());
+    group_commits_until(&log, &sim, 2, 10_000, &mut i);
+    assert!(zero_filled(1), "the first roll uses the spare made at open");
+    wait_until("a spare after very large flushes", || {
+        sim.contents(&spare).is_some()
+    });
+    group_commits_until(&log, &sim, 3, 10_000, &mut i);
+    assert!(zero_filled(2), "the next roll uses it");
 }

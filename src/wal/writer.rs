@@ -17,7 +17,8 @@ use super::{
     now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError,
 };
 use crate::constants::{
-    RECORD_META_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, SPARE_BYTES_PER_FLUSH_MAX,
+    RECORD_META_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, SPARE_BYTES_PER_FLUSH_LARGE,
+    SPARE_BYTES_PER_FLUSH_MAX,
 };
 use crate::index::{IndexPoint, INDEX_HEADER_BYTES, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use crate::storage;
@@ -494,7 +495,7 @@ impl Writer {
                 tracing::debug!(
                     bytes,
                     flushes = self.segment_flushes,
-                    "large flushes: no spare segment prepared for the next roll"
+                    "mid-size flushes: no spare segment prepared for the next roll"
                 );
             }
         }
@@ -513,9 +514,12 @@ impl Writer {
 }
 
 /// Whether zero-filling the next segment is worth its second write of every
-/// byte: only while flushes stay small (see [`SPARE_BYTES_PER_FLUSH_MAX`]).
+/// byte: only for small or very large flushes (see
+/// [`SPARE_BYTES_PER_FLUSH_MAX`]). After a restart the segment's earlier
+/// flushes are not counted; at worst one roll goes without a spare.
 fn spare_pays(segment_bytes_written: u64, flushes: u64) -> bool {
-    segment_bytes_written < SPARE_BYTES_PER_FLUSH_MAX.saturating_mul(flushes.max(1))
+    let per_flush = segment_bytes_written / flushes.max(1);
+    !(SPARE_BYTES_PER_FLUSH_MAX..SPARE_BYTES_PER_FLUSH_LARGE).contains(&per_flush)
 }
 
 fn distinct_notifiers(batch: &[AppendRequest]) -> Vec<Arc<dyn Notify>> {
