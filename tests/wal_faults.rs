@@ -470,40 +470,54 @@ fn small_flushes_until(log: &orderly::wal::Log, sim: &SimStorage, segments: usiz
     }
 }
 
+/// A log whose segments come only from zero-filled spares (no fallocate),
+/// opened once its first spare is ready.
+fn log_with_spares(segment_bytes: u64) -> (SimStorage, orderly::wal::Log, LogConfig) {
+    let cfg = LogConfig {
+        preallocate: false,
+        prepare_segments: true,
+        segment_bytes,
+        ..small_config(false)
+    };
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, cfg.clone());
+    wait_until("the first spare", || has_spare(&sim));
+    (sim, log, cfg)
+}
+
+fn has_spare(sim: &SimStorage) -> bool {
+    sim.contents(&Path::new(DIR).join("spare.log")).is_some()
+}
+
+/// Whether segment `n` was made from a spare: only those are full length.
+fn zero_filled(sim: &SimStorage, cfg: &LogConfig, n: usize) -> bool {
+    let seg = &segment_files(sim, ".log")[n];
+    sim.contents(seg).unwrap().len() as u64 == cfg.segment_bytes
+}
+
 /// Zero-filling writes every byte twice, so it is done only where it pays:
 /// after a segment written in mid-size group commits (~40 KiB per flush) no
 /// spare is prepared; after one written a small flush at a time, one is.
 #[test]
 fn no_spare_after_mid_size_flushes_and_one_after_small_flushes() {
-    let cfg = LogConfig {
-        preallocate: false,
-        prepare_segments: true,
-        ..small_config(false)
-    };
-    let sim = SimStorage::new();
-    let log = open_sim(&sim, cfg.clone());
-    let spare = Path::new(DIR).join("spare.log");
-    let zero_filled = |n: usize| {
-        let seg = &segment_files(&sim, ".log")[n];
-        sim.contents(seg).unwrap().len() as u64 == cfg.segment_bytes
-    };
+    let (sim, log, cfg) = log_with_spares(64 * 1024);
     let mut i = 0;
-    wait_until("the first spare", || sim.contents(&spare).is_some());
     group_commits_until(&log, &sim, 2, 2000, &mut i);
-    assert!(zero_filled(1), "the first roll uses the spare made at open");
+    assert!(
+        zero_filled(&sim, &cfg, 1),
+        "the first roll uses the spare made at open"
+    );
     group_commits_until(&log, &sim, 3, 2000, &mut i);
     assert!(
-        !zero_filled(2) && sim.contents(&spare).is_none(),
+        !zero_filled(&sim, &cfg, 2) && !has_spare(&sim),
         "no spare after a segment of mid-size flushes (zero-filled: {}, spare: {})",
-        zero_filled(2),
-        sim.contents(&spare).is_some()
+        zero_filled(&sim, &cfg, 2),
+        has_spare(&sim)
     );
     small_flushes_until(&log, &sim, 4, &mut i);
-    wait_until("a spare after small flushes", || {
-        sim.contents(&spare).is_some()
-    });
+    wait_until("a spare after small flushes", || has_spare(&sim));
     small_flushes_until(&log, &sim, 5, &mut i);
-    assert!(zero_filled(4), "the next roll uses it");
+    assert!(zero_filled(&sim, &cfg, 4), "the next roll uses it");
     drop(log);
     let reopened = open_sim(&sim.crash(Some(0)), cfg);
     assert_eq!(read_all(&reopened).len() as u64, i);
@@ -513,26 +527,14 @@ fn no_spare_after_mid_size_flushes_and_one_after_small_flushes() {
 /// fallocated blocks' extent conversion grows with the flush.
 #[test]
 fn a_spare_follows_a_segment_of_very_large_flushes() {
-    let cfg = LogConfig {
-        preallocate: false,
-        prepare_segments: true,
-        segment_bytes: 1024 * 1024,
-        ..small_config(false)
-    };
-    let sim = SimStorage::new();
-    let log = open_sim(&sim, cfg.clone());
-    let spare = Path::new(DIR).join("spare.log");
-    let zero_filled = |n: usize| {
-        let seg = &segment_files(&sim, ".log")[n];
-        sim.contents(seg).unwrap().len() as u64 == cfg.segment_bytes
-    };
+    let (sim, log, cfg) = log_with_spares(1024 * 1024);
     let mut i = 0;
-    wait_until("the first spare", || sim.contents(&spare).is_some());
     group_commits_until(&log, &sim, 2, 10_000, &mut i);
-    assert!(zero_filled(1), "the first roll uses the spare made at open");
-    wait_until("a spare after very large flushes", || {
-        sim.contents(&spare).is_some()
-    });
+    assert!(
+        zero_filled(&sim, &cfg, 1),
+        "the first roll uses the spare made at open"
+    );
+    wait_until("a spare after very large flushes", || has_spare(&sim));
     group_commits_until(&log, &sim, 3, 10_000, &mut i);
-    assert!(zero_filled(2), "the next roll uses it");
+    assert!(zero_filled(&sim, &cfg, 2), "the next roll uses it");
 }
