@@ -85,13 +85,7 @@ fn transient_errors_are_retried_with_growing_intervals_then_delivered_in_order()
 #[test]
 fn reject_with_dead_letter_moves_on_and_the_dlq_record_has_its_context() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(Arc::new(|id, _| {
-        if id == "BAD" {
-            Reply::Reject
-        } else {
-            Reply::Accept
-        }
-    }));
+    let sink = Sink::start(reject_only("BAD"));
     let config = config_with(
         dir.path(),
         &destination("ehr", sink.addr, "on_reject = \"dead-letter\""),
@@ -123,13 +117,7 @@ fn reject_with_dead_letter_moves_on_and_the_dlq_record_has_its_context() {
 #[test]
 fn reject_with_block_holds_the_lane_until_ctl_skip_releases_it() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(Arc::new(|id, _| {
-        if id == "BAD" {
-            Reply::Reject
-        } else {
-            Reply::Accept
-        }
-    }));
+    let sink = Sink::start(reject_only("BAD"));
     let config = config_with(
         dir.path(),
         &destination("ehr", sink.addr, "on_reject = \"block\""),
@@ -184,13 +172,7 @@ fn reject_with_block_holds_the_lane_until_ctl_skip_releases_it() {
 #[test]
 fn partitioned_lanes_keep_per_key_order_while_a_poisoned_key_blocks_only_its_lane() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(Arc::new(|id, _| {
-        if id == "K3-0" {
-            Reply::Reject
-        } else {
-            Reply::Accept
-        }
-    }));
+    let sink = Sink::start(reject_only("K3-0"));
     let extra =
         "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 8\non_reject = \"block\"";
     let config = config_with(dir.path(), &destination("ehr", sink.addr, extra));

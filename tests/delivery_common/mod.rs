@@ -43,6 +43,17 @@ pub fn accept_all() -> Script {
     Arc::new(|_, _| Reply::Accept)
 }
 
+/// Rejects (AR) every message whose control id is `poisoned`, accepts the rest.
+pub fn reject_only(poisoned: &'static str) -> Script {
+    Arc::new(move |id, _| {
+        if id == poisoned {
+            Reply::Reject
+        } else {
+            Reply::Accept
+        }
+    })
+}
+
 impl Sink {
     pub fn start(script: Script) -> Sink {
         Self::start_on("127.0.0.1:0".parse().unwrap(), script)
