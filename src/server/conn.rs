@@ -31,6 +31,8 @@ pub enum ConnState {
 pub struct Conn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// `peer` as text, formatted once: every stored record carries it.
+    pub peer_text: String,
     pub listener: usize,
     pub generation: u32,
     pub rbuf: Vec<u8>,
@@ -66,6 +68,7 @@ impl Conn {
     ) -> Self {
         Self {
             stream,
+            peer_text: peer.to_string(),
             peer,
             listener,
             generation,

@@ -8,7 +8,6 @@ use crate::mllp::{END_BLOCK, START_BLOCK, TRAILER};
 use crate::wal::meta::{MetaBuilder, MetaKey};
 use crate::wal::AppendError;
 use std::io::Write;
-use std::net::SocketAddr;
 
 /// Appends an MLLP-framed ACK (or NAK) to `out`.
 pub fn write_framed_ack(
@@ -67,12 +66,12 @@ impl Default for AckIds {
 pub fn record_meta(
     h: &MshHeader<'_>,
     listener: &ListenerConfig,
-    peer: &SocketAddr,
+    peer: &str,
     received_ms: u64,
 ) -> Vec<u8> {
     let mut m = MetaBuilder::new();
     m.push(MetaKey::Listener, listener.name.as_bytes())
-        .push(MetaKey::Peer, peer.to_string().as_bytes())
+        .push(MetaKey::Peer, peer.as_bytes())
         .push(MetaKey::ReceivedAtMs, &received_ms.to_le_bytes())
         .push(MetaKey::ControlId, h.control_id())
         .push(MetaKey::MessageType, h.message_type())
