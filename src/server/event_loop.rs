@@ -393,7 +393,8 @@ impl EventLoop {
                 });
             }
             Ok(header) => {
-                let meta = ingest::record_meta(&header, &listener.config, &conn.peer_text, now_ms());
+                let meta =
+                    ingest::record_meta(&header, &listener.config, &conn.peer_text, now_ms());
                 let mut payload = self.pool.pop().unwrap_or_default();
                 payload.clear();
                 payload.extend_from_slice(msg);
