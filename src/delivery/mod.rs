@@ -166,11 +166,13 @@ impl Engine {
 
     pub fn pause(&self, name: &str, paused: bool) -> Result<(), String> {
         let d = self.find(name)?;
-        d.paused.store(paused, Ordering::Relaxed);
-        if !paused {
+        let was_paused = d.paused.swap(paused, Ordering::Relaxed);
+        if was_paused && !paused {
             // A paused lane polls its commands; wake it so delivery resumes now,
-            // not at the end of its current wait.
-            for l in &d.lanes {
+            // not at the end of its current wait. Any queued command wakes it
+            // as well, so at most one Wake waits per lane (the channel is
+            // unbounded, and a lane may sit in a long ACK wait).
+            for l in d.lanes.iter().filter(|l| l.commands.0.is_empty()) {
                 let _ = l.commands.0.send(LaneCommand::Wake);
             }
         }
