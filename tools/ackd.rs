@@ -55,13 +55,17 @@ struct Histogram {
     counts: Vec<AtomicU64>,
 }
 
-const EXACT_BELOW: u64 = 1024;
+/// Values below 2^EXACT_BITS µs get a bucket each.
+const EXACT_BITS: u32 = 10;
+const EXACT_BELOW: u64 = 1 << EXACT_BITS;
+/// Buckets per power of two above that: 2^SUB_BITS.
 const SUB_BITS: u32 = 9;
 const TOP_EXP: u32 = 40;
+const _: () = assert!(SUB_BITS <= EXACT_BITS && EXACT_BITS <= TOP_EXP);
 
 impl Histogram {
     fn new() -> Histogram {
-        let n = EXACT_BELOW as usize + ((TOP_EXP - 10 + 1) << SUB_BITS) as usize;
+        let n = EXACT_BELOW as usize + ((TOP_EXP - EXACT_BITS + 1) << SUB_BITS) as usize;
         Histogram {
             counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -74,7 +78,7 @@ impl Histogram {
         let v = v.min((1u64 << (TOP_EXP + 1)) - 1);
         let exp = 63 - v.leading_zeros();
         let sub = (v >> (exp - SUB_BITS)) & ((1 << SUB_BITS) - 1);
-        EXACT_BELOW as usize + (((exp - 10) as usize) << SUB_BITS) + sub as usize
+        EXACT_BELOW as usize + (((exp - EXACT_BITS) as usize) << SUB_BITS) + sub as usize
     }
 
     /// The smallest value that falls in bucket `i`.
@@ -83,7 +87,7 @@ impl Histogram {
             return i as u64;
         }
         let k = i - EXACT_BELOW as usize;
-        let exp = 10 + (k >> SUB_BITS) as u32;
+        let exp = EXACT_BITS + (k >> SUB_BITS) as u32;
         let sub = (k & ((1 << SUB_BITS) - 1)) as u64;
         (1u64 << exp) + (sub << (exp - SUB_BITS))
     }
