@@ -169,6 +169,21 @@ fn group_commit_shares_one_fsync_among_a_burst() {
     );
 }
 
+/// The segment files in `dir`, in offset order (`spare.log` is not one).
+fn segment_logs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "log")
+                && p.file_name().unwrap().to_string_lossy().as_bytes()[0].is_ascii_digit()
+        })
+        .collect();
+    logs.sort();
+    logs
+}
+
 #[test]
 fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
     // Larger than one fill step (2 MiB) and not a whole number of 1 MiB
@@ -203,11 +218,7 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
         log.append(&meta(i), &payload(i, 1500)).expect("append");
     }
     log.close().expect("close");
-    let segments = std::fs::read_dir(&path)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .count();
+    let segments = segment_logs(&path).len();
     assert!(
         segments >= 3,
         "rolled at least twice ({segments} .log files)"
@@ -215,16 +226,7 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
     let report = verify_dir(&FsStorage, &path).expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let log = Log::open(&path, config).expect("reopen");
-    let mut logs: Vec<_> = std::fs::read_dir(&path)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "log")
-                && p.file_name().unwrap().to_string_lossy().as_bytes()[0].is_ascii_digit()
-        })
-        .collect();
-    logs.sort();
+    let logs = segment_logs(&path);
     assert_eq!(
         std::fs::metadata(logs.last().unwrap()).unwrap().len(),
         segment_bytes,
