@@ -48,7 +48,7 @@ pub const SPARE_FREE_SPACE_RESERVE_BYTES: u64 = 1024 * 1024 * 1024;
 /// which pays only where an fdatasync into fallocated blocks is much dearer
 /// than into written ones. Measured on the reference machine: small flushes
 /// (one lockstep sender, 1.5 KB: +15 % throughput, the journal commit is a
-/// large part of each flush) and very large ones (384 KiB bursts: 2.9x, the
+/// large part of each flush) and very large ones (384 KiB bursts: 1.7-3.3x, the
 /// extent conversion grows with the flush). In between (32 senders, ~35 KiB
 /// per flush) it gained nothing and, with delivery running on 2 cores, cost
 /// 8 % throughput.
