@@ -59,6 +59,13 @@ pub const SPARE_BYTES_PER_FLUSH_LARGE: u64 = 128 * 1024;
 /// much (plus the unflushed tail) of the active segment.
 pub const CHECKPOINT_INTERVAL_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Sealed segments a log keeps open for readers by default (one file
+/// descriptor each); others are opened when read and the least recently
+/// used closed, so descriptors stay bounded however many segments a log has.
+pub const OPEN_SEGMENTS_MAX_DEFAULT: usize = 32;
+/// Upper bound on `open_segments_max`.
+pub const OPEN_SEGMENTS_MAX: usize = 4096;
+
 /// Bytes of a truncated torn tail copied into `quarantine/` for forensics;
 /// beyond this the tail is only counted and logged.
 pub const QUARANTINE_TAIL_BYTES_MAX: u64 = 64 * 1024 * 1024;

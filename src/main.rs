@@ -273,29 +273,52 @@ fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode 
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = inspect::for_each_record(&FsStorage, dir, from, limit, |r| {
-        let meta = MetaView::new(r.meta);
-        let field = |k| {
-            meta.get(k)
-                .filter(|v: &&[u8]| !v.is_empty())
-                .map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_"))
-                .unwrap_or_else(|| "-".into())
-        };
-        let _ = writeln!(
-            out,
-            "{} {} {} {} {}",
-            r.offset,
-            r.timestamp_ms,
-            r.payload.len(),
-            field(MetaKey::ControlId),
-            field(MetaKey::MessageType)
-        );
+    let mut corrupt = 0u64;
+    let result = inspect::for_each_record(&FsStorage, dir, from, limit, |item| match item {
+        inspect::Item::Record(r) => {
+            let meta = MetaView::new(r.meta);
+            let field = |k| {
+                meta.get(k)
+                    .filter(|v: &&[u8]| !v.is_empty())
+                    .map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                out,
+                "{} {} {} {} {}",
+                r.offset,
+                r.timestamp_ms,
+                r.payload.len(),
+                field(MetaKey::ControlId),
+                field(MetaKey::MessageType)
+            );
+        }
+        inspect::Item::Corrupt {
+            offset,
+            segment,
+            position,
+            reason,
+        } => {
+            corrupt += 1;
+            let _ = writeln!(
+                out,
+                "{offset} CORRUPT segment={} position={position} reason={}",
+                segment.display(),
+                reason.replace(' ', "_")
+            );
+        }
     });
     let _ = out.flush();
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(_) if corrupt == 0 => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!(
+                "orderly: {corrupt} unreadable record(s); run `orderly verify` for a full report"
+            );
+            ExitCode::from(1)
+        }
         Err(e) => {
-            eprintln!("orderly: {e}; run `orderly verify` for a full report");
+            eprintln!("orderly: {e}");
             ExitCode::from(1)
         }
     }
@@ -325,8 +348,8 @@ fn verify_all(data_dir: &Path) -> ExitCode {
                 };
                 let verdict = if report.is_clean() { "OK" } else { "CORRUPT" };
                 println!(
-                    "queue {q}: {verdict}: {} segment(s), {} record(s), {range}",
-                    report.segments, report.records
+                    "queue {q}: {verdict}: {} segment(s), {} record(s), {} unreadable record(s), {range}",
+                    report.segments, report.records, report.unreadable
                 );
                 for p in &report.problems {
                     println!(

@@ -25,7 +25,10 @@ fn dlq_records(data_dir: &std::path::Path, dest: &str) -> Vec<(Vec<u8>, Vec<u8>)
         &data_dir.join("dlq").join(dest),
         Offset(0),
         u64::MAX,
-        |r| out.push((r.meta.to_vec(), r.payload.to_vec())),
+        |item| match item {
+            inspect::Item::Record(r) => out.push((r.meta.to_vec(), r.payload.to_vec())),
+            inspect::Item::Corrupt { offset, .. } => panic!("dead-letter record {offset} damaged"),
+        },
     )
     .unwrap();
     out

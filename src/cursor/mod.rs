@@ -335,7 +335,8 @@ fn load(storage: &dyn Storage, path: &Path, lanes: u16) -> Result<Vec<LaneCursor
         path: path.to_path_buf(),
         source,
     };
-    let map = file.map(file.len().map_err(io)?).map_err(io)?;
+    let mut map = vec![0u8; file.len().map_err(io)? as usize];
+    storage::read_exact_at(file.as_ref(), &mut map, 0).map_err(io)?;
     let old_lanes = record::decode_header(&map).map_err(|reason| CursorError::NotACursorFile {
         path: path.to_path_buf(),
         reason,

@@ -1,42 +1,27 @@
 //! Sparse per-segment indexes: offset → file position and timestamp → offset.
 //!
 //! One entry per [`INDEX_INTERVAL_BYTES`](crate::constants::INDEX_INTERVAL_BYTES)
-//! of log, so a lookup scans at most that much after the hit. Sealed segments'
-//! indexes are memory-mapped read-only; the active segment's are held in memory
-//! and appended to their files, made durable at each recovery checkpoint.
+//! of log, so a lookup scans at most that much after the hit. Entries are
+//! held in memory: the active segment's are appended as records are written
+//! (and to their files, made durable at each recovery checkpoint); a sealed
+//! segment's are read from its index files with `pread` when the segment is
+//! opened, never memory-mapped, so a media error is an error, not a SIGBUS.
 //! Indexes are derived data: anything that does not check out is rebuilt from
 //! the log, never trusted. This module never reads the log itself.
 mod file;
 
 pub use file::{IndexHeader, IndexKind, INDEX_HEADER_BYTES};
 
-use crate::storage::Mapping;
-
 /// Bytes of one offset-index entry: relative offset u32, position u32.
 pub const OFFSET_ENTRY_BYTES: usize = 8;
 /// Bytes of one time-index entry: timestamp u64, relative offset u32.
 pub const TIME_ENTRY_BYTES: usize = 12;
 
-/// Entry bytes of an index, mapped (sealed) or owned (active).
-pub enum EntryBytes {
-    Mapped(Mapping),
-    Owned(Vec<u8>),
-}
-
-impl EntryBytes {
-    fn entries(&self) -> &[u8] {
-        match self {
-            EntryBytes::Mapped(m) => m.get(INDEX_HEADER_BYTES..).unwrap_or(&[]),
-            EntryBytes::Owned(v) => v,
-        }
-    }
-}
-
 /// Both indexes of one segment. Entries are added in pairs, so both hold the
 /// same number of entries, describing the same records.
 pub struct SegmentIndex {
-    offsets: EntryBytes,
-    times: EntryBytes,
+    offsets: Vec<u8>,
+    times: Vec<u8>,
     count: usize,
 }
 
@@ -52,35 +37,33 @@ pub struct IndexPoint {
 impl SegmentIndex {
     pub fn empty() -> Self {
         Self {
-            offsets: EntryBytes::Owned(Vec::new()),
-            times: EntryBytes::Owned(Vec::new()),
+            offsets: Vec::new(),
+            times: Vec::new(),
             count: 0,
         }
     }
 
-    /// An owned index holding `points` (which must be strictly increasing).
+    /// An index holding `points` (which must be strictly increasing).
     pub fn from_points(points: &[IndexPoint]) -> Self {
         let mut idx = Self::empty();
         points.iter().for_each(|p| idx.push(*p));
         idx
     }
 
-    /// Wraps mapped index files whose headers were verified for `count` entries.
-    pub fn mapped(offsets: Mapping, times: Mapping, count: usize) -> Self {
-        let idx = Self {
-            offsets: EntryBytes::Mapped(offsets),
-            times: EntryBytes::Mapped(times),
+    /// Wraps entry bytes read from sealed index files whose headers and
+    /// CRCs were verified for `count` entries.
+    pub fn from_entries(offsets: Vec<u8>, times: Vec<u8>, count: usize) -> Self {
+        assert_eq!(
+            offsets.len(),
+            count * OFFSET_ENTRY_BYTES,
+            "verified by caller"
+        );
+        assert_eq!(times.len(), count * TIME_ENTRY_BYTES, "verified by caller");
+        Self {
+            offsets,
+            times,
             count,
-        };
-        assert!(
-            idx.offsets.entries().len() >= count * OFFSET_ENTRY_BYTES,
-            "verified by caller"
-        );
-        assert!(
-            idx.times.entries().len() >= count * TIME_ENTRY_BYTES,
-            "verified by caller"
-        );
-        idx
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -91,25 +74,21 @@ impl SegmentIndex {
         self.count == 0
     }
 
-    /// Appends a point to an owned (active) index.
+    /// Appends a point (the active segment's index grows as records are written).
     pub fn push(&mut self, p: IndexPoint) {
         if let Some(last) = self.last() {
             assert!(p.relative_offset > last.relative_offset && p.position > last.position);
             debug_assert!(p.timestamp_ms >= last.timestamp_ms);
         }
-        let (EntryBytes::Owned(o), EntryBytes::Owned(t)) = (&mut self.offsets, &mut self.times)
-        else {
-            panic!("push on a sealed (mapped) index");
-        };
-        o.extend_from_slice(&encode_offset_entry(p));
-        t.extend_from_slice(&encode_time_entry(p));
+        self.offsets.extend_from_slice(&encode_offset_entry(p));
+        self.times.extend_from_slice(&encode_time_entry(p));
         self.count += 1;
     }
 
     pub fn point(&self, i: usize) -> IndexPoint {
         assert!(i < self.count);
-        let o = &self.offsets.entries()[i * OFFSET_ENTRY_BYTES..(i + 1) * OFFSET_ENTRY_BYTES];
-        let t = &self.times.entries()[i * TIME_ENTRY_BYTES..(i + 1) * TIME_ENTRY_BYTES];
+        let o = &self.offsets[i * OFFSET_ENTRY_BYTES..(i + 1) * OFFSET_ENTRY_BYTES];
+        let t = &self.times[i * TIME_ENTRY_BYTES..(i + 1) * TIME_ENTRY_BYTES];
         IndexPoint {
             relative_offset: le_u32(&o[0..4]),
             position: le_u32(&o[4..8]),
@@ -138,11 +117,11 @@ impl SegmentIndex {
 
     /// Entry bytes of the first `count` points, for writing index files.
     pub fn offset_entry_bytes(&self, count: usize) -> &[u8] {
-        &self.offsets.entries()[..count * OFFSET_ENTRY_BYTES]
+        &self.offsets[..count * OFFSET_ENTRY_BYTES]
     }
 
     pub fn time_entry_bytes(&self, count: usize) -> &[u8] {
-        &self.times.entries()[..count * TIME_ENTRY_BYTES]
+        &self.times[..count * TIME_ENTRY_BYTES]
     }
 }
 

@@ -1,5 +1,5 @@
-//! Real files: positional I/O, `fdatasync`, `fallocate`, read-only `mmap`.
-use super::{Mapping, Storage, StorageFile};
+//! Real files: positional I/O, `fdatasync`, `fallocate`.
+use super::{Storage, StorageFile};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -34,6 +34,14 @@ impl Storage for FsStorage {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -131,18 +139,5 @@ impl StorageFile for RealFile {
         } else {
             Err(io::Error::last_os_error())
         }
-    }
-
-    fn map(&self, len: u64) -> io::Result<Mapping> {
-        if len == 0 {
-            return Ok(Mapping::Empty);
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "map too large"))?;
-        // SAFETY: Orderly maps only files it owns and never truncates a mapped
-        // range while the mapping lives: sealed segments and indexes are
-        // immutable, and truncation happens only in recovery before any map.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
-        Ok(Mapping::Mmap(map))
     }
 }

@@ -1,7 +1,7 @@
 //! The file-system interface the WAL uses, so faults are testable.
 //!
-//! Production uses [`FsStorage`] (real files, `pwrite`, `fdatasync`, `fallocate`,
-//! `mmap`). Tests use [`SimStorage`], an in-memory file system that remembers
+//! Production uses [`FsStorage`] (real files, `pread`/`pwrite`, `fdatasync`,
+//! `fallocate`; never `mmap`: a media error on a mapped page is a SIGBUS). Tests use [`SimStorage`], an in-memory file system that remembers
 //! which bytes were synced, can crash at any byte of the unsynced tail, and
 //! injects short writes, `EIO` on fsync, `ENOSPC` and flipped bytes.
 //!
@@ -10,12 +10,10 @@ mod fs;
 mod sim;
 
 pub use fs::FsStorage;
-pub use sim::{SimFault, SimStorage, SyncHook};
+pub use sim::{SimFault, SimStorage, SyncHook, SIM_SECTOR_BYTES};
 
 use std::io;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// A directory tree of files. Paths are absolute or relative to the process.
 pub trait Storage: Send + Sync + 'static {
@@ -26,6 +24,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Opens a file for reading and writing, creating it when `create` is set.
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>>;
     fn exists(&self, path: &Path) -> bool;
+    fn is_dir(&self, path: &Path) -> bool;
+    /// Length of a file without opening it (no file descriptor is kept).
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
     fn remove(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals inside `dir` durable.
@@ -52,39 +53,11 @@ pub trait StorageFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves blocks up to `len` so later writes neither allocate nor hit `ENOSPC`.
     fn allocate(&self, len: u64) -> io::Result<()>;
-    /// A read-only view of the file's first `len` bytes (an mmap for real files).
-    fn map(&self, len: u64) -> io::Result<Mapping>;
     /// Writes the dirty pages of `len` bytes at `pos` to the device and waits,
     /// WITHOUT a cache flush: no durability promise, only bounded dirty data
     /// without the device-wide flush an fsync costs. Default: nothing.
     fn write_back(&self, _pos: u64, _len: u64) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Read-only bytes of a file: a memory map, or a copy for simulated storage.
-pub enum Mapping {
-    Mmap(memmap2::Mmap),
-    Owned(Arc<[u8]>),
-    Empty,
-}
-
-impl Mapping {
-    /// Whether later writes to the file show through this view (a shared
-    /// mmap does; a copy does not).
-    pub fn is_coherent(&self) -> bool {
-        matches!(self, Mapping::Mmap(_))
-    }
-}
-
-impl Deref for Mapping {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Mapping::Mmap(m) => m,
-            Mapping::Owned(b) => b,
-            Mapping::Empty => &[],
-        }
     }
 }
 
@@ -117,6 +90,21 @@ pub fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut pos: u64) -
         }
         buf = &mut buf[n..];
         pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and every missing ancestor, each made durable by an fsync
+/// of its parent before anything is created inside it: a file in a
+/// directory whose own entry never reached the disk vanishes with it.
+pub fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !storage.exists(a))
+        .collect();
+    storage.create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        storage.sync_dir(parent_of(created))?;
     }
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! ```text
 //! <queue dir>/checkpoint, 56 bytes, little endian, replaced atomically
 //! 0   [u8; 8] magic           "ORDLYCKP"
-//! 8   u16     version         1
-//! 10  [u8; 6] reserved        0
+//! 8   u16     version         2 (1 is read too: no flags)
+//! 10  u16     flags           bit 0 CLEAN: written at close, nothing after `position` was ever written
+//! 12  [u8; 4] reserved        0
 //! 16  u64     segment_base    active segment it describes
 //! 24  u64     position        bytes of that segment synced and valid
 //! 32  u64     next_offset     offset of the record at `position`
@@ -15,6 +16,8 @@
 //! ```
 //! Written only after the segment data up to `position` and the index
 //! entries it counts were synced; so everything it claims is on disk.
+//! A CLEAN checkpoint also says the writer stopped there, so recovery need
+//! not look past `position` for records written later.
 use super::Offset;
 use crate::storage::{self, Storage};
 use std::io;
@@ -22,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 pub const CHECKPOINT_BYTES: usize = 56;
 const MAGIC: &[u8; 8] = b"ORDLYCKP";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
+const FLAG_CLEAN: u16 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -31,6 +35,8 @@ pub struct Checkpoint {
     pub next_offset: Offset,
     pub last_timestamp_ms: u64,
     pub index_entries: u32,
+    /// Written at a clean close: nothing was written after `position`.
+    pub clean: bool,
 }
 
 pub fn path(dir: &Path) -> PathBuf {
@@ -42,6 +48,8 @@ impl Checkpoint {
         let mut b = [0u8; CHECKPOINT_BYTES];
         b[0..8].copy_from_slice(MAGIC);
         b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        let flags = if self.clean { FLAG_CLEAN } else { 0 };
+        b[10..12].copy_from_slice(&flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_base.0.to_le_bytes());
         b[24..32].copy_from_slice(&self.position.to_le_bytes());
         b[32..40].copy_from_slice(&self.next_offset.0.to_le_bytes());
@@ -62,9 +70,15 @@ impl Checkpoint {
         if crc32fast::hash(&b[0..52]).to_le_bytes() != b[52..56] {
             return Err("checksum mismatch");
         }
-        if u16::from_le_bytes([b[8], b[9]]) != VERSION {
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        if version != 1 && version != VERSION {
             return Err("unsupported version");
         }
+        let flags = if version == 1 {
+            0
+        } else {
+            u16::from_le_bytes([b[10], b[11]])
+        };
         let u64_at = |a: usize| u64::from_le_bytes(b[a..a + 8].try_into().expect("8 bytes"));
         Ok(Self {
             segment_base: Offset(u64_at(16)),
@@ -72,6 +86,7 @@ impl Checkpoint {
             next_offset: Offset(u64_at(32)),
             last_timestamp_ms: u64_at(40),
             index_entries: u32::from_le_bytes(b[48..52].try_into().expect("4 bytes")),
+            clean: flags & FLAG_CLEAN != 0,
         })
     }
 
@@ -108,6 +123,7 @@ mod tests {
             next_offset: Offset(17),
             last_timestamp_ms: 3,
             index_entries: 2,
+            clean: true,
         };
         assert_eq!(Checkpoint::decode(&c.encode()), Ok(c));
         for i in 0..CHECKPOINT_BYTES {

@@ -1,32 +1,22 @@
-//! Creating segment files and writing their index files, durably; opening
-//! existing segment files mapped.
+//! Creating segment files and their index files durably, sealing, and
+//! reading sealed index files back (with `pread`, verified).
 use super::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
-use super::shared::{SealedInfo, Segment};
+use super::shared::{SealedInfo, Segment, SegmentFile};
 use super::{LogConfig, Offset, WalError};
 use crate::index::{IndexHeader, IndexKind, SegmentIndex, INDEX_HEADER_BYTES};
 use crate::storage::{self, Storage, StorageFile};
 use parking_lot::RwLock;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-
-/// Opens an existing file (a segment) and maps all of it, read-only.
-pub fn open_mapped(
-    storage: &dyn Storage,
-    path: &Path,
-) -> Result<(Box<dyn StorageFile>, crate::storage::Mapping), WalError> {
-    let file = storage
-        .open(path, false)
-        .map_err(|e| WalError::io(path, e))?;
-    let len = file.len().map_err(|e| WalError::io(path, e))?;
-    let map = file.map(len).map_err(|e| WalError::io(path, e))?;
-    Ok((file, map))
-}
+use std::sync::Arc;
 
 /// The open index files of the active segment.
 pub struct IndexFiles {
     pub offsets: Box<dyn StorageFile>,
     pub times: Box<dyn StorageFile>,
 }
+
+/// A new active segment: its shared handle, its open file, its index files.
+pub type NewSegment = (Arc<Segment>, Arc<SegmentFile>, IndexFiles);
 
 /// Creates an empty active segment `base` with its index files, all synced
 /// and their directory entries durable. On failure, removes what it made.
@@ -36,7 +26,7 @@ pub fn create_segment(
     base: Offset,
     now_ms: u64,
     config: &LogConfig,
-) -> Result<(Arc<Segment>, IndexFiles), WalError> {
+) -> Result<NewSegment, WalError> {
     let path = super::segment::file_path(dir, base, "log");
     let made = try_create(storage, dir, base, now_ms, config, &path);
     if made.is_err() {
@@ -55,7 +45,7 @@ fn try_create(
     now_ms: u64,
     config: &LogConfig,
     path: &Path,
-) -> std::io::Result<(Arc<Segment>, IndexFiles)> {
+) -> std::io::Result<NewSegment> {
     let file = match take_spare(storage, dir, path, config) {
         Some(zeroed) => zeroed,
         None => {
@@ -78,17 +68,12 @@ fn try_create(
         times: create_active_index(storage, dir, base, IndexKind::Time)?,
     };
     storage.sync_dir(dir)?;
-    let map = file.map(file.len()?)?;
-    let segment = Segment {
-        base,
-        created_ms: now_ms,
-        path: path.to_path_buf(),
+    let open = Arc::new(SegmentFile {
         file,
-        map: Segment::map_state(map, SEGMENT_HEADER_BYTES as u64),
         index: RwLock::new(SegmentIndex::empty()),
-        sealed: OnceLock::new(),
-    };
-    Ok((Arc::new(segment), index))
+    });
+    let segment = Segment::active(base, path.to_path_buf(), now_ms, open.clone());
+    Ok((Arc::new(segment), open, index))
 }
 
 /// The ready spare renamed to `path`, if enabled and there is one. Any
@@ -160,73 +145,88 @@ pub fn write_sealed_index(
     )
 }
 
-/// Seals `seg` at `end`: trims the file to its records, syncs it, writes both
-/// sealed indexes, and swaps in read-only mappings of segment and indexes.
+/// Writes both sealed index files of `index`.
+pub fn write_sealed_indexes(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    index: &SegmentIndex,
+    log_bytes: u64,
+) -> std::io::Result<()> {
+    let n = index.len();
+    write_sealed_index(
+        storage,
+        dir,
+        base,
+        IndexKind::Offset,
+        index.offset_entry_bytes(n),
+        log_bytes,
+    )?;
+    write_sealed_index(
+        storage,
+        dir,
+        base,
+        IndexKind::Time,
+        index.time_entry_bytes(n),
+        log_bytes,
+    )
+}
+
+/// Seals the active segment at `end`: trims the file to its records, syncs
+/// it, writes both sealed indexes. The in-memory index stays as it is.
 pub fn seal(
     storage: &dyn Storage,
     dir: &Path,
     seg: &Segment,
+    file: &SegmentFile,
     end: u64,
     max_timestamp_ms: u64,
 ) -> std::io::Result<()> {
     assert!(end >= SEGMENT_HEADER_BYTES as u64);
-    seg.file.set_len(end)?;
-    seg.file.sync_data()?;
-    let count = {
-        let idx = seg.index.read();
-        write_sealed_index(
-            storage,
-            dir,
-            seg.base,
-            IndexKind::Offset,
-            idx.offset_entry_bytes(idx.len()),
-            end,
-        )?;
-        write_sealed_index(
-            storage,
-            dir,
-            seg.base,
-            IndexKind::Time,
-            idx.time_entry_bytes(idx.len()),
-            end,
-        )?;
-        idx.len()
-    };
-    let mapped = map_sealed_index(storage, dir, seg.base, count)?;
-    *seg.index.write() = mapped;
-    *seg.map.write() = (Arc::new(seg.file.map(end)?), end);
-    let sealed = seg.sealed.set(SealedInfo {
-        end,
-        max_timestamp_ms,
-    });
+    file.file.set_len(end)?;
+    file.file.sync_data()?;
+    write_sealed_indexes(storage, dir, seg.base, &file.index.read(), end)?;
+    let sealed = seg.sealed.set(SealedInfo::new(end, Some(max_timestamp_ms)));
     assert!(sealed.is_ok(), "a segment is sealed once");
     Ok(())
 }
 
-/// Maps both index files of a sealed segment whose headers were verified.
-pub fn map_sealed_index(
+/// Reads a sealed segment's index files; `None` unless both headers,
+/// lengths and CRCs check out and they describe a segment of `log_len` bytes.
+pub fn read_sealed_index(
     storage: &dyn Storage,
     dir: &Path,
     base: Offset,
-    count: usize,
-) -> std::io::Result<SegmentIndex> {
-    let map_of = |kind: IndexKind| -> std::io::Result<_> {
-        let f = storage.open(
-            &super::segment::file_path(dir, base, kind.extension()),
-            false,
-        )?;
-        let len = (INDEX_HEADER_BYTES + count * kind.entry_bytes()) as u64;
-        if f.len()? < len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "index shorter than its header says",
-            ));
+    log_len: u64,
+) -> Option<SegmentIndex> {
+    let mut parts = Vec::with_capacity(2);
+    for kind in [IndexKind::Offset, IndexKind::Time] {
+        let path = super::segment::file_path(dir, base, kind.extension());
+        let f = storage.open(&path, false).ok()?;
+        let len = usize::try_from(f.len().ok()?).ok()?;
+        let mut bytes = vec![0u8; len];
+        storage::read_exact_at(f.as_ref(), &mut bytes, 0).ok()?;
+        let h = IndexHeader::decode(kind, &bytes).ok()?;
+        let seal = h.sealed?;
+        let entries = bytes.split_off(INDEX_HEADER_BYTES);
+        let ok = h.base_offset == base.0
+            && seal.log_bytes == log_len
+            && entries.len() == seal.entry_count as usize * kind.entry_bytes()
+            && crc32fast::hash(&entries) == seal.entries_crc;
+        if !ok {
+            return None;
         }
-        f.map(len)
-    };
-    Ok(SegmentIndex::mapped(
-        map_of(IndexKind::Offset)?,
-        map_of(IndexKind::Time)?,
-        count,
-    ))
+        parts.push((seal.entry_count as usize, entries));
+    }
+    let (count, times) = parts.pop()?;
+    let (count_o, offsets) = parts.pop()?;
+    (count == count_o).then(|| SegmentIndex::from_entries(offsets, times, count))
+}
+
+/// Reads the whole of a small file (an index of the active segment).
+pub fn read_all(storage: &dyn Storage, path: &Path) -> Option<Vec<u8>> {
+    let f = storage.open(path, false).ok()?;
+    let mut bytes = vec![0u8; usize::try_from(f.len().ok()?).ok()?];
+    storage::read_exact_at(f.as_ref(), &mut bytes, 0).ok()?;
+    Some(bytes)
 }

@@ -1,64 +1,146 @@
 //! Read-only iteration over a log directory, for `orderly inspect`: safe to
-//! run beside a live broker because it never writes, truncates or locks.
-use super::open::load_sealed_index;
+//! run beside a live broker because it never writes, truncates or locks,
+//! and reads through `pread` (a segment sealed under it only reads short).
+//! It keeps going past damage: each unreadable record is reported in order,
+//! then the walk resumes at the next intact one.
+use super::files;
 use super::record::{self, Check, RecordView};
-use super::segment::{self, parse_segment_name, SEGMENT_HEADER_BYTES};
+use super::segment::{self, file_path, parse_segment_name, At, SegmentBytes, SEGMENT_HEADER_BYTES};
+use super::source::{Window, WindowedFile};
 use super::{Offset, WalError};
 use crate::storage::Storage;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Calls `visit` for up to `limit` valid records at or after `from`, in
-/// order. Stops early (with an error) at damage inside a sealed segment; at
-/// the end of the last segment it stops quietly, since that tail may be
-/// being written right now.
+/// What the walk finds at one offset.
+pub enum Item<'a> {
+    Record(RecordView<'a>),
+    /// A record that cannot be read; never served.
+    Corrupt {
+        offset: Offset,
+        segment: &'a Path,
+        position: u64,
+        reason: &'static str,
+    },
+}
+
+/// Calls `visit` for up to `limit` offsets at or after `from`, in order:
+/// intact records and damaged ones alike. At the end of the last segment it
+/// stops quietly where the records end, since that tail may be being
+/// written right now (or is a torn write recovery will cut).
 pub fn for_each_record(
     storage: &dyn Storage,
     dir: &Path,
     from: Offset,
     limit: u64,
-    mut visit: impl FnMut(RecordView<'_>),
+    mut visit: impl FnMut(Item<'_>),
 ) -> Result<u64, WalError> {
     let names = storage.list(dir).map_err(|e| WalError::io(dir, e))?;
     let mut bases: Vec<Offset> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     bases.sort();
     let mut seen = 0u64;
     for (i, &base) in bases.iter().enumerate() {
-        if bases.get(i + 1).is_some_and(|next| *next <= from) {
+        let next_base = bases.get(i + 1).copied();
+        if next_base.is_some_and(|next| next <= from) {
             continue;
         }
-        let path = segment::file_path(dir, base, "log");
-        let (_file, map) = super::files::open_mapped(storage, &path)?;
-        let sealed = i + 1 < bases.len();
-        let (mut expected, mut pos) = start_point(storage, dir, base, from, map.len() as u64);
-        while seen < limit {
-            let rec = match map.get(pos as usize..).map(record::check) {
-                Some(Check::Valid(r)) if r.offset == expected => r,
-                None | Some(Check::Incomplete) if !sealed => break,
-                Some(Check::Invalid(_)) if !sealed => break,
-                Some(_) if pos as usize == map.len() => break,
-                other => {
-                    let reason = match other {
-                        Some(Check::Invalid(r)) => r,
-                        Some(Check::Valid(_)) => "offset out of sequence",
-                        _ => "record cut short",
-                    };
-                    return Err(WalError::Corrupt {
-                        segment: path,
-                        position: pos,
-                        offset: expected,
-                        reason,
-                    });
-                }
-            };
-            if rec.offset >= from {
-                visit(rec);
-                seen += 1;
-            }
-            pos += rec.encoded_len() as u64;
-            expected = Offset(expected.0 + 1);
+        let path = file_path(dir, base, "log");
+        let file = storage
+            .open(&path, false)
+            .map_err(|e| WalError::io(&path, e))?;
+        let len = file.len().map_err(|e| WalError::io(&path, e))?;
+        let mut window = Window::new();
+        let mut walk = Walk {
+            src: WindowedFile {
+                file: file.as_ref(),
+                window: &mut window,
+                end: len,
+            },
+            path,
+            next_base,
+            from,
+        };
+        let start = start_point(storage, dir, base, from, len);
+        walk.run(start, limit, &mut seen, &mut visit);
+        if seen >= limit {
+            break;
         }
     }
     Ok(seen)
+}
+
+struct Walk<'a> {
+    src: WindowedFile<'a>,
+    path: PathBuf,
+    next_base: Option<Offset>,
+    from: Offset,
+}
+
+impl Walk<'_> {
+    fn run(
+        &mut self,
+        (mut expected, mut pos): (Offset, u64),
+        limit: u64,
+        seen: &mut u64,
+        visit: &mut impl FnMut(Item<'_>),
+    ) {
+        while *seen < limit {
+            let reason = match segment::record_at(&mut self.src, pos) {
+                At::Valid { offset, len, .. } if offset == expected => {
+                    if offset >= self.from {
+                        let bytes = self.src.get(pos, len).unwrap_or_default();
+                        if let Check::Valid(r) = record::check(bytes) {
+                            visit(Item::Record(r));
+                            *seen += 1;
+                        }
+                    }
+                    pos += len as u64;
+                    expected = Offset(expected.0 + 1);
+                    continue;
+                }
+                At::End if self.next_base.is_none_or(|n| n <= expected) => return,
+                At::End => "records missing before the end of the segment",
+                At::Valid { .. } => "offset out of sequence",
+                At::Invalid(reason) => reason,
+                At::Unreadable(_) => "unreadable (I/O error)",
+            };
+            let end = self.src.end();
+            let resume = segment::resync(&mut self.src, pos, expected, self.next_base, end);
+            let bad_end = match (resume, self.next_base) {
+                (Some((_, offset)), _) => offset,
+                // The last segment: a tail that may be in flight or torn.
+                (None, None) => return,
+                (None, Some(next)) => next,
+            };
+            self.report(expected, bad_end, pos, reason, limit, seen, visit);
+            let Some((p, offset)) = resume else { return };
+            (expected, pos) = (offset, p);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        first: Offset,
+        end: Offset,
+        position: u64,
+        reason: &'static str,
+        limit: u64,
+        seen: &mut u64,
+        visit: &mut impl FnMut(Item<'_>),
+    ) {
+        for o in first.0.max(self.from.0)..end.0 {
+            if *seen >= limit {
+                return;
+            }
+            visit(Item::Corrupt {
+                offset: Offset(o),
+                segment: &self.path,
+                position,
+                reason,
+            });
+            *seen += 1;
+        }
+    }
 }
 
 fn start_point(
@@ -72,7 +154,7 @@ fn start_point(
     if from <= base {
         return start;
     }
-    let Some(index) = load_sealed_index(storage, dir, base, len) else {
+    let Some(index) = files::read_sealed_index(storage, dir, base, len) else {
         return start;
     };
     let rel = u32::try_from(from.0 - base.0).unwrap_or(u32::MAX);

@@ -10,6 +10,7 @@
 //! `sync_data` covering its bytes returned `Ok`; after a failed `sync_data`
 //! the log refuses every later append until reopened.
 mod checkpoint;
+mod fence;
 mod files;
 pub mod inspect;
 pub mod meta;
@@ -19,6 +20,7 @@ pub mod record;
 mod retention;
 pub mod segment;
 mod shared;
+mod source;
 mod spare;
 pub mod verify;
 mod writer;
@@ -71,6 +73,9 @@ pub struct LogConfig {
     pub batch_bytes_max: usize,
     pub queue_depth_max: usize,
     pub checkpoint_interval_bytes: u64,
+    /// Sealed segments kept open (file descriptors) for readers; more are
+    /// opened on demand and the least recently used closed.
+    pub open_segments_max: usize,
 }
 
 impl Default for LogConfig {
@@ -85,6 +90,7 @@ impl Default for LogConfig {
             batch_bytes_max: COMMIT_BATCH_BYTES_MAX,
             queue_depth_max: APPEND_QUEUE_DEPTH_MAX,
             checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES,
+            open_segments_max: OPEN_SEGMENTS_MAX_DEFAULT,
         }
     }
 }
@@ -105,6 +111,11 @@ impl LogConfig {
         if self.queue_depth_max == 0 || self.queue_depth_max > APPEND_QUEUE_DEPTH_MAX {
             return Err(format!(
                 "queue_depth_max must be between 1 and {APPEND_QUEUE_DEPTH_MAX}"
+            ));
+        }
+        if !(1..=OPEN_SEGMENTS_MAX).contains(&self.open_segments_max) {
+            return Err(format!(
+                "open_segments_max must be between 1 and {OPEN_SEGMENTS_MAX}"
             ));
         }
         if self.segment_age_ms == 0
@@ -139,6 +150,14 @@ pub enum WalError {
         offset: Offset,
         reason: &'static str,
     },
+    #[error("read error in segment {segment} at byte {position} while reading offset {offset}: the disk could not return these bytes (check `dmesg`); the record is quarantined and will not be served")]
+    Unreadable {
+        segment: PathBuf,
+        position: u64,
+        offset: Offset,
+    },
+    #[error("{path}: {reason}")]
+    Damaged { path: PathBuf, reason: String },
     #[error("the log at {0} is closed")]
     Closed(PathBuf),
 }
@@ -265,6 +284,18 @@ impl Log {
     /// Ranges found corrupt so far (on open, on read, or by verify).
     pub fn quarantined(&self) -> Vec<QuarantinedRange> {
         self.shared.quarantined()
+    }
+
+    /// What is left of a damaged record (its payload if its header still
+    /// parses, else its raw bytes; empty if nothing can be attributed to it)
+    /// for a dead-letter copy; `Ok(None)` if the record is intact.
+    pub fn damaged_bytes(&self, offset: Offset) -> Result<Option<Vec<u8>>, WalError> {
+        reader::damaged_bytes(&self.shared, offset)
+    }
+
+    /// Sealed segments currently held open by the segment cache.
+    pub fn open_sealed_segments(&self) -> usize {
+        self.shared.open_sealed_count()
     }
 
     /// Reads one durable record (a copy).

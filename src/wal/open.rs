@@ -1,44 +1,38 @@
 //! Recovery: opening a log and deciding what on disk can be trusted.
 //!
-//! | state found | action |
-//! |---|---|
-//! | no segments | create segment 0 |
-//! | `*.tmp` files | leftovers of an interrupted atomic replace: removed |
-//! | index files without a segment | leftovers of retention: removed |
-//! | sealed segment, index header + CRC + length check out | mapped as is, nothing scanned |
-//! | sealed segment, index missing or damaged | rebuilt by scanning the segment |
-//! | sealed segment, bad record inside | quarantined (logged, never served); scan resyncs at the next valid record |
-//! | sealed segment, zeros or garbage after its last record and the next segment continues the offsets | an interrupted roll: trimmed |
-//! | last segment with a sealed, valid index | crash during a roll: kept sealed, a new active segment is created |
-//! | active segment, valid checkpoint | index prefix loaded, scan starts at the checkpoint |
-//! | active segment, no/damaged checkpoint | scan from the first record |
-//! | active segment, zeroed tail | preallocated space: nothing to do |
-//! | active segment, torn or garbage tail | copied to `quarantine/`, truncated, re-zeroed, logged with byte counts |
+//! The recovery table lives once, in docs/FORMAT.md; each of its rows names
+//! the function here that implements it, and `tests/wal_recovery.rs` builds
+//! each row's on-disk state and checks the documented outcome.
 //!
-//! Recovery is idempotent: it ends by writing a checkpoint at the recovered
-//! end, so opening again scans nothing.
+//! Principles: a record that checks out is never discarded; damage costs
+//! only the damaged records (they become quarantined holes, reported, never
+//! served, their offsets never reused); only bytes that cannot have been
+//! acknowledged are cut (a torn last batch with nothing valid after it, or
+//! what follows a failed fsync); nothing is deleted without a copy; and
+//! recovered bytes are synced before anything is published or checkpointed.
 use super::checkpoint::Checkpoint;
+use super::fence::Fence;
 use super::files::{self, IndexFiles};
-use super::segment::{self, parse_segment_name, SegmentHeader, Stop, SEGMENT_HEADER_BYTES};
-use super::shared::{QuarantinedRange, SealedInfo, Segment, Shared, Tail};
-use super::{now_ms, LogConfig, Offset, WalError};
-use crate::constants::{COMMIT_BATCH_BYTES_MAX, QUARANTINE_TAIL_BYTES_MAX};
-use crate::index::{
-    decode_points, IndexHeader, IndexKind, IndexPoint, SegmentIndex, INDEX_HEADER_BYTES,
+use super::segment::{
+    self, file_path, parse_segment_name, SegmentBytes, SegmentHeader, Stop, SEGMENT_HEADER_BYTES,
 };
-use crate::storage::{self, Mapping, Storage};
+use super::shared::{QuarantinedRange, SealedInfo, Segment, SegmentFile, Shared, Tail};
+use super::source::{Window, WindowedFile};
+use super::{now_ms, LogConfig, Offset, WalError};
+use crate::constants::QUARANTINE_TAIL_BYTES_MAX;
+use crate::index::{decode_points, IndexKind, IndexPoint, SegmentIndex, INDEX_HEADER_BYTES};
+use crate::storage::{self, Storage, StorageFile};
 use parking_lot::RwLock;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
-
-/// Bytes after the recovered end that may hold unsynced data of the last
-/// batch; beyond it the writer never wrote, so nothing is read there.
-const TAIL_WINDOW_BYTES: u64 = (COMMIT_BATCH_BYTES_MAX + super::record::RECORD_BYTES_MAX) as u64;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The writer's starting state.
 pub struct ActiveState {
     pub segment: Arc<Segment>,
-    pub index_files: IndexFiles,
+    pub file: Arc<SegmentFile>,
+    /// `None` when the index files could not be rewritten (disk full):
+    /// appends go on, checkpoints stop, recovery scans further.
+    pub index_files: Option<IndexFiles>,
     pub pos: u64,
     pub next: Offset,
     pub last_timestamp_ms: u64,
@@ -54,24 +48,22 @@ pub fn recover(
     dir: &Path,
     config: LogConfig,
 ) -> Result<Recovered, WalError> {
-    storage
-        .create_dir_all(dir)
-        .map_err(|e| WalError::io(dir, e))?;
-    storage
-        .sync_dir(storage::parent_of(dir))
-        .map_err(|e| WalError::io(dir, e))?;
-    let bases = tidy_and_list(storage.as_ref(), dir)?;
+    let s = storage.as_ref();
+    storage::create_dir_durable(s, dir).map_err(|e| WalError::io(dir, e))?;
+    let bases = tidy_and_list(s, dir)?;
+    let fence = Fence::load(s, dir).map_err(|reason| WalError::Damaged {
+        path: super::fence::path(dir),
+        reason,
+    })?;
     let mut quarantine = Vec::new();
     let mut segments = Vec::new();
-    let s = storage.as_ref();
-    for (i, &base) in bases.iter().enumerate().take(bases.len().saturating_sub(1)) {
-        segments.push(open_sealed(
-            s,
-            dir,
-            base,
-            Some(bases[i + 1]),
-            &mut quarantine,
-        )?);
+    let n = bases.len();
+    for &base in bases.iter().take(n.saturating_sub(2)) {
+        segments.push(lazy_sealed(s, dir, base)?);
+    }
+    if n >= 2 {
+        let (base, next) = (bases[n - 2], bases[n - 1]);
+        segments.push(open_last_sealed(s, dir, base, next, &mut quarantine)?);
     }
     let active = match bases.last() {
         None => {
@@ -83,9 +75,16 @@ pub fn recover(
                 segments.push(seg);
                 new_active(s, dir, next, &config)?
             }
-            None => open_active(s, dir, last, &config, &mut quarantine)?,
+            None => open_active(s, dir, last, &config, fence, &mut quarantine)?,
         },
     };
+    if let Some(f) = fence {
+        // Everything the fence protected against was cut and synced above.
+        if f.segment_base != active.segment.base {
+            tracing::warn!(dir = %dir.display(), segment = f.segment_base.0, "fence names a segment that is no longer active; removing it");
+        }
+        Fence::clear(s, dir).map_err(|e| WalError::io(dir, e))?;
+    }
     segments.push(active.segment.clone());
     let tail = Tail {
         start_offset: segments[0].base,
@@ -151,197 +150,262 @@ fn new_active(
     base: Offset,
     config: &LogConfig,
 ) -> Result<ActiveState, WalError> {
-    let (segment, index_files) = files::create_segment(storage, dir, base, now_ms(), config)?;
+    let (segment, file, index_files) = files::create_segment(storage, dir, base, now_ms(), config)?;
     let pos = SEGMENT_HEADER_BYTES as u64;
-    let ckpt = Checkpoint {
-        segment_base: base,
-        position: pos,
-        next_offset: base,
-        last_timestamp_ms: 0,
-        index_entries: 0,
-    };
-    ckpt.store(storage, dir).map_err(|e| WalError::io(dir, e))?;
+    store_checkpoint(storage, dir, &checkpoint_at(base, pos, base, 0, 0));
     Ok(ActiveState {
         segment,
-        index_files,
+        file,
+        index_files: Some(index_files),
         pos,
         next: base,
         last_timestamp_ms: 0,
     })
 }
 
-/// Checks a segment header; damage is logged and reported, and the base from
-/// the file name is used (records carry their own offsets and CRCs).
-fn check_header(map: &[u8], base: Offset, path: &Path) -> Result<u64, &'static str> {
-    match SegmentHeader::decode(map) {
-        Ok(h) if h.base_offset == base => Ok(h.created_ms),
-        Ok(_) => Err("header base offset differs from the file name"),
-        Err(reason) => {
-            tracing::error!(segment = %path.display(), reason, "segment header damaged");
-            Err(reason)
-        }
+fn checkpoint_at(base: Offset, pos: u64, next: Offset, ts: u64, entries: u32) -> Checkpoint {
+    Checkpoint {
+        segment_base: base,
+        position: pos,
+        next_offset: next,
+        last_timestamp_ms: ts,
+        index_entries: entries,
+        clean: false,
     }
 }
 
-fn open_sealed(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: Offset,
-    next_base: Option<Offset>,
-    quarantine: &mut Vec<QuarantinedRange>,
-) -> Result<Arc<Segment>, WalError> {
-    let path = segment::file_path(dir, base, "log");
-    let (file, map) = files::open_mapped(storage, &path)?;
-    let created_ms = check_header(&map, base, &path).unwrap_or_else(|reason| {
-        quarantine.push(QuarantinedRange {
-            segment: path.clone(),
-            position: 0,
-            offset: base,
-            reason,
-        });
-        0
-    });
-    let (index, end, map, file) = match load_sealed_index(storage, dir, base, map.len() as u64) {
-        Some(index) => (index, map.len() as u64, map, file),
-        None => {
-            let end = rebuild_sealed(storage, dir, base, next_base, &map, &path, quarantine)?;
-            drop(map);
-            let count = count_points(storage, dir, base, end)?;
-            let index = files::map_sealed_index(storage, dir, base, count)
-                .map_err(|e| WalError::io(&path, e))?;
-            let map = file.map(end).map_err(|e| WalError::io(&path, e))?;
-            (index, end, map, file)
-        }
-    };
-    let max_ts = scan_after_last_point(&map, base, &index).last_timestamp_ms;
-    Ok(Segment::sealed(
-        base,
-        created_ms,
-        path,
-        file,
-        map,
-        index,
-        SealedInfo {
-            end,
-            max_timestamp_ms: max_ts,
-        },
-    ))
+/// A checkpoint only bounds the next recovery's scan: failing to write one
+/// (a full disk) must not stop the log from opening.
+fn store_checkpoint(storage: &dyn Storage, dir: &Path, ckpt: &Checkpoint) {
+    if let Err(e) = ckpt.store(storage, dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "checkpoint not written; the next recovery scans further");
+    }
 }
 
-fn count_points(
-    storage: &dyn Storage,
-    dir: &Path,
+/// An older sealed segment: named and measured now, opened when first read.
+fn lazy_sealed(storage: &dyn Storage, dir: &Path, base: Offset) -> Result<Arc<Segment>, WalError> {
+    let path = file_path(dir, base, "log");
+    let end = storage
+        .file_len(&path)
+        .map_err(|e| WalError::io(&path, e))?;
+    Ok(Arc::new(Segment::sealed(
+        base,
+        path,
+        SealedInfo::new(end, None),
+    )))
+}
+
+/// Opens a sealed segment for reading (called when it is first read):
+/// its index if it checks out, else one rebuilt by scanning the segment.
+pub(super) fn open_sealed_file(
+    shared: &Shared,
+    seg: &Segment,
+    end: u64,
+    next_base: Option<Offset>,
+) -> Result<SegmentFile, WalError> {
+    let s = shared.storage.as_ref();
+    let file = s
+        .open(&seg.path, false)
+        .map_err(|e| WalError::io(&seg.path, e))?;
+    let index = match files::read_sealed_index(s, &shared.dir, seg.base, end) {
+        Some(index) => index,
+        None => {
+            tracing::warn!(segment = %seg.path.display(), "index missing or damaged; rebuilding it from the log");
+            let scan = scan_sealed(file.as_ref(), seg.base, end, next_base);
+            for q in scan.damage(&seg.path) {
+                shared.quarantine(q);
+            }
+            if let Some(at) = scan.garbage_at {
+                shared.quarantine(QuarantinedRange {
+                    segment: seg.path.clone(),
+                    position: at,
+                    offset: scan.next,
+                    end_offset: next_base,
+                    reason: "bytes after the last record of a sealed segment",
+                });
+            }
+            let index = SegmentIndex::from_points(&scan.points);
+            if let Err(e) = files::write_sealed_indexes(s, &shared.dir, seg.base, &index, end) {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "rebuilt index not saved; it is rebuilt again next time");
+            }
+            index
+        }
+    };
+    Ok(SegmentFile {
+        file,
+        index: RwLock::new(index),
+    })
+}
+
+/// The newest append time in a sealed segment: the records after its last
+/// index point (at most one index interval) are read.
+pub(super) fn newest_timestamp(
+    shared: &Shared,
+    seg: &Segment,
+    file: &SegmentFile,
+    end: u64,
+) -> u64 {
+    let _ = shared;
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file: file.file.as_ref(),
+        window: &mut window,
+        end,
+    };
+    scan_after_last_point(&mut src, seg.base, &file.index.read()).last_timestamp_ms
+}
+
+/// What a scan of a whole sealed segment found.
+struct SealedScan {
+    points: Vec<IndexPoint>,
+    next: Offset,
+    last_timestamp_ms: u64,
+    /// Damaged runs: (position, first offset, first intact offset after, reason).
+    holes: Vec<(u64, Offset, Offset, &'static str)>,
+    /// Where bytes that are not records start after the last record.
+    garbage_at: Option<u64>,
+    /// Position just after the last record.
+    records_end: u64,
+}
+
+impl SealedScan {
+    fn damage(&self, path: &Path) -> Vec<QuarantinedRange> {
+        self.holes
+            .iter()
+            .map(|&(position, offset, end, reason)| QuarantinedRange {
+                segment: path.to_path_buf(),
+                position,
+                offset,
+                end_offset: Some(end),
+                reason,
+            })
+            .collect()
+    }
+}
+
+/// Scans a whole sealed segment, resyncing past damage.
+fn scan_sealed(
+    file: &dyn StorageFile,
     base: Offset,
     end: u64,
-) -> Result<usize, WalError> {
-    load_sealed_index(storage, dir, base, end)
-        .map(|i| i.len())
-        .ok_or_else(|| {
-            WalError::io(
-                dir,
-                std::io::Error::other("index just rebuilt does not verify"),
-            )
-        })
-}
-
-/// Accepts a sealed index only if both files' headers, lengths and CRCs check out.
-pub(super) fn load_sealed_index(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: Offset,
-    log_len: u64,
-) -> Option<SegmentIndex> {
-    let mut count = None;
-    for kind in [IndexKind::Offset, IndexKind::Time] {
-        let f = storage
-            .open(&segment::file_path(dir, base, kind.extension()), false)
-            .ok()?;
-        let map = f.map(f.len().ok()?).ok()?;
-        let h = IndexHeader::decode(kind, &map).ok()?;
-        let seal = h.sealed?;
-        let entries = &map[INDEX_HEADER_BYTES..];
-        let ok = h.base_offset == base.0
-            && seal.log_bytes == log_len
-            && entries.len() == seal.entry_count as usize * kind.entry_bytes()
-            && crc32fast::hash(entries) == seal.entries_crc
-            && count.is_none_or(|c| c == seal.entry_count);
-        if !ok {
-            return None;
-        }
-        count = Some(seal.entry_count);
-    }
-    files::map_sealed_index(storage, dir, base, count? as usize).ok()
-}
-
-/// Scans a whole sealed segment, quarantining damage, trims an interrupted
-/// roll's tail, writes fresh sealed indexes, and returns the segment's end.
-fn rebuild_sealed(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: Offset,
     next_base: Option<Offset>,
-    map: &[u8],
-    path: &Path,
-    quarantine: &mut Vec<QuarantinedRange>,
-) -> Result<u64, WalError> {
-    tracing::warn!(segment = %path.display(), "index missing or damaged; rebuilding from the log");
-    let (mut start, mut next, mut ts) = (SEGMENT_HEADER_BYTES as u64, base, 0);
-    let mut points: Vec<IndexPoint> = Vec::new();
-    let end = loop {
-        let run = segment::scan_run(map, base, start, next, ts, None);
-        points.extend(&run.points);
-        (next, ts) = (run.next_offset, run.last_timestamp_ms);
-        let Stop::Invalid { position, reason } = run.stop else {
-            break run.end;
+) -> SealedScan {
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file,
+        window: &mut window,
+        end,
+    };
+    let mut scan = SealedScan {
+        points: Vec::new(),
+        next: base,
+        last_timestamp_ms: 0,
+        holes: Vec::new(),
+        garbage_at: None,
+        records_end: SEGMENT_HEADER_BYTES as u64,
+    };
+    let mut start = SEGMENT_HEADER_BYTES as u64;
+    loop {
+        let run = segment::scan_run(
+            &mut src,
+            base,
+            start,
+            scan.next,
+            scan.last_timestamp_ms,
+            scan.points.last().copied(),
+        );
+        scan.points.extend(&run.points);
+        (scan.next, scan.last_timestamp_ms) = (run.next_offset, run.last_timestamp_ms);
+        scan.records_end = run.end;
+        let Some((position, reason)) = run.stop.damage() else {
+            return scan;
         };
-        match segment::resync(map, position, next, next_base) {
-            Some((pos, rec)) => {
-                quarantine.push(QuarantinedRange {
-                    segment: path.to_path_buf(),
-                    position,
-                    offset: next,
-                    reason,
-                });
-                (start, next) = (pos, rec.offset);
+        match segment::resync(&mut src, position, scan.next, next_base, end) {
+            Some((pos, offset)) => {
+                scan.holes.push((position, scan.next, offset, reason));
+                (start, scan.next) = (pos, offset);
             }
-            None if next_base == Some(next) => break position,
             None => {
-                quarantine.push(QuarantinedRange {
-                    segment: path.to_path_buf(),
-                    position,
-                    offset: next,
-                    reason,
-                });
-                break map.len() as u64;
+                scan.garbage_at = Some(position);
+                return scan;
             }
         }
-    };
-    if end < map.len() as u64 {
-        tracing::warn!(segment = %path.display(), end, bytes = map.len() as u64 - end, "trimming tail left by an interrupted roll");
-        save_tail(storage, dir, base, end, &map[end as usize..]);
-        let f = storage
-            .open(path, false)
-            .map_err(|e| WalError::io(path, e))?;
-        f.set_len(end)
-            .and_then(|_| f.sync_data())
-            .map_err(|e| WalError::io(path, e))?;
     }
-    let idx = SegmentIndex::from_points(&points);
-    for kind in [IndexKind::Offset, IndexKind::Time] {
-        let entries = match kind {
-            IndexKind::Offset => idx.offset_entry_bytes(idx.len()),
-            IndexKind::Time => idx.time_entry_bytes(idx.len()),
+}
+
+/// The segment before the active one, which an interrupted roll may have
+/// left unsealed: verified now, trimmed and indexed if the roll was cut short.
+fn open_last_sealed(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    next_base: Offset,
+    quarantine: &mut Vec<QuarantinedRange>,
+) -> Result<Arc<Segment>, WalError> {
+    let path = file_path(dir, base, "log");
+    let file = storage
+        .open(&path, false)
+        .map_err(|e| WalError::io(&path, e))?;
+    let len = file.len().map_err(|e| WalError::io(&path, e))?;
+    if let Err(reason) = read_header(file.as_ref(), base) {
+        quarantine.push(header_damage(&path, base, reason));
+    }
+    if let Some(index) = files::read_sealed_index(storage, dir, base, len) {
+        let mut window = Window::new();
+        let mut src = WindowedFile {
+            file: file.as_ref(),
+            window: &mut window,
+            end: len,
         };
-        files::write_sealed_index(storage, dir, base, kind, entries, end)
-            .map_err(|e| WalError::io(path, e))?;
+        let ts = scan_after_last_point(&mut src, base, &index).last_timestamp_ms;
+        return Ok(Arc::new(Segment::sealed(
+            base,
+            path,
+            SealedInfo::new(len, Some(ts)),
+        )));
     }
-    Ok(end)
+    tracing::warn!(segment = %path.display(), "index missing or damaged; rebuilding from the log");
+    let scan = scan_sealed(file.as_ref(), base, len, Some(next_base));
+    quarantine.extend(scan.damage(&path));
+    let mut end = len;
+    if let Some(at) = scan.garbage_at {
+        if scan.next == next_base {
+            // An interrupted roll: the next segment continues the offsets,
+            // so what follows the last record is unused space or a torn
+            // write that was never acknowledged.
+            tracing::warn!(segment = %path.display(), end = at, bytes = len - at, "trimming the tail left by an interrupted roll");
+            save_copy(storage, dir, &path, base, at, len, "tail");
+            file.set_len(at)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| WalError::io(&path, e))?;
+            end = at;
+        } else {
+            quarantine.push(QuarantinedRange {
+                segment: path.clone(),
+                position: at,
+                offset: scan.next,
+                end_offset: Some(next_base),
+                reason: "damaged records at the end of a sealed segment",
+            });
+        }
+    }
+    let index = SegmentIndex::from_points(&scan.points);
+    files::write_sealed_indexes(storage, dir, base, &index, end)
+        .map_err(|e| WalError::io(&path, e))?;
+    Ok(Arc::new(Segment::sealed(
+        base,
+        path,
+        SealedInfo::new(end, Some(scan.last_timestamp_ms)),
+    )))
 }
 
 /// Scans the short stretch of a segment after its last index point (all of
-/// it when there is none): the newest timestamp and where the records end,
-/// without reading the rest.
-fn scan_after_last_point(map: &[u8], base: Offset, index: &SegmentIndex) -> segment::Run {
+/// it when there is none).
+fn scan_after_last_point<S: SegmentBytes + ?Sized>(
+    src: &mut S,
+    base: Offset,
+    index: &SegmentIndex,
+) -> segment::Run {
     let (start, next, ts) = match index.last() {
         Some(p) => (
             u64::from(p.position),
@@ -350,7 +414,7 @@ fn scan_after_last_point(map: &[u8], base: Offset, index: &SegmentIndex) -> segm
         ),
         None => (SEGMENT_HEADER_BYTES as u64, base, 0),
     };
-    segment::scan_run(map, base, start, next, ts, None)
+    segment::scan_run(src, base, start, next, ts, None)
 }
 
 /// The last segment is sealed if a roll crashed after sealing it but before
@@ -360,34 +424,89 @@ fn try_open_sealed_last(
     dir: &Path,
     base: Offset,
 ) -> Result<Option<(Arc<Segment>, Offset)>, WalError> {
-    let path = segment::file_path(dir, base, "log");
-    let (file, map) = files::open_mapped(storage, &path)?;
-    let Some(index) = load_sealed_index(storage, dir, base, map.len() as u64) else {
+    let path = file_path(dir, base, "log");
+    let file = storage
+        .open(&path, false)
+        .map_err(|e| WalError::io(&path, e))?;
+    let len = file.len().map_err(|e| WalError::io(&path, e))?;
+    let Some(index) = files::read_sealed_index(storage, dir, base, len) else {
         return Ok(None);
     };
-    let created_ms = match check_header(&map, base, &path) {
-        Ok(c) => c,
-        Err(_) => return Ok(None),
+    if read_header(file.as_ref(), base).is_err() {
+        return Ok(None);
+    }
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file: file.as_ref(),
+        window: &mut window,
+        end: len,
     };
-    let run = scan_after_last_point(&map, base, &index);
+    let run = scan_after_last_point(&mut src, base, &index);
     if run.stop != Stop::End {
         return Ok(None);
     }
-    let end = map.len() as u64;
+    tracing::info!(segment = %path.display(), "last segment was sealed by an interrupted roll; starting a new one");
     let seg = Segment::sealed(
         base,
-        created_ms,
         path,
-        file,
-        map,
-        index,
-        SealedInfo {
-            end,
-            max_timestamp_ms: run.last_timestamp_ms,
-        },
+        SealedInfo::new(len, Some(run.last_timestamp_ms)),
     );
-    tracing::info!(segment = %seg.path.display(), "last segment was sealed by an interrupted roll; starting a new one");
-    Ok(Some((seg, run.next_offset)))
+    Ok(Some((Arc::new(seg), run.next_offset)))
+}
+
+/// Reads and checks a segment header: its `created_ms`, or why not.
+fn read_header(file: &dyn StorageFile, base: Offset) -> Result<u64, &'static str> {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES];
+    storage::read_exact_at(file, &mut h, 0).map_err(|_| "segment header unreadable")?;
+    match SegmentHeader::decode(&h) {
+        Ok(h) if h.base_offset == base => Ok(h.created_ms),
+        Ok(_) => Err("header base offset differs from the file name"),
+        Err(reason) => Err(reason),
+    }
+}
+
+fn header_damage(path: &Path, base: Offset, reason: &'static str) -> QuarantinedRange {
+    tracing::error!(segment = %path.display(), reason, "segment header damaged");
+    QuarantinedRange {
+        segment: path.to_path_buf(),
+        position: 0,
+        offset: base,
+        end_offset: Some(base),
+        reason,
+    }
+}
+
+/// The active segment's header: a damaged one is copied to `quarantine/`
+/// and rewritten from the file name, never a reason to discard the segment
+/// (its first sector also holds the first records). A header that is
+/// intact but names another base is a misplaced file: refuse to guess.
+fn repair_header(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    path: &Path,
+    file: &dyn StorageFile,
+    quarantine: &mut Vec<QuarantinedRange>,
+) -> Result<u64, WalError> {
+    match read_header(file, base) {
+        Ok(created_ms) => Ok(created_ms),
+        Err("header base offset differs from the file name") => Err(WalError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("its header names another base offset than its file name ({base}); it was renamed or copied here: move it aside or restore the right file"),
+        }),
+        Err(reason) => {
+            quarantine.push(header_damage(path, base, reason));
+            save_copy(storage, dir, path, base, 0, SEGMENT_HEADER_BYTES as u64, "header");
+            let now = now_ms();
+            let header = SegmentHeader {
+                base_offset: base,
+                created_ms: now,
+            };
+            storage::write_all_at(file, &header.encode(), 0).map_err(|e| WalError::io(path, e))?;
+            tracing::warn!(segment = %path.display(), "segment header rebuilt from the file name; the records carry their own offsets and checksums");
+            Ok(now)
+        }
+    }
 }
 
 fn open_active(
@@ -395,64 +514,170 @@ fn open_active(
     dir: &Path,
     base: Offset,
     config: &LogConfig,
+    fence: Option<Fence>,
     quarantine: &mut Vec<QuarantinedRange>,
 ) -> Result<ActiveState, WalError> {
-    let path = segment::file_path(dir, base, "log");
-    let (file, map) = files::open_mapped(storage, &path)?;
-    let header = check_header(&map, base, &path);
-    let ckpt = Checkpoint::load(storage, dir).filter(|c| c.segment_base == base);
-    let (start, next, ts, mut points) = resume_point(storage, dir, base, ckpt, map.len() as u64);
-    let run = segment::scan_run(&map, base, start, next, ts, points.last().copied());
-    points.extend(&run.points);
-    if header.is_err() && run.records == 0 && points.is_empty() {
-        tracing::warn!(segment = %path.display(), "active segment has a damaged header and no records; recreating it");
-        drop((file, map));
-        storage.remove(&path).map_err(|e| WalError::io(&path, e))?;
-        return new_active(storage, dir, base, config);
-    }
-    if let Err(reason) = header {
-        quarantine.push(QuarantinedRange {
-            segment: path.clone(),
-            position: 0,
-            offset: base,
-            reason,
-        });
-    }
-    let created_ms = header.unwrap_or(0);
-    let end = run.end;
-    let garbage = inspect_tail(storage, dir, base, &map, end, run.next_offset, &path);
-    drop(map);
-    restore_tail(file.as_ref(), end, garbage, config).map_err(|e| WalError::io(&path, e))?;
-    let index_files =
-        reopen_active_index(storage, dir, base, &points).map_err(|e| WalError::io(&path, e))?;
-    let index = SegmentIndex::from_points(&points);
-    let map = file
-        .map(file.len().map_err(|e| WalError::io(&path, e))?)
-        .map_err(|e| WalError::io(&path, e))?;
-    let ckpt = Checkpoint {
-        segment_base: base,
-        position: end,
-        next_offset: run.next_offset,
-        last_timestamp_ms: run.last_timestamp_ms,
-        index_entries: points.len() as u32,
-    };
-    ckpt.store(storage, dir).map_err(|e| WalError::io(dir, e))?;
-    let segment = Arc::new(Segment {
-        base,
-        created_ms,
-        path,
-        file,
-        map: Segment::map_state(map, end),
-        index: RwLock::new(index),
-        sealed: OnceLock::new(),
+    let path = file_path(dir, base, "log");
+    let io = |e| WalError::io(&path, e);
+    let file = storage.open(&path, false).map_err(io)?;
+    let created_ms = repair_header(storage, dir, base, &path, file.as_ref(), quarantine)?;
+    let len = file.len().map_err(io)?;
+    let fenced_at = fence.filter(|f| f.segment_base == base).map(|f| {
+        f.position.clamp(
+            SEGMENT_HEADER_BYTES as u64,
+            len.max(SEGMENT_HEADER_BYTES as u64),
+        )
     });
+    let readable = fenced_at.map_or(len, |p| p.min(len));
+    let ckpt =
+        Checkpoint::load(storage, dir).filter(|c| c.segment_base == base && c.position <= readable);
+    let scan = scan_active(storage, dir, base, file.as_ref(), readable, ckpt);
+    for h in &scan.holes {
+        quarantine.push(h.range(&path));
+        error_hole(&path, h);
+        save_copy(
+            storage,
+            dir,
+            &path,
+            base,
+            h.position,
+            h.resume_position,
+            "damaged",
+        );
+    }
+    if let Some(at) = fenced_at {
+        tracing::error!(segment = %path.display(), position = at, "an fsync failed before the last restart: discarding every byte written after the last durable position (none of it was acknowledged)");
+    }
+    cut_tail(storage, dir, &path, base, file.as_ref(), &scan, config).map_err(io)?;
+    // Whatever recovery keeps may so far live only in the page cache (the
+    // process was killed, not the machine): make it durable before anyone
+    // reads it or a checkpoint vouches for it.
+    file.sync_data().map_err(io)?;
+    let points = scan.points;
+    let index_files = match reopen_active_index(storage, dir, base, &points) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(segment = %path.display(), error = %e, "active index files not rewritten (disk full?); checkpoints stop until the next roll");
+            None
+        }
+    };
+    if index_files.is_some() {
+        let entries = points.len() as u32;
+        store_checkpoint(
+            storage,
+            dir,
+            &checkpoint_at(base, scan.end, scan.next, scan.last_timestamp_ms, entries),
+        );
+    }
+    let open = Arc::new(SegmentFile {
+        file,
+        index: RwLock::new(SegmentIndex::from_points(&points)),
+    });
+    let segment = Arc::new(Segment::active(base, path, created_ms, open.clone()));
     Ok(ActiveState {
         segment,
+        file: open,
         index_files,
-        pos: end,
-        next: run.next_offset,
-        last_timestamp_ms: run.last_timestamp_ms,
+        pos: scan.end,
+        next: scan.next,
+        last_timestamp_ms: scan.last_timestamp_ms,
     })
+}
+
+/// A damaged run inside the active segment, with intact records after it.
+struct Hole {
+    position: u64,
+    offset: Offset,
+    end_offset: Offset,
+    resume_position: u64,
+    reason: &'static str,
+}
+
+impl Hole {
+    fn range(&self, path: &Path) -> QuarantinedRange {
+        QuarantinedRange {
+            segment: path.to_path_buf(),
+            position: self.position,
+            offset: self.offset,
+            end_offset: Some(self.end_offset),
+            reason: self.reason,
+        }
+    }
+}
+
+fn error_hole(path: &Path, h: &Hole) {
+    tracing::error!(segment = %path.display(), position = h.position, first = h.offset.0, end = h.end_offset.0, reason = h.reason, "damaged record(s) followed by valid ones in the active segment: kept as quarantined holes (never served, offsets never reused); the records after them are kept");
+}
+
+struct ActiveScan {
+    /// The checkpoint was written at a clean close right there.
+    clean: bool,
+    end: u64,
+    next: Offset,
+    last_timestamp_ms: u64,
+    points: Vec<IndexPoint>,
+    holes: Vec<Hole>,
+}
+
+/// Scans the active segment from its checkpoint (or first record) to the
+/// last intact record before `readable`. Damage followed by intact records
+/// becomes a hole; damage with nothing intact after it is the end.
+fn scan_active(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: Offset,
+    file: &dyn StorageFile,
+    readable: u64,
+    ckpt: Option<Checkpoint>,
+) -> ActiveScan {
+    let (mut start, next, ts, points) = resume_point(storage, dir, base, ckpt, readable);
+    let mut scan = ActiveScan {
+        clean: ckpt.is_some_and(|c| c.clean && c.position == start),
+        end: start,
+        next,
+        last_timestamp_ms: ts,
+        points,
+        holes: Vec::new(),
+    };
+    if scan.clean {
+        // Closed cleanly there: nothing was written after it.
+        return scan;
+    }
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file,
+        window: &mut window,
+        end: readable,
+    };
+    loop {
+        let run = segment::scan_run(
+            &mut src,
+            base,
+            start,
+            scan.next,
+            scan.last_timestamp_ms,
+            scan.points.last().copied(),
+        );
+        scan.points.extend(&run.points);
+        (scan.end, scan.next, scan.last_timestamp_ms) =
+            (run.end, run.next_offset, run.last_timestamp_ms);
+        let Some((position, reason)) = run.stop.damage() else {
+            return scan;
+        };
+        match segment::resync(&mut src, position, scan.next, None, readable) {
+            Some((pos, offset)) => {
+                scan.holes.push(Hole {
+                    position,
+                    offset: scan.next,
+                    end_offset: offset,
+                    resume_position: pos,
+                    reason,
+                });
+                (start, scan.next) = (pos, offset);
+            }
+            None => return scan,
+        }
+    }
 }
 
 /// Where to start scanning the active segment: the checkpoint if it and the
@@ -470,12 +695,8 @@ fn resume_point(
     }) else {
         return from_start;
     };
-    let read_entries = |kind: IndexKind| -> Option<Mapping> {
-        let f = storage
-            .open(&segment::file_path(dir, base, kind.extension()), false)
-            .ok()?;
-        f.map(f.len().ok()?).ok()
-    };
+    let read_entries =
+        |kind: IndexKind| files::read_all(storage, &file_path(dir, base, kind.extension()));
     let (Some(o), Some(t)) = (
         read_entries(IndexKind::Offset),
         read_entries(IndexKind::Time),
@@ -483,7 +704,7 @@ fn resume_point(
         return from_start;
     };
     let n = c.index_entries as usize;
-    let entries = |m: &Mapping| m.get(INDEX_HEADER_BYTES..).unwrap_or(&[]).to_vec();
+    let entries = |m: &[u8]| m.get(INDEX_HEADER_BYTES..).unwrap_or(&[]).to_vec();
     match decode_points(&entries(&o), &entries(&t), n, c.position) {
         Some(points) => (c.position, c.next_offset, c.last_timestamp_ms, points),
         None => {
@@ -493,80 +714,105 @@ fn resume_point(
     }
 }
 
-/// Non-zero bytes after the recovered end are a torn or damaged tail: they
-/// are logged with byte counts and copied to `quarantine/`. Returns whether
-/// any were found.
-fn inspect_tail(
+/// Bytes that are not records after the recovered end (a torn last batch,
+/// or what followed a failed fsync) were never acknowledged: copied to
+/// `quarantine/`, then zeroed, so stale bytes can never look valid later.
+/// Zeros past the end are kept where space ahead is wanted (preallocated
+/// or zero-filled segments) and trimmed otherwise.
+fn cut_tail(
     storage: &dyn Storage,
     dir: &Path,
-    base: Offset,
-    map: &[u8],
-    end: u64,
-    next: Offset,
     path: &Path,
-) -> bool {
-    let window_end = (end + TAIL_WINDOW_BYTES).min(map.len() as u64) as usize;
-    let window = &map[end as usize..window_end];
-    let Some(last_nonzero) = window.iter().rposition(|&b| b != 0) else {
-        return false;
-    };
-    let tail = &window[..=last_nonzero];
-    let valid_after = segment::resync(&map[..window_end], end, next, None).is_some();
-    if valid_after {
-        tracing::error!(segment = %path.display(), end, bytes = tail.len(), "damaged record followed by valid ones in the active segment; truncating at the damage, tail kept in quarantine/ for inspection");
-    } else {
-        tracing::warn!(segment = %path.display(), end, bytes = tail.len(), "torn tail from an interrupted write truncated");
-    }
-    save_tail(storage, dir, base, end, tail);
-    true
-}
-
-fn save_tail(storage: &dyn Storage, dir: &Path, base: Offset, end: u64, tail: &[u8]) {
-    let Some(last_nonzero) = tail.iter().rposition(|&b| b != 0) else {
-        return;
-    };
-    let qdir = dir.join("quarantine");
-    let keep = &tail[..(last_nonzero + 1).min(QUARANTINE_TAIL_BYTES_MAX as usize)];
-    let saved = storage
-        .create_dir_all(&qdir)
-        .and_then(|_| storage.sync_dir(dir))
-        .and_then(|_| {
-            storage::replace_file(
-                storage,
-                &qdir.join(format!("{:020}-{end}.tail", base.0)),
-                keep,
-            )
-        });
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "could not keep a copy of the truncated tail");
-    }
-}
-
-/// Cuts the file back to `end` when garbage or an unneeded extension follows,
-/// then restores preallocation, so no stale bytes survive past the end.
-fn restore_tail(
-    file: &dyn storage::StorageFile,
-    end: u64,
-    garbage: bool,
+    base: Offset,
+    file: &dyn StorageFile,
+    scan: &ActiveScan,
     config: &LogConfig,
 ) -> std::io::Result<()> {
-    let len = file.len()?;
-    let mut changed = false;
-    // Zeros past the end are space kept ahead on purpose when the segment
-    // was fallocated or made from a zero-filled spare.
+    let (end, len) = (scan.end, file.len()?);
+    let garbage_end = if scan.clean {
+        end
+    } else {
+        let mut window = Window::new();
+        let mut src = WindowedFile {
+            file,
+            window: &mut window,
+            end: len,
+        };
+        segment::nonzero_end(&mut src, end)
+    };
     let space_ahead = config.preallocate || config.prepare_segments;
-    if garbage || (!space_ahead && len > end) {
+    if garbage_end > end {
+        tracing::warn!(segment = %path.display(), end, bytes = garbage_end - end, "torn or unacknowledged tail cut (a copy is kept in quarantine/)");
+        save_copy(storage, dir, path, base, end, garbage_end, "tail");
+        if space_ahead {
+            write_zeros(file, end, garbage_end)?;
+        } else {
+            file.set_len(end)?;
+        }
+    }
+    if !space_ahead && file.len()? > end {
         file.set_len(end)?;
-        changed = true;
     }
     if config.preallocate && file.len()? < config.segment_bytes {
-        file.allocate(config.segment_bytes)?;
-        changed = true;
-    }
-    if changed {
-        file.sync_data()?;
+        if let Err(e) = file.allocate(config.segment_bytes) {
+            // Preallocation is an optimisation; appends allocate as they go.
+            tracing::warn!(segment = %path.display(), error = %e, "could not preallocate the active segment");
+        }
     }
     Ok(())
+}
+
+fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        storage::write_all_at(file, &zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Keeps a copy of `[from, to)` of a segment in `quarantine/` for
+/// inspection (unreadable blocks are left out). Best effort: a full disk
+/// must not stop recovery.
+fn save_copy(
+    storage: &dyn Storage,
+    dir: &Path,
+    path: &Path,
+    base: Offset,
+    from: u64,
+    to: u64,
+    kind: &str,
+) {
+    let qdir = dir.join("quarantine");
+    let to = to.min(from + QUARANTINE_TAIL_BYTES_MAX);
+    let copied = storage.open(path, false).and_then(|f| {
+        let mut window = Window::new();
+        let mut src = WindowedFile {
+            file: f.as_ref(),
+            window: &mut window,
+            end: to,
+        };
+        let mut bytes = Vec::new();
+        let mut at = from;
+        while at < to {
+            match src.get(at, super::source::WINDOW_READ_BYTES) {
+                Ok(b) if b.is_empty() => break,
+                Ok(b) => {
+                    bytes.extend_from_slice(b);
+                    at += b.len() as u64;
+                }
+                Err(u) => at = u.resume,
+            }
+        }
+        storage::create_dir_durable(storage, &qdir)?;
+        let name: PathBuf = qdir.join(format!("{:020}-{from}.{kind}", base.0));
+        storage::replace_file(storage, &name, &bytes)
+    });
+    if let Err(e) = copied {
+        tracing::warn!(segment = %path.display(), error = %e, "could not keep a copy of the quarantined bytes");
+    }
 }
 
 fn reopen_active_index(
@@ -577,7 +823,7 @@ fn reopen_active_index(
 ) -> std::io::Result<IndexFiles> {
     let idx = SegmentIndex::from_points(points);
     let open = |kind: IndexKind, entries: &[u8]| -> std::io::Result<_> {
-        let f = storage.open(&segment::file_path(dir, base, kind.extension()), true)?;
+        let f = storage.open(&file_path(dir, base, kind.extension()), true)?;
         files::rewrite_active_index(f.as_ref(), kind, base, entries)?;
         Ok(f)
     };

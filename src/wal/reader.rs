@@ -2,13 +2,15 @@
 //!
 //! Readers see only durable records (below the published tail). Every record
 //! is CRC-checked on every read; a record that fails is quarantined and
-//! reported as [`WalError::Corrupt`], never returned as data. Sealed
-//! segments are read zero-copy from their memory maps.
-use super::record::RecordView;
-use super::segment::{self, SEGMENT_HEADER_BYTES};
-use super::shared::{QuarantinedRange, Segment, Shared, Tail};
+//! reported as [`WalError::Corrupt`] (or [`WalError::Unreadable`] for a read
+//! error), never returned as data, and it hides only itself: reads of its
+//! neighbours resync past it. Segments are read through `pread` windows
+//! (`source.rs`), never memory-mapped.
+use super::record::{self, Check, RecordView, RECORD_HEADER_BYTES};
+use super::segment::{self, Damage, SegmentBytes, SEGMENT_HEADER_BYTES};
+use super::shared::{QuarantinedRange, Segment, SegmentFile, Shared, Tail};
+use super::source::{Window, WindowedFile};
 use super::{Offset, WalError};
-use crate::storage::Mapping;
 use std::sync::Arc;
 
 /// A record copied out of the log.
@@ -33,13 +35,11 @@ impl From<RecordView<'_>> for OwnedRecord {
 
 struct Cursor {
     seg: Arc<Segment>,
+    file: Arc<SegmentFile>,
     /// Base of the next segment, once known.
     limit: Option<Offset>,
-    map: Arc<Mapping>,
-    /// Leading bytes of `map` that are valid.
-    valid: u64,
-    /// Position of the record at the reader's `next` offset, if known.
-    pos: Option<u64>,
+    /// A record position known from the last read: `(offset, position)`.
+    known: Option<(Offset, u64)>,
 }
 
 /// Reads durable records in offset order. A lending iterator: each record
@@ -48,6 +48,7 @@ pub struct LogReader {
     shared: Arc<Shared>,
     next: Offset,
     cur: Option<Cursor>,
+    window: Window,
 }
 
 impl LogReader {
@@ -56,6 +57,7 @@ impl LogReader {
             shared,
             next: from,
             cur: None,
+            window: Window::new(),
         }
     }
 
@@ -67,9 +69,6 @@ impl LogReader {
     /// Moves to `offset` (e.g. past a quarantined record).
     pub fn seek(&mut self, offset: Offset) {
         self.next = offset;
-        if let Some(c) = &mut self.cur {
-            c.pos = None;
-        }
     }
 
     /// The next durable record, `Ok(None)` at the durable end.
@@ -87,89 +86,169 @@ impl LogReader {
         }
         self.position_cursor(&tail)?;
         let target = self.next;
-        let cur = self.cur.as_mut().expect("positioned above");
-        let from = match cur.pos {
-            Some(p) => (target, p),
-            None => index_floor(&cur.seg, target),
+        let LogReader {
+            shared,
+            next,
+            cur,
+            window,
+        } = self;
+        let cur = cur.as_mut().expect("positioned above");
+        let end = readable_end(&cur.seg, &tail);
+        let from = match cur.known {
+            Some((o, p)) if o <= target => (o, p),
+            _ => index_floor(&cur.file, cur.seg.base, target),
         };
-        match segment::find_record(&cur.map, cur.seg.base, from, target) {
-            Ok((pos, rec)) => {
-                cur.pos = Some(pos + rec.encoded_len() as u64);
-                self.next = Offset(target.0 + 1);
-                Ok(Some(rec))
+        let limit = Some(cur.limit.unwrap_or(tail.next_offset));
+        let mut src = WindowedFile {
+            file: cur.file.file.as_ref(),
+            window,
+            end,
+        };
+        match segment::find_record(&mut src, from, target, limit) {
+            Ok((pos, len)) => {
+                cur.known = Some((Offset(target.0 + 1), pos + len as u64));
+                *next = Offset(target.0 + 1);
+                let bytes = window.buffered(pos, len).expect("find_record just read it");
+                match record::check(bytes) {
+                    Check::Valid(r) => Ok(Some(r)),
+                    _ => unreachable!("find_record checked this record"),
+                }
             }
             Err(d) => {
-                let segment = cur.seg.path.clone();
-                self.shared.quarantine(QuarantinedRange {
-                    segment: segment.clone(),
-                    position: d.position,
-                    offset: d.offset,
-                    reason: d.reason,
-                });
-                cur.pos = None;
-                Err(WalError::Corrupt {
-                    segment,
-                    position: d.position,
-                    offset: target,
-                    reason: d.reason,
-                })
+                cur.known = d.resume.filter(|(o, _)| *o > target);
+                Err(report_damage(shared, &cur.seg, &d, target))
             }
         }
     }
 
-    /// Makes `cur` the segment holding `next`, mapped far enough.
+    /// Makes `cur` the segment holding `next`, open.
     fn position_cursor(&mut self, tail: &Tail) -> Result<(), WalError> {
         let next = self.next;
-        let stale = match &self.cur {
+        let fresh = match &self.cur {
             None => true,
             Some(c) => {
                 next < c.seg.base
                     || c.limit.is_some_and(|l| next >= l)
-                    || (c.limit.is_none() && c.seg.sealed.get().is_some())
+                    || (c.limit.is_none() && c.seg.is_sealed())
             }
         };
-        if stale {
-            let (seg, limit) = self.shared.locate(next).ok_or(WalError::Deleted {
-                offset: next,
-                start: tail.start_offset,
-            })?;
-            let same = self.cur.as_ref().is_some_and(|c| Arc::ptr_eq(&c.seg, &seg));
-            let pos = if same {
-                self.cur.as_ref().and_then(|c| c.pos)
-            } else {
-                None
-            };
-            let (map, valid) = seg.map.read().clone();
-            self.cur = Some(Cursor {
-                seg,
-                limit,
-                map,
-                valid,
-                pos,
-            });
+        if !fresh {
+            return Ok(());
         }
-        let cur = self.cur.as_mut().expect("set above");
-        let need = cur.seg.sealed.get().map_or(tail.active_end, |s| s.end);
-        if cur.valid < need {
-            (cur.map, cur.valid) = cur
-                .seg
-                .map_covering(need)
-                .map_err(|e| WalError::io(&cur.seg.path, e))?;
+        let (seg, limit) = self.shared.locate(next).ok_or(WalError::Deleted {
+            offset: next,
+            start: tail.start_offset,
+        })?;
+        if let Some(c) = self.cur.as_mut().filter(|c| Arc::ptr_eq(&c.seg, &seg)) {
+            c.limit = limit;
+            return Ok(());
         }
+        let file = self.shared.open_segment(&seg, limit)?;
+        self.window.clear();
+        self.cur = Some(Cursor {
+            seg,
+            file,
+            limit,
+            known: None,
+        });
         Ok(())
     }
 }
 
+/// Where reads of a segment must stop: its sealed end, or the durable end.
+fn readable_end(seg: &Segment, tail: &Tail) -> u64 {
+    seg.sealed.get().map_or(tail.active_end, |s| s.end)
+}
+
+/// Records the damage in the quarantine list and turns it into the error
+/// a reader of `target` gets.
+fn report_damage(shared: &Shared, seg: &Segment, d: &Damage, target: Offset) -> WalError {
+    shared.quarantine(QuarantinedRange {
+        segment: seg.path.clone(),
+        position: d.position,
+        offset: d.offset,
+        end_offset: d.resume.map(|(o, _)| o),
+        reason: d.reason,
+    });
+    if d.io {
+        WalError::Unreadable {
+            segment: seg.path.clone(),
+            position: d.position,
+            offset: target,
+        }
+    } else {
+        WalError::Corrupt {
+            segment: seg.path.clone(),
+            position: d.position,
+            offset: target,
+            reason: d.reason,
+        }
+    }
+}
+
 /// Where to start scanning for `target`: the index point at or before it.
-fn index_floor(seg: &Segment, target: Offset) -> (Offset, u64) {
-    let rel = u32::try_from(target.0 - seg.base.0).unwrap_or(u32::MAX);
-    match seg.index.read().floor_offset(rel) {
+fn index_floor(file: &SegmentFile, base: Offset, target: Offset) -> (Offset, u64) {
+    let rel = u32::try_from(target.0 - base.0).unwrap_or(u32::MAX);
+    match file.index.read().floor_offset(rel) {
         Some(p) => (
-            Offset(seg.base.0 + u64::from(p.relative_offset)),
+            Offset(base.0 + u64::from(p.relative_offset)),
             u64::from(p.position),
         ),
-        None => (seg.base, SEGMENT_HEADER_BYTES as u64),
+        None => (base, SEGMENT_HEADER_BYTES as u64),
     }
+}
+
+/// The bytes left of a damaged record, for a dead-letter copy: its payload
+/// if its header still parses, else the raw damaged bytes (for the first
+/// offset of a damaged run whose lengths are lost). Empty when nothing can
+/// be attributed to `target` or the bytes cannot be read. `Ok(None)` if the
+/// record is not damaged.
+pub fn damaged_bytes(shared: &Arc<Shared>, target: Offset) -> Result<Option<Vec<u8>>, WalError> {
+    let tail = shared.tail();
+    let (seg, limit) = shared.locate(target).ok_or(WalError::Deleted {
+        offset: target,
+        start: tail.start_offset,
+    })?;
+    let file = shared.open_segment(&seg, limit)?;
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file: file.file.as_ref(),
+        window: &mut window,
+        end: readable_end(&seg, &tail),
+    };
+    let from = index_floor(&file, seg.base, target);
+    let limit = Some(limit.unwrap_or(tail.next_offset));
+    let d = match segment::find_record(&mut src, from, target, limit) {
+        Ok(_) => return Ok(None),
+        Err(d) => d,
+    };
+    let range_end = d.resume.map_or(src.end(), |(_, p)| p);
+    let (mut pos, mut offset) = (d.position, d.offset);
+    while pos < range_end {
+        let plausible = src.get(pos, RECORD_HEADER_BYTES).ok().and_then(|h| {
+            let len = record::claimed_len(h)?;
+            let claims = u64::from_le_bytes(h[8..16].try_into().ok()?);
+            (claims == offset.0 && pos + len as u64 <= range_end).then_some(len)
+        });
+        let Some(len) = plausible else {
+            if offset != target {
+                return Ok(Some(Vec::new()));
+            }
+            let n = (range_end - pos).min(record::RECORD_BYTES_MAX as u64) as usize;
+            return Ok(Some(
+                src.get(pos, n).map(<[u8]>::to_vec).unwrap_or_default(),
+            ));
+        };
+        if offset == target {
+            let raw = src.get(pos, len).map(<[u8]>::to_vec).unwrap_or_default();
+            return Ok(Some(
+                record::payload_of(&raw).map_or(raw.clone(), <[u8]>::to_vec),
+            ));
+        }
+        pos += len as u64;
+        offset = Offset(offset.0 + 1);
+    }
+    Ok(Some(Vec::new()))
 }
 
 /// First offset appended at or after `timestamp_ms`.
@@ -179,25 +258,42 @@ pub fn offset_for_time(
 ) -> Result<Option<Offset>, WalError> {
     let segs: Vec<Arc<Segment>> = shared.segments.read().clone();
     let tail = shared.tail();
-    for seg in segs {
-        let max_ts = seg
-            .sealed
-            .get()
-            .map_or(tail.last_timestamp_ms, |s| s.max_timestamp_ms);
-        if max_ts < timestamp_ms {
-            continue;
+    // Segments are in time order: find the first whose newest record is
+    // recent enough (binary search, opening only the segments it probes).
+    let newest = |i: usize| -> Result<u64, WalError> {
+        match segs[i].sealed.get() {
+            None => Ok(tail.last_timestamp_ms),
+            Some(_) => shared.max_timestamp(&segs[i], segs.get(i + 1).map(|s| s.base)),
         }
-        let start = match seg.index.read().floor_time(timestamp_ms) {
-            Some(p) => Offset(seg.base.0 + u64::from(p.relative_offset)),
-            None => seg.base.max(tail.start_offset),
-        };
-        let mut reader = LogReader::new(shared.clone(), start);
-        while let Some(rec) = reader.next()? {
-            if rec.timestamp_ms >= timestamp_ms {
-                return Ok(Some(rec.offset));
-            }
+    };
+    let (mut lo, mut hi) = (0, segs.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if newest(mid)? < timestamp_ms {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
-        return Ok(None);
     }
-    Ok(None)
+    let Some(seg) = segs.get(lo) else {
+        return Ok(None);
+    };
+    let file = shared.open_segment(seg, segs.get(lo + 1).map(|s| s.base))?;
+    let start = match file.index.read().floor_time(timestamp_ms) {
+        Some(p) => Offset(seg.base.0 + u64::from(p.relative_offset)),
+        None => seg.base.max(tail.start_offset),
+    };
+    let mut reader = LogReader::new(shared.clone(), start);
+    loop {
+        match reader.next() {
+            Ok(Some(rec)) if rec.timestamp_ms >= timestamp_ms => return Ok(Some(rec.offset)),
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            // A damaged record has no trustworthy time: look past it.
+            Err(WalError::Corrupt { offset, .. } | WalError::Unreadable { offset, .. }) => {
+                reader.seek(Offset(offset.0 + 1))
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

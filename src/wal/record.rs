@@ -105,6 +105,16 @@ pub fn claimed_len(buf: &[u8]) -> Option<usize> {
         .then_some(total)
 }
 
+/// The payload of a record whose header lengths agree with its size, even
+/// if its CRC does not match (what is left of a damaged record).
+pub fn payload_of(raw: &[u8]) -> Option<&[u8]> {
+    let total = claimed_len(raw)?;
+    let meta_len = u16_at(raw, 26) as usize;
+    let payload_len = u32_at(raw, 28) as usize;
+    (total == raw.len() && RECORD_HEADER_BYTES + meta_len + payload_len == total)
+        .then(|| &raw[RECORD_HEADER_BYTES + meta_len..])
+}
+
 /// Validates the record at the start of `buf`. Never panics on any input.
 pub fn check(buf: &[u8]) -> Check<'_> {
     if buf.len() < RECORD_HEADER_BYTES {

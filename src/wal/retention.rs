@@ -3,7 +3,7 @@
 //!
 //! Architecture Invariant: a segment holding an offset at or after some
 //! registered reader's position is never deleted.
-use super::shared::Shared;
+use super::shared::{Segment, Shared};
 use super::{Offset, WalError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +48,8 @@ pub fn enforce(
     now_ms: u64,
 ) -> Result<Vec<Offset>, WalError> {
     let mut deleted = Vec::new();
-    while let Some(seg) = detach_oldest_if_allowed(shared, policy, now_ms) {
+    while let Some(seg) = detach_oldest_if_allowed(shared, policy, now_ms)? {
+        shared.forget(seg.base);
         let storage = shared.storage.as_ref();
         for ext in ["log", "index", "timeindex"] {
             let path = shared.segment_path(seg.base, ext);
@@ -66,30 +67,39 @@ pub fn enforce(
 }
 
 /// Removes the oldest segment from the list if it may be deleted. Decided
-/// under the segment-list lock so no reader can locate it afterwards.
+/// under the segment-list lock so no reader can locate it afterwards; its
+/// newest timestamp (which may need a read) is found before taking it.
 fn detach_oldest_if_allowed(
     shared: &Arc<Shared>,
     policy: &RetentionPolicy,
     now_ms: u64,
-) -> Option<Arc<super::shared::Segment>> {
+) -> Result<Option<Arc<Segment>>, WalError> {
+    let (first, next_base) = {
+        let segs = shared.segments.read();
+        match (segs.first(), segs.get(1)) {
+            (Some(f), Some(n)) if f.is_sealed() => (f.clone(), n.base),
+            _ => return Ok(None),
+        }
+    };
+    let too_old = match policy.max_age_ms {
+        Some(a) => now_ms.saturating_sub(shared.max_timestamp(&first, Some(next_base))?) > a,
+        None => false,
+    };
     let mut segs = shared.segments.write();
-    let first = segs.first()?;
-    let next_base = segs.get(1)?.base;
-    let info = *first.sealed.get()?;
+    if !segs.first().is_some_and(|f| Arc::ptr_eq(f, &first)) {
+        return Ok(None);
+    }
     let tail = shared.tail();
     let total: u64 = segs
         .iter()
         .map(|s| s.sealed.get().map_or(tail.active_end, |i| i.end))
         .sum();
     let needed = shared.min_reader_position().is_some_and(|p| p < next_base);
-    let too_old = policy
-        .max_age_ms
-        .is_some_and(|a| now_ms.saturating_sub(info.max_timestamp_ms) > a);
     let too_big = policy.max_bytes.is_some_and(|b| total > b);
     if needed || !(too_old || too_big) {
-        return None;
+        return Ok(None);
     }
     let seg = segs.remove(0);
     shared.publish(|t| t.start_offset = next_base);
-    Some(seg)
+    Ok(Some(seg))
 }

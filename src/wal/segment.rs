@@ -13,7 +13,7 @@
 //! ```
 //! Records follow back to back from byte 64 (see `record`). The scanning
 //! functions here are pure: they take bytes and report what checks out.
-use super::record::{self, Check, RecordView};
+use super::record::{self, Check};
 use super::Offset;
 use crate::constants::INDEX_INTERVAL_BYTES;
 use crate::index::IndexPoint;
@@ -86,6 +86,87 @@ pub fn wants_index_point(last: Option<IndexPoint>, position: u64) -> bool {
     }
 }
 
+/// Random access to the bytes of one segment file up to a readable end (the
+/// file's length, or the durable end of the active segment). Implemented for
+/// slices (pure tests) and for `pread` windows over files (`source.rs`).
+pub trait SegmentBytes {
+    /// The readable end: nothing at or after it is ever returned.
+    fn end(&self) -> u64;
+    /// The bytes at `[pos, pos + len)`, shorter only where `end` (or the file)
+    /// stops first; `Err` when some of them cannot be read (a media error).
+    fn get(&mut self, pos: u64, len: usize) -> Result<&[u8], Unreadable>;
+}
+
+/// Bytes a read failed on: the block holding `position`, up to `resume`,
+/// where reading may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable {
+    pub position: u64,
+    pub resume: u64,
+}
+
+impl SegmentBytes for &[u8] {
+    fn end(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn get(&mut self, pos: u64, len: usize) -> Result<&[u8], Unreadable> {
+        let start = (pos as usize).min(self.len());
+        let stop = start.saturating_add(len).min(self.len());
+        Ok(&self[start..stop])
+    }
+}
+
+/// What a reader finds at a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// A record whose lengths agree and whose CRC matches.
+    Valid {
+        offset: Offset,
+        timestamp_ms: u64,
+        len: usize,
+    },
+    /// Exactly at the readable end.
+    End,
+    /// Bytes that are not a record: zeros, torn or damaged data.
+    Invalid(&'static str),
+    /// Bytes that cannot be read.
+    Unreadable(Unreadable),
+}
+
+/// Checks the record starting at `pos`, reading only its own bytes.
+pub fn record_at<S: SegmentBytes + ?Sized>(src: &mut S, pos: u64) -> At {
+    let end = src.end();
+    if pos >= end {
+        return if pos == end {
+            At::End
+        } else {
+            At::Invalid("position past end of file")
+        };
+    }
+    let total = match src.get(pos, record::RECORD_HEADER_BYTES) {
+        Err(u) => return At::Unreadable(u),
+        Ok(head) => match record::check(head) {
+            Check::Incomplete if head.len() == record::RECORD_HEADER_BYTES => {
+                record::claimed_len(head).expect("Incomplete means a plausible length")
+            }
+            Check::Incomplete => return At::Invalid("record cut short by end of file"),
+            Check::Invalid(reason) => return At::Invalid(reason),
+            Check::Valid(r) => r.encoded_len(),
+        },
+    };
+    match src.get(pos, total).map(record::check) {
+        Err(u) => At::Unreadable(u),
+        Ok(Check::Valid(r)) => At::Valid {
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            len: total,
+        },
+        Ok(Check::Incomplete) => At::Invalid("record cut short by end of file"),
+        Ok(Check::Invalid(reason)) => At::Invalid(reason),
+    }
+}
+
 /// Where a scan of consecutive valid records stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -93,6 +174,19 @@ pub enum Stop {
     End,
     /// Bytes at `position` are not a valid next record.
     Invalid { position: u64, reason: &'static str },
+    /// Bytes at `position` cannot be read (a media error).
+    Unreadable { position: u64, resume: u64 },
+}
+
+impl Stop {
+    /// Where the damage starts and why, if the scan stopped at damage.
+    pub fn damage(&self) -> Option<(u64, &'static str)> {
+        match *self {
+            Stop::End => None,
+            Stop::Invalid { position, reason } => Some((position, reason)),
+            Stop::Unreadable { position, .. } => Some((position, "unreadable (I/O error)")),
+        }
+    }
 }
 
 /// The run of valid records a scan found.
@@ -108,10 +202,10 @@ pub struct Run {
     pub stop: Stop,
 }
 
-/// Scans valid, dense, time-ordered records of segment `base` in `bytes`
-/// from `start` until the first thing that does not check out.
-pub fn scan_run(
-    bytes: &[u8],
+/// Scans valid, dense, time-ordered records of segment `base` from `start`
+/// until the first thing that does not check out.
+pub fn scan_run<S: SegmentBytes + ?Sized>(
+    src: &mut S,
     base: Offset,
     start: u64,
     next: Offset,
@@ -129,34 +223,29 @@ pub fn scan_run(
     let mut last_point = last_point;
     loop {
         let pos = run.end;
-        let Some(rest) = bytes.get(pos as usize..) else {
-            run.stop = Stop::Invalid {
-                position: pos,
-                reason: "position past end of file",
-            };
-            return run;
-        };
-        if rest.is_empty() {
-            return run;
-        }
-        let rec = match record::check(rest) {
-            Check::Valid(r) => r,
-            Check::Incomplete => {
-                run.stop = Stop::Invalid {
-                    position: pos,
-                    reason: "record cut short by end of file",
-                };
-                return run;
-            }
-            Check::Invalid(reason) => {
+        let (offset, ts, len) = match record_at(src, pos) {
+            At::End => return run,
+            At::Valid {
+                offset,
+                timestamp_ms,
+                len,
+            } => (offset, timestamp_ms, len),
+            At::Invalid(reason) => {
                 run.stop = Stop::Invalid {
                     position: pos,
                     reason,
                 };
                 return run;
             }
+            At::Unreadable(u) => {
+                run.stop = Stop::Unreadable {
+                    position: pos,
+                    resume: u.resume,
+                };
+                return run;
+            }
         };
-        if let Err(reason) = fits_sequence(&rec, run.next_offset, run.last_timestamp_ms) {
+        if let Err(reason) = fits_sequence(offset, ts, run.next_offset, run.last_timestamp_ms) {
             run.stop = Stop::Invalid {
                 position: pos,
                 reason,
@@ -164,99 +253,174 @@ pub fn scan_run(
             return run;
         }
         if wants_index_point(last_point, pos) {
-            let p = point_for(base, &rec, pos);
+            let p = point_for(base, offset, ts, pos);
             run.points.push(p);
             last_point = Some(p);
         }
-        run.end = pos + rec.encoded_len() as u64;
-        run.next_offset = Offset(rec.offset.0 + 1);
-        run.last_timestamp_ms = rec.timestamp_ms;
+        run.end = pos + len as u64;
+        run.next_offset = Offset(offset.0 + 1);
+        run.last_timestamp_ms = ts;
         run.records += 1;
     }
 }
 
-fn fits_sequence(rec: &RecordView<'_>, next: Offset, last_ts: u64) -> Result<(), &'static str> {
-    if rec.offset != next {
+fn fits_sequence(offset: Offset, ts: u64, next: Offset, last_ts: u64) -> Result<(), &'static str> {
+    if offset != next {
         return Err("offset out of sequence");
     }
-    if rec.timestamp_ms < last_ts {
+    if ts < last_ts {
         return Err("timestamp went backwards");
     }
     Ok(())
 }
 
-pub fn point_for(base: Offset, rec: &RecordView<'_>, position: u64) -> IndexPoint {
+pub fn point_for(base: Offset, offset: Offset, timestamp_ms: u64, position: u64) -> IndexPoint {
     IndexPoint {
-        relative_offset: u32::try_from(rec.offset.0 - base.0)
-            .expect("segment holds < 2^32 records"),
+        relative_offset: u32::try_from(offset.0 - base.0).expect("segment holds < 2^32 records"),
         position: u32::try_from(position).expect("segment smaller than 4 GiB"),
-        timestamp_ms: rec.timestamp_ms,
+        timestamp_ms,
     }
 }
 
-/// Looks for the next valid record after corruption at `bad_position`: one
-/// with a valid CRC whose offset lies in `(expected, limit)`. Returns its
-/// position and view. Used only on damaged sealed segments, so a byte-wise
-/// search is fine.
-pub fn resync(
-    bytes: &[u8],
+/// Bytes looked at per step of a resync's search for non-zero bytes.
+const RESYNC_PROBE_BYTES: usize = 4096;
+
+/// Looks for the next valid record after damage at `bad_position`: one with
+/// a valid CRC whose offset lies in `(expected, limit)`, starting before
+/// `until`. Returns its position and offset. Runs of zeros (unwritten space)
+/// are skipped a word at a time and unreadable blocks as a whole, so a
+/// search over a mostly empty segment costs a read of it, not a check at
+/// every byte.
+pub fn resync<S: SegmentBytes + ?Sized>(
+    src: &mut S,
     bad_position: u64,
     expected: Offset,
     limit: Option<Offset>,
-) -> Option<(u64, RecordView<'_>)> {
+    until: u64,
+) -> Option<(u64, Offset)> {
     let limit = limit.map_or(u64::MAX, |l| l.0);
-    for pos in bad_position as usize + 1..bytes.len() {
-        if let Check::Valid(r) = record::check(&bytes[pos..]) {
-            if r.offset.0 > expected.0 && r.offset.0 < limit {
-                return Some((pos as u64, r));
+    let until = until.min(src.end());
+    let mut pos = bad_position + 1;
+    while pos < until {
+        let probe = match src.get(pos, RESYNC_PROBE_BYTES) {
+            Err(u) => {
+                pos = u.resume.max(pos + 1);
+                continue;
+            }
+            Ok(b) if b.len() < record::RECORD_HEADER_BYTES => return None,
+            Ok(b) => b,
+        };
+        // A record's first four bytes (its length) are never all zero, so
+        // no record starts where four zero bytes follow.
+        let zeros = leading_zeros(probe);
+        if zeros >= 4 {
+            pos += (zeros - 3) as u64;
+            continue;
+        }
+        if let At::Valid { offset, .. } = record_at(src, pos) {
+            if offset.0 > expected.0 && offset.0 < limit {
+                return Some((pos, offset));
             }
         }
+        pos += 1;
     }
     None
 }
 
-/// Returns the record with `target` offset, scanning from the index point
-/// at or before it. `Err` carries the position and reason when the bytes on
-/// the way do not check out, with the offset expected there.
-pub fn find_record<'a>(
-    bytes: &'a [u8],
-    base: Offset,
-    from: (Offset, u64),
-    target: Offset,
-) -> Result<(u64, RecordView<'a>), Damage> {
-    let (mut expected, mut pos) = from;
-    loop {
-        let damage = |reason| Damage {
-            position: pos,
-            offset: expected,
-            reason,
-        };
-        let rest = bytes
-            .get(pos as usize..)
-            .ok_or(damage("position past end of segment"))?;
-        let rec = match record::check(rest) {
-            Check::Valid(r) => r,
-            Check::Incomplete => return Err(damage("record cut short")),
-            Check::Invalid(reason) => return Err(damage(reason)),
-        };
-        if rec.offset != expected {
-            return Err(damage("offset out of sequence"));
+/// One past the last byte in `[from, end)` that is not zero (unreadable
+/// bytes count as not zero); `from` if there is none.
+pub fn nonzero_end<S: SegmentBytes + ?Sized>(src: &mut S, from: u64) -> u64 {
+    const STEP: usize = 256 * 1024;
+    let end = src.end();
+    let (mut last, mut pos) = (from, from);
+    while pos < end {
+        match src.get(pos, STEP) {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => {
+                if let Some(i) = b.iter().rposition(|&x| x != 0) {
+                    last = pos + i as u64 + 1;
+                }
+                pos += b.len() as u64;
+            }
+            Err(u) => {
+                last = u.resume.min(end);
+                pos = u.resume;
+            }
         }
-        if rec.offset == target {
-            debug_assert!(target.0 >= base.0);
-            return Ok((pos, rec));
-        }
-        pos += rec.encoded_len() as u64;
-        expected = Offset(expected.0 + 1);
     }
+    last
 }
 
-/// Where a read found bytes that do not check out.
+fn leading_zeros(bytes: &[u8]) -> usize {
+    let words = bytes.chunks_exact(8);
+    let mut n = 0;
+    for w in words {
+        if w != [0u8; 8] {
+            return n + w.iter().take_while(|&&b| b == 0).count();
+        }
+        n += 8;
+    }
+    n + bytes[n..].iter().take_while(|&&b| b == 0).count()
+}
+
+/// Where a read found bytes that do not check out, and where the log
+/// continues after them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Damage {
     pub position: u64,
+    /// First offset whose record is damaged.
     pub offset: Offset,
+    /// The next intact record after the damage (offset, position), if the
+    /// segment has one: every offset in `offset..resume.0` is unreadable.
+    pub resume: Option<(Offset, u64)>,
     pub reason: &'static str,
+    /// The damage is a read error, not bytes that fail their checks.
+    pub io: bool,
+}
+
+/// Finds the record with `target` offset, scanning from `from` (an index
+/// point at or before it, or a known record position). Damage on the way is
+/// skipped by resyncing at the next intact record, so one bad record hides
+/// only itself; `Err` when `target` itself is damaged. Returns the record's
+/// position and length (read it again with [`SegmentBytes::get`]).
+pub fn find_record<S: SegmentBytes + ?Sized>(
+    src: &mut S,
+    from: (Offset, u64),
+    target: Offset,
+    limit: Option<Offset>,
+) -> Result<(u64, usize), Damage> {
+    let (mut expected, mut pos) = from;
+    debug_assert!(expected <= target);
+    loop {
+        let (reason, io) = match record_at(src, pos) {
+            At::Valid { offset, len, .. } if offset == expected => {
+                if offset == target {
+                    return Ok((pos, len));
+                }
+                pos += len as u64;
+                expected = Offset(expected.0 + 1);
+                continue;
+            }
+            At::Valid { .. } => ("offset out of sequence", false),
+            At::End => ("record missing before the end of the segment", false),
+            At::Invalid(reason) => (reason, false),
+            At::Unreadable(_) => ("unreadable (I/O error)", true),
+        };
+        let end = src.end();
+        let resume = resync(src, pos, expected, limit, end).map(|(p, o)| (o, p));
+        match resume {
+            Some((o, p)) if o <= target => (expected, pos) = (o, p),
+            _ => {
+                return Err(Damage {
+                    position: pos,
+                    offset: expected,
+                    resume,
+                    reason,
+                    io,
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -305,7 +469,7 @@ mod tests {
     #[test]
     fn scan_stops_at_torn_record_and_indexes_every_interval() {
         let seg = segment_with(20, 10);
-        let run = scan_run(&seg, Offset(10), 64, Offset(10), 0, None);
+        let run = scan_run(&mut &seg[..], Offset(10), 64, Offset(10), 0, None);
         assert_eq!(
             (run.records, run.next_offset, run.stop.clone()),
             (20, Offset(30), Stop::End)
@@ -315,23 +479,58 @@ mod tests {
             "one point per ~4 KiB of 1 KiB records"
         );
         let torn = &seg[..seg.len() - 10];
-        let run = scan_run(torn, Offset(10), 64, Offset(10), 0, None);
+        let run = scan_run(&mut &torn[..], Offset(10), 64, Offset(10), 0, None);
         assert_eq!(run.records, 19);
         assert!(matches!(run.stop, Stop::Invalid { .. }));
     }
 
+    const REC: usize = record::RECORD_HEADER_BYTES + 1000;
+
     #[test]
     fn resync_finds_the_next_valid_record_after_damage() {
         let mut seg = segment_with(5, 0);
-        let second = 64 + record::RECORD_HEADER_BYTES + 1000;
+        let second = 64 + REC;
         seg[second + 40] ^= 0xff;
-        let run = scan_run(&seg, Offset(0), 64, Offset(0), 0, None);
+        let run = scan_run(&mut &seg[..], Offset(0), 64, Offset(0), 0, None);
         assert_eq!(run.records, 1);
-        let Stop::Invalid { position, .. } = run.stop else {
-            panic!("expected damage")
-        };
-        let (pos, rec) = resync(&seg, position, Offset(1), None).expect("record 2 is intact");
-        assert_eq!(rec.offset, Offset(2));
-        assert_eq!(pos as usize, second + record::RECORD_HEADER_BYTES + 1000);
+        let (position, _) = run.stop.damage().expect("expected damage");
+        let end = seg.len() as u64;
+        let (pos, offset) =
+            resync(&mut &seg[..], position, Offset(1), None, end).expect("record 2 is intact");
+        assert_eq!(offset, Offset(2));
+        assert_eq!(pos as usize, second + REC);
+    }
+
+    #[test]
+    fn resync_skips_long_runs_of_zeros() {
+        let mut seg = segment_with(2, 0);
+        let bad = seg.len();
+        seg.resize(bad + 1_000_000, 0);
+        record::encode(&mut seg, Offset(5), 200, b"", b"after the gap");
+        let end = seg.len() as u64;
+        assert_eq!(
+            resync(&mut &seg[..], bad as u64, Offset(2), None, end),
+            Some(((bad + 1_000_000) as u64, Offset(5)))
+        );
+    }
+
+    #[test]
+    fn one_bad_record_hides_only_itself() {
+        let mut seg = segment_with(8, 0);
+        seg[64 + 2 * REC + 100] ^= 0x01;
+        let from = (Offset(0), 64u64);
+        for target in 0..8u64 {
+            let found = find_record(&mut &seg[..], from, Offset(target), None);
+            if target == 2 {
+                let d = found.expect_err("record 2 is damaged");
+                assert_eq!(
+                    (d.offset, d.resume),
+                    (Offset(2), Some((Offset(3), (64 + 3 * REC) as u64)))
+                );
+            } else {
+                let (pos, len) = found.expect("intact records read past the damage");
+                assert_eq!((pos, len), ((64 + target as usize * REC) as u64, REC));
+            }
+        }
     }
 }

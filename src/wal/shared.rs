@@ -1,90 +1,96 @@
 //! State shared between the writer thread, readers and retention: the
-//! segment list, the durable tail, the latched failure and reader positions.
+//! segment list, the durable tail, the latched failure, the quarantine list,
+//! reader positions, and the bounded cache of open sealed segments.
+//!
+//! Sealed segments are opened on demand: a log of thousands of segments
+//! keeps at most `open_segments_max` of them open (plus the one each reader
+//! is positioned on), so file descriptors stay bounded however old the log.
 use super::segment::file_path;
-use super::{LogConfig, Offset, ReaderPosition};
+use super::{LogConfig, Offset, ReaderPosition, WalError};
 use crate::index::SegmentIndex;
-use crate::storage::{Mapping, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
 use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-/// One segment file with its index. The last segment of a log is active
-/// (written by the writer thread); all others are sealed and immutable.
+/// One segment of the log. The last segment is active (written by the
+/// writer thread, always open); all others are sealed and immutable.
 pub struct Segment {
     pub base: Offset,
-    pub created_ms: u64,
     pub path: PathBuf,
-    pub file: Box<dyn StorageFile>,
-    /// A read-only view of the file and how many of its leading bytes are
-    /// valid (all of them for a coherent mmap; for a copy, the durable end
-    /// when it was taken). Remapped by the reader that needs more.
-    pub map: RwLock<(Arc<Mapping>, u64)>,
-    pub index: RwLock<SegmentIndex>,
+    /// Wall clock at creation (age-based rolling of the active segment);
+    /// 0 for a sealed segment found on disk (not needed).
+    pub created_ms: u64,
+    /// Set once the segment is sealed.
     pub sealed: OnceLock<SealedInfo>,
+    handle: Mutex<Handle>,
 }
 
-#[derive(Debug, Clone, Copy)]
+enum Handle {
+    /// The active segment's file, kept open.
+    Active(Arc<SegmentFile>),
+    /// A sealed segment's file while some reader or the cache holds it.
+    Sealed(Weak<SegmentFile>),
+}
+
+/// An open segment: its file and its index.
+pub struct SegmentFile {
+    pub file: Box<dyn StorageFile>,
+    /// Grows while the segment is active; fixed once sealed.
+    pub index: RwLock<SegmentIndex>,
+}
+
+#[derive(Debug)]
 pub struct SealedInfo {
-    /// Length of the segment file.
+    /// Length of the segment file (its records end exactly there).
     pub end: u64,
-    /// Newest append time of any record in the segment.
-    pub max_timestamp_ms: u64,
+    /// Newest append time of any record; found when first needed.
+    pub max_timestamp_ms: OnceLock<u64>,
+}
+
+impl SealedInfo {
+    pub fn new(end: u64, max_timestamp_ms: Option<u64>) -> SealedInfo {
+        let max = OnceLock::new();
+        if let Some(ts) = max_timestamp_ms {
+            let _ = max.set(ts);
+        }
+        SealedInfo {
+            end,
+            max_timestamp_ms: max,
+        }
+    }
 }
 
 impl Segment {
-    /// A mapping whose first `len` bytes are valid, remapping if needed.
-    /// Returns the mapping and how many bytes of it are valid.
-    pub fn map_covering(&self, len: u64) -> std::io::Result<(Arc<Mapping>, u64)> {
-        let current = self.map.read().clone();
-        if current.1 >= len {
-            return Ok(current);
+    /// The active segment, open.
+    pub fn active(base: Offset, path: PathBuf, created_ms: u64, file: Arc<SegmentFile>) -> Self {
+        Segment {
+            base,
+            path,
+            created_ms,
+            sealed: OnceLock::new(),
+            handle: Mutex::new(Handle::Active(file)),
         }
-        let file_len = self.file.len()?.max(len);
-        let fresh = self.file.map(file_len)?;
-        let valid = if fresh.is_coherent() {
-            fresh.len() as u64
-        } else {
-            len
-        };
-        let state = (Arc::new(fresh), valid);
-        *self.map.write() = state.clone();
-        Ok(state)
     }
 
-    /// A sealed (immutable) segment, opened from disk.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sealed(
-        base: Offset,
-        created_ms: u64,
-        path: PathBuf,
-        file: Box<dyn StorageFile>,
-        map: Mapping,
-        index: SegmentIndex,
-        info: SealedInfo,
-    ) -> Arc<Segment> {
+    /// A sealed segment, opened when first read.
+    pub fn sealed(base: Offset, path: PathBuf, info: SealedInfo) -> Self {
         let seg = Segment {
             base,
-            created_ms,
             path,
-            file,
-            map: Self::map_state(map, info.end),
-            index: RwLock::new(index),
+            created_ms: 0,
             sealed: OnceLock::new(),
+            handle: Mutex::new(Handle::Sealed(Weak::new())),
         };
         let _ = seg.sealed.set(info);
-        Arc::new(seg)
+        seg
     }
 
-    /// Initial map state for a mapping of which `valid` leading bytes are durable.
-    pub fn map_state(map: Mapping, valid: u64) -> RwLock<(Arc<Mapping>, u64)> {
-        let valid = if map.is_coherent() {
-            map.len() as u64
-        } else {
-            valid.min(map.len() as u64)
-        };
-        RwLock::new((Arc::new(map), valid))
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.get().is_some()
     }
 }
 
@@ -105,7 +111,36 @@ pub struct QuarantinedRange {
     pub position: u64,
     /// First offset affected.
     pub offset: Offset,
+    /// First intact offset after it, when known (`None`: up to the end of the segment).
+    pub end_offset: Option<Offset>,
     pub reason: &'static str,
+}
+
+/// The least recently used open sealed segments, held open.
+struct OpenCache {
+    entries: VecDeque<(Offset, Arc<SegmentFile>)>,
+    capacity: usize,
+}
+
+impl OpenCache {
+    fn touch(&mut self, base: Offset) {
+        if let Some(i) = self.entries.iter().position(|(b, _)| *b == base) {
+            let e = self.entries.remove(i).expect("index from position");
+            self.entries.push_back(e);
+        }
+    }
+
+    fn insert(&mut self, base: Offset, file: Arc<SegmentFile>) {
+        self.entries.retain(|(b, _)| *b != base);
+        self.entries.push_back((base, file));
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+        }
+    }
+
+    fn remove(&mut self, base: Offset) {
+        self.entries.retain(|(b, _)| *b != base);
+    }
 }
 
 pub struct Shared {
@@ -119,6 +154,7 @@ pub struct Shared {
     failure: Mutex<Option<String>>,
     quarantine: Mutex<Vec<QuarantinedRange>>,
     readers: Mutex<Vec<Weak<(String, AtomicU64)>>>,
+    cache: Mutex<OpenCache>,
 }
 
 impl Shared {
@@ -130,6 +166,7 @@ impl Shared {
         tail: Tail,
     ) -> Self {
         assert!(!segments.is_empty(), "a log always has an active segment");
+        let capacity = config.open_segments_max;
         Self {
             dir,
             storage,
@@ -140,6 +177,10 @@ impl Shared {
             failure: Mutex::new(None),
             quarantine: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            cache: Mutex::new(OpenCache {
+                entries: VecDeque::new(),
+                capacity,
+            }),
         }
     }
 
@@ -185,7 +226,7 @@ impl Shared {
     pub fn quarantine(&self, q: QuarantinedRange) {
         let mut list = self.quarantine.lock();
         if !list.contains(&q) {
-            tracing::error!(segment = %q.segment.display(), position = q.position, offset = q.offset.0, reason = q.reason, "corrupt record quarantined");
+            tracing::error!(segment = %q.segment.display(), position = q.position, offset = q.offset.0, end_offset = q.end_offset.map(|o| o.0), reason = q.reason, "corrupt record quarantined");
             list.push(q);
         }
     }
@@ -221,5 +262,64 @@ impl Shared {
         let segs = self.segments.read();
         let i = segs.partition_point(|s| s.base <= offset).checked_sub(1)?;
         Some((segs[i].clone(), segs.get(i + 1).map(|s| s.base)))
+    }
+
+    /// The open file of `seg`, opening a sealed one (and loading or
+    /// rebuilding its index) if needed. `next_base` bounds its offsets.
+    pub fn open_segment(
+        &self,
+        seg: &Segment,
+        next_base: Option<Offset>,
+    ) -> Result<Arc<SegmentFile>, WalError> {
+        // Held while opening: one open per segment; other segments proceed.
+        let mut h = seg.handle.lock();
+        match &*h {
+            Handle::Active(f) => return Ok(f.clone()),
+            Handle::Sealed(w) => {
+                if let Some(f) = w.upgrade() {
+                    self.cache.lock().touch(seg.base);
+                    return Ok(f);
+                }
+            }
+        }
+        let info = seg.sealed.get().expect("only sealed segments close");
+        let file = Arc::new(super::open::open_sealed_file(
+            self, seg, info.end, next_base,
+        )?);
+        *h = Handle::Sealed(Arc::downgrade(&file));
+        self.cache.lock().insert(seg.base, file.clone());
+        Ok(file)
+    }
+
+    /// Turns the active segment's handle into a sealed one, kept in the cache.
+    pub fn seal_handle(&self, seg: &Segment) {
+        let mut h = seg.handle.lock();
+        if let Handle::Active(f) = &*h {
+            let f = f.clone();
+            *h = Handle::Sealed(Arc::downgrade(&f));
+            self.cache.lock().insert(seg.base, f);
+        }
+    }
+
+    /// Drops a deleted segment from the cache so its file closes.
+    pub fn forget(&self, base: Offset) {
+        self.cache.lock().remove(base);
+    }
+
+    /// Sealed segments held open by the cache (tests, status).
+    pub fn open_sealed_count(&self) -> usize {
+        self.cache.lock().entries.len()
+    }
+
+    /// The newest append time in a sealed segment, opening it if needed.
+    pub fn max_timestamp(&self, seg: &Segment, next_base: Option<Offset>) -> Result<u64, WalError> {
+        let info = seg.sealed.get().expect("sealed");
+        if let Some(ts) = info.max_timestamp_ms.get() {
+            return Ok(*ts);
+        }
+        let file = self.open_segment(seg, next_base)?;
+        let ts = super::open::newest_timestamp(self, seg, &file, info.end);
+        let _ = info.max_timestamp_ms.set(ts);
+        Ok(ts)
     }
 }

@@ -1,13 +1,16 @@
 //! Offline verification of a log directory: reads every segment and index
-//! and reports what does not check out. Never modifies anything, so it is
-//! safe to run beside a live broker (whose active tail may then be reported
-//! as still being written).
+//! and reports what does not check out, with the exact number of records
+//! that cannot be read. Never modifies anything and reads through `pread`,
+//! so it is safe beside a live broker (whose active tail may then be
+//! reported as still being written).
 use super::checkpoint::Checkpoint;
-use super::open::load_sealed_index;
-use super::segment::{self, parse_segment_name, SegmentHeader, Stop, SEGMENT_HEADER_BYTES};
+use super::fence::{self, Fence};
+use super::files;
+use super::segment::{self, file_path, parse_segment_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::source::{Window, WindowedFile};
 use super::{Offset, WalError};
 use crate::index::{decode_points, IndexKind, IndexPoint, INDEX_HEADER_BYTES};
-use crate::storage::Storage;
+use crate::storage::{self, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 
 /// One thing that does not check out.
@@ -21,7 +24,11 @@ pub struct Problem {
 #[derive(Debug, Default)]
 pub struct VerifyReport {
     pub segments: usize,
+    /// Records that read back intact.
     pub records: u64,
+    /// Records that cannot be read (damaged or unreadable): exactly the
+    /// offsets a reader gets an error for.
+    pub unreadable: u64,
     pub first_offset: Option<Offset>,
     pub next_offset: Option<Offset>,
     /// Corruption: non-empty means the log is damaged.
@@ -45,98 +52,135 @@ pub fn verify_dir(storage: &dyn Storage, dir: &Path) -> Result<VerifyReport, Wal
         first_offset: bases.first().copied(),
         ..Default::default()
     };
+    note_fence(storage, dir, &mut report);
     let mut expected_next: Option<Offset> = None;
     for (i, &base) in bases.iter().enumerate() {
         if let Some(n) = expected_next.filter(|n| *n != base) {
             report.problems.push(Problem {
-                file: segment::file_path(dir, base, "log"),
+                file: file_path(dir, base, "log"),
                 position: 0,
                 what: format!("offsets jump from {n} to segment base {base}"),
             });
         }
-        let last = i + 1 == bases.len();
-        expected_next = Some(verify_segment(storage, dir, base, last, &mut report)?);
+        let next_base = bases.get(i + 1).copied();
+        expected_next = Some(verify_segment(storage, dir, base, next_base, &mut report)?);
     }
     report.next_offset = expected_next;
     Ok(report)
+}
+
+fn note_fence(storage: &dyn Storage, dir: &Path, report: &mut VerifyReport) {
+    match Fence::load(storage, dir) {
+        Ok(None) => {}
+        Ok(Some(f)) => report.notes.push(format!(
+            "{}: an fsync failed while the broker ran; recovery discards what segment {} holds after byte {}",
+            fence::path(dir).display(),
+            f.segment_base,
+            f.position
+        )),
+        Err(reason) => report.problems.push(Problem {
+            file: fence::path(dir),
+            position: 0,
+            what: reason,
+        }),
+    }
 }
 
 fn verify_segment(
     storage: &dyn Storage,
     dir: &Path,
     base: Offset,
-    active: bool,
+    next_base: Option<Offset>,
     report: &mut VerifyReport,
 ) -> Result<Offset, WalError> {
-    let path = segment::file_path(dir, base, "log");
-    let (_file, map) = super::files::open_mapped(storage, &path)?;
+    let path = file_path(dir, base, "log");
+    let file = storage
+        .open(&path, false)
+        .map_err(|e| WalError::io(&path, e))?;
+    let len = file.len().map_err(|e| WalError::io(&path, e))?;
+    let active = next_base.is_none();
+    check_header(file.as_ref(), base, &path, report);
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file: file.as_ref(),
+        window: &mut window,
+        end: len,
+    };
+    let (mut start, mut next, mut ts) = (SEGMENT_HEADER_BYTES as u64, base, 0u64);
+    let mut points = Vec::<IndexPoint>::new();
     let problem = |position: u64, what: String| Problem {
         file: path.clone(),
         position,
         what,
     };
-    match SegmentHeader::decode(&map) {
-        Ok(h) if h.base_offset == base => {}
-        Ok(_) => report.problems.push(problem(
-            0,
-            "header base offset differs from the file name".into(),
-        )),
-        Err(reason) => report
-            .problems
-            .push(problem(0, format!("segment header: {reason}"))),
-    }
-    let (mut start, mut next, mut ts, mut points) = (
-        SEGMENT_HEADER_BYTES as u64,
-        base,
-        0u64,
-        Vec::<IndexPoint>::new(),
-    );
     loop {
-        let run = segment::scan_run(&map, base, start, next, ts, None);
+        let run = segment::scan_run(&mut src, base, start, next, ts, points.last().copied());
         report.records += run.records;
         points.extend(&run.points);
         (next, ts) = (run.next_offset, run.last_timestamp_ms);
-        let Stop::Invalid { position, reason } = run.stop else {
+        let Some((position, reason)) = run.stop.damage() else {
             break;
         };
-        let rest_is_zero = map[position as usize..].iter().all(|&b| b == 0);
-        if active && rest_is_zero {
-            break;
-        }
-        match segment::resync(&map, position, next, None) {
-            Some((pos, rec)) => {
+        match segment::resync(&mut src, position, next, next_base, len) {
+            Some((pos, offset)) => {
+                let n = offset.0 - next.0;
+                report.unreadable += n;
                 report.problems.push(problem(
                     position,
-                    format!(
-                        "corrupt record (offset {next}): {reason}; {} record(s) unreadable",
-                        rec.offset.0 - next.0
-                    ),
+                    format!("{n} unreadable record(s), offsets {next}..{offset}: {reason}"),
                 ));
-                (start, next) = (pos, rec.offset);
+                (start, next) = (pos, offset);
             }
+            None if active && segment::nonzero_end(&mut src, position) == position => break,
             None if active => {
-                report.notes.push(format!("{}: {} byte(s) of unfinished tail at {position} ({reason}); recovery truncates it", path.display(), map.len() as u64 - position));
+                report.notes.push(format!(
+                    "{}: {} byte(s) of unfinished tail at {position} ({reason}); recovery cuts it (never acknowledged)",
+                    path.display(),
+                    len - position
+                ));
                 break;
             }
             None => {
-                report.problems.push(problem(
-                    position,
-                    format!("corrupt data to the end of the segment (offset {next}): {reason}"),
-                ));
+                let end = next_base.expect("sealed");
+                if end > next {
+                    report.unreadable += end.0 - next.0;
+                    report.problems.push(problem(
+                        position,
+                        format!("{} unreadable record(s), offsets {next}..{end} (to the end of the segment): {reason}", end.0 - next.0),
+                    ));
+                } else {
+                    report.notes.push(format!(
+                        "{}: {} byte(s) after the last record at {position}; recovery trims them",
+                        path.display(),
+                        len - position
+                    ));
+                }
+                next = end;
                 break;
             }
         }
     }
-    verify_index(
-        storage,
-        dir,
-        base,
-        active,
-        map.len() as u64,
-        &points,
-        report,
-    );
+    verify_index(storage, dir, base, active, len, &points, report);
     Ok(next)
+}
+
+fn check_header(file: &dyn StorageFile, base: Offset, path: &Path, report: &mut VerifyReport) {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES];
+    let what = match storage::read_exact_at(file, &mut h, 0) {
+        Err(e) => Some(format!("segment header unreadable: {e}")),
+        Ok(()) => match SegmentHeader::decode(&h) {
+            Ok(h) if h.base_offset == base => None,
+            Ok(_) => Some("header base offset differs from the file name".into()),
+            Err(reason) => Some(format!("segment header: {reason}")),
+        },
+    };
+    if let Some(what) = what {
+        report.problems.push(Problem {
+            file: path.to_path_buf(),
+            position: 0,
+            what,
+        });
+    }
 }
 
 fn verify_index(
@@ -148,26 +192,21 @@ fn verify_index(
     points: &[IndexPoint],
     report: &mut VerifyReport,
 ) {
-    let path = segment::file_path(dir, base, "index");
+    let path = file_path(dir, base, "index");
     if !active {
-        let matches = load_sealed_index(storage, dir, base, log_len).is_some_and(|idx| {
+        let matches = files::read_sealed_index(storage, dir, base, log_len).is_some_and(|idx| {
             idx.len() == points.len() && (0..idx.len()).all(|i| idx.point(i) == points[i])
         });
         if !matches {
             report.notes.push(format!(
-                "{}: index missing, stale or damaged; recovery rebuilds it",
+                "{}: index missing, stale or damaged; it is rebuilt when the segment is read",
                 path.display()
             ));
         }
         return;
     }
     let ckpt = Checkpoint::load(storage, dir).filter(|c| c.segment_base == base);
-    let read = |kind: IndexKind| {
-        storage
-            .open(&segment::file_path(dir, base, kind.extension()), false)
-            .ok()
-            .and_then(|f| f.map(f.len().ok()?).ok())
-    };
+    let read = |kind: IndexKind| files::read_all(storage, &file_path(dir, base, kind.extension()));
     let (Some(c), Some(o), Some(t)) = (ckpt, read(IndexKind::Offset), read(IndexKind::Time)) else {
         return;
     };

@@ -7,11 +7,12 @@
 //! [`AppendError::Failed`], because after a failed fsync the kernel may have
 //! dropped the dirty pages and a retried fsync would lie.
 use super::checkpoint::Checkpoint;
+use super::fence::Fence;
 use super::files::{self, IndexFiles};
 use super::open::Recovered;
 use super::record::{self, RECORD_HEADER_BYTES};
 use super::segment::{self, SEGMENT_HEADER_BYTES};
-use super::shared::{Segment, Shared};
+use super::shared::{Segment, SegmentFile, Shared};
 use super::spare::Preparer;
 use super::{
     now_ms, AppendDone, AppendError, AppendRequest, Appended, FsyncMode, Offset, WalError,
@@ -130,8 +131,8 @@ impl Appender {
 pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
     let (tx, rx) = bounded(rec.shared.config.queue_depth_max);
     let shared = rec.shared.clone();
-    let last_point = rec.active.segment.index.read().last();
-    let index_written = rec.active.segment.index.read().len();
+    let last_point = rec.active.file.index.read().last();
+    let index_written = rec.active.file.index.read().len();
     let spare = if shared.config.prepare_segments {
         let p = Preparer::spawn(
             shared.storage.clone(),
@@ -149,9 +150,9 @@ pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
         shared: rec.shared,
         rx,
         seg: rec.active.segment,
+        file: rec.active.file,
         index_files: rec.active.index_files,
         index_written,
-        index_files_ok: true,
         last_point,
         pos: rec.active.pos,
         next: rec.active.next,
@@ -183,10 +184,13 @@ struct Writer {
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
     seg: Arc<Segment>,
-    index_files: IndexFiles,
+    /// The active segment's open file and index.
+    file: Arc<SegmentFile>,
+    /// `None` once an index write failed (or recovery could not rewrite
+    /// them): checkpoints stop until the next roll, appends go on.
+    index_files: Option<IndexFiles>,
     /// Index entries already written to the index files.
     index_written: usize,
-    index_files_ok: bool,
     last_point: Option<IndexPoint>,
     /// Durable end of the active segment.
     pos: u64,
@@ -226,7 +230,7 @@ impl Writer {
             }
         }
         if self.shared.failure().is_none() {
-            self.checkpoint();
+            self.checkpoint(true);
         }
         tracing::debug!(dir = %self.shared.dir.display(), "writer stopped");
     }
@@ -340,7 +344,7 @@ impl Writer {
             return Ok(());
         }
         let written =
-            storage::write_all_at(self.seg.file.as_ref(), &self.buf, self.pos).map_err(classify);
+            storage::write_all_at(self.file.file.as_ref(), &self.buf, self.pos).map_err(classify);
         let result = written.and_then(|_| self.sync());
         self.segment_flushes += 1;
         if let Err(e) = result {
@@ -360,11 +364,29 @@ impl Writer {
         if self.shared.config.fsync == FsyncMode::Never {
             return Ok(());
         }
-        self.seg.file.sync_data().map_err(|e| {
+        self.file.file.sync_data().map_err(|e| {
             let reason = format!("fdatasync of {} failed: {e}", self.seg.path.display());
             self.shared.latch_failure(reason.clone());
+            self.fence();
             AppendError::Failed(reason)
         })
+    }
+
+    /// After a failed fsync the written batch stays readable in the page
+    /// cache but may never reach the disk. Cut it from the file (which drops
+    /// the cached pages) and record the durable end in a fence, so that no
+    /// restart (the cache survives a process restart) and no power loss
+    /// recovery ever serves it.
+    fn fence(&self) {
+        let fence = Fence {
+            segment_base: self.seg.base,
+            position: self.pos,
+        };
+        let stored = fence.store(self.shared.storage.as_ref(), &self.shared.dir);
+        let cut = self.file.file.set_len(self.pos);
+        if let Err(e) = stored.and(cut) {
+            tracing::error!(dir = %self.shared.dir.display(), error = %e, position = self.pos, "could not record the durable end after the failed fsync; recovery will keep whatever reads back valid after it");
+        }
     }
 
     /// After a failed write (not fsync), cut the file back to the durable end
@@ -374,7 +396,7 @@ impl Writer {
             return;
         }
         tracing::warn!(segment = %self.seg.path.display(), error = %e, "append batch failed; truncating to the durable end");
-        if let Err(te) = self.seg.file.set_len(self.pos) {
+        if let Err(te) = self.file.file.set_len(self.pos) {
             self.shared.latch_failure(format!(
                 "could not truncate {} after a failed write: {te}",
                 self.seg.path.display()
@@ -395,7 +417,7 @@ impl Writer {
         self.since_checkpoint += self.buf.len() as u64;
         self.buf.clear();
         if !self.points.is_empty() {
-            let mut idx = self.seg.index.write();
+            let mut idx = self.file.index.write();
             self.points.drain(..).for_each(|p| idx.push(p));
             self.last_point = idx.last();
         }
@@ -410,7 +432,7 @@ impl Writer {
             reply(s.req, Ok(s.appended));
         }
         if self.since_checkpoint >= self.shared.config.checkpoint_interval_bytes {
-            self.checkpoint();
+            self.checkpoint(false);
         }
     }
 
@@ -418,45 +440,53 @@ impl Writer {
     /// durable by the next checkpoint; a failure only means recovery will
     /// rescan more, so it disables checkpoints instead of failing appends.
     fn write_index_entries(&mut self) {
-        let idx = self.seg.index.read();
-        if !self.index_files_ok || idx.len() == self.index_written {
+        let idx = self.file.index.read();
+        let Some(files) = &self.index_files else {
+            return;
+        };
+        if idx.len() == self.index_written {
             return;
         }
         let from = self.index_written;
         let o = &idx.offset_entry_bytes(idx.len())[from * OFFSET_ENTRY_BYTES..];
         let t = &idx.time_entry_bytes(idx.len())[from * TIME_ENTRY_BYTES..];
         let at = |n: usize| (INDEX_HEADER_BYTES + from * n) as u64;
-        let res =
-            storage::write_all_at(self.index_files.offsets.as_ref(), o, at(OFFSET_ENTRY_BYTES))
-                .and_then(|_| {
-                    storage::write_all_at(self.index_files.times.as_ref(), t, at(TIME_ENTRY_BYTES))
-                });
+        let res = storage::write_all_at(files.offsets.as_ref(), o, at(OFFSET_ENTRY_BYTES))
+            .and_then(|_| storage::write_all_at(files.times.as_ref(), t, at(TIME_ENTRY_BYTES)));
+        let written = idx.len();
+        drop(idx);
         match res {
-            Ok(()) => self.index_written = idx.len(),
+            Ok(()) => self.index_written = written,
             Err(e) => {
                 tracing::warn!(error = %e, segment = %self.seg.path.display(), "index write failed; recovery will rebuild from the log");
-                self.index_files_ok = false;
+                self.index_files = None;
             }
         }
     }
 
-    /// Records how far the active segment is durable and indexed.
-    fn checkpoint(&mut self) {
-        if !self.index_files_ok {
+    /// Records how far the active segment is durable and indexed; `clean`
+    /// at close, when nothing more will be written.
+    fn checkpoint(&mut self, clean: bool) {
+        let Some(files) = &self.index_files else {
             return;
-        }
+        };
         let storage = self.shared.storage.as_ref();
-        let synced = self
-            .index_files
-            .offsets
-            .sync_data()
-            .and_then(|_| self.index_files.times.sync_data());
+        // With fsync = "never" the data itself was not synced: a checkpoint
+        // must not claim it durable without syncing it first.
+        let data_synced = match self.shared.config.fsync {
+            FsyncMode::Always => Ok(()),
+            FsyncMode::Never => self.file.file.sync_data(),
+        };
+        let synced = data_synced
+            .and_then(|_| files.offsets.sync_data())
+            .and_then(|_| files.times.sync_data());
         let ckpt = Checkpoint {
             segment_base: self.seg.base,
             position: self.pos,
             next_offset: self.next,
             last_timestamp_ms: self.last_ts,
             index_entries: self.index_written as u32,
+            clean,
         };
         match synced.and_then(|_| ckpt.store(storage, &self.shared.dir)) {
             Ok(()) => self.since_checkpoint = 0,
@@ -473,18 +503,20 @@ impl Writer {
         debug_assert!(self.staged.is_empty() && self.buf.is_empty());
         let storage = self.shared.storage.as_ref();
         let dir = self.shared.dir.clone();
-        let (seg, index_files) =
+        let (seg, file, index_files) =
             files::create_segment(storage, &dir, self.next, now, &self.shared.config).map_err(
                 |e| match e {
                     WalError::Io { source, .. } => classify(source),
                     other => AppendError::Io(other.to_string()),
                 },
             )?;
-        if let Err(e) = files::seal(storage, &dir, &self.seg, self.pos, self.last_ts) {
+        let sealed = files::seal(storage, &dir, &self.seg, &self.file, self.pos, self.last_ts);
+        if let Err(e) = sealed {
             let reason = format!("sealing {} failed: {e}", self.seg.path.display());
             self.shared.latch_failure(reason.clone());
             return Err(AppendError::Failed(reason));
         }
+        self.shared.seal_handle(&self.seg);
         self.shared.segments.write().push(seg.clone());
         tracing::info!(sealed = %self.seg.path.display(), next = %seg.path.display(), "segment rolled");
         if let Some(p) = &self.spare {
@@ -501,14 +533,14 @@ impl Writer {
         }
         self.segment_flushes = 0;
         self.seg = seg;
-        self.index_files = index_files;
+        self.file = file;
+        self.index_files = Some(index_files);
         self.index_written = 0;
-        self.index_files_ok = true;
         self.last_point = None;
         self.pos = SEGMENT_HEADER_BYTES as u64;
         let pos = self.pos;
         self.shared.publish(|t| t.active_end = pos);
-        self.checkpoint();
+        self.checkpoint(false);
         Ok(())
     }
 }
