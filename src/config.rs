@@ -312,9 +312,14 @@ impl Config {
         })
     }
 
+    /// Every path under `data_dir`.
+    pub fn layout(&self) -> crate::layout::DataDir {
+        crate::layout::DataDir::new(&self.data_dir)
+    }
+
     /// The directory of a queue's log.
     pub fn queue_dir(&self, queue: &str) -> PathBuf {
-        queue_dir(&self.data_dir, queue)
+        self.layout().queue(queue)
     }
 
     /// Distinct queue names: those listeners feed, then those destinations read.
@@ -324,15 +329,6 @@ impl Config {
         let read = self.destinations.iter().map(|d| d.queue.clone());
         fed.chain(read).filter(|q| seen.insert(q.clone())).collect()
     }
-}
-
-pub fn queue_dir(data_dir: &Path, queue: &str) -> PathBuf {
-    data_dir.join("queues").join(queue)
-}
-
-/// Where a destination's dead-letter log lives.
-pub fn dlq_dir(data_dir: &Path, destination: &str) -> PathBuf {
-    data_dir.join("dlq").join(destination)
 }
 
 type KeyError = (String, String);

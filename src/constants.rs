@@ -117,8 +117,6 @@ pub const CURSOR_LEAD_MAX: u64 = 256;
 pub const CURSOR_SYNC_INTERVAL_MS_DEFAULT: u64 = 2;
 /// Upper bound on `cursor_sync_interval_ms`.
 pub const CURSOR_SYNC_INTERVAL_MS_MAX: u64 = 1000;
-/// Cursor records appended before the cursor file is compacted to one record per lane.
-pub const CURSOR_RECORDS_BEFORE_COMPACTION: u64 = 16_384;
 /// Longest error text kept in a blocked-head state or a dead-letter record.
 pub const ERROR_TEXT_BYTES_MAX: usize = 512;
 /// Slice of a blocking wait, so stop and operator commands are seen promptly.

@@ -3,7 +3,13 @@
 //! operator actions. One request line (tab-separated words), one response
 //! (first line `ok` or `error`, then text), then the connection closes.
 //! The authenticated HTTP API of a later issue calls the same engine methods.
-use crate::delivery::{render_status, Engine};
+//!
+//! Every action that changes delivery is recorded in the audit journal with
+//! the operator's identity (the OS user on the other end of the socket, from
+//! the kernel's peer credentials) and reason, before it runs.
+use crate::audit::{AuditEntry, AuditLog};
+use crate::delivery::{render_status, Engine, ResetTarget};
+use crate::wal::Offset;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,7 +25,13 @@ const REQUEST_BYTES_MAX: u64 = 4096;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("orderly.ctl")
+    crate::layout::DataDir::new(data_dir).control_socket()
+}
+
+/// What the control loop needs: the engine to act on, the journal to record in.
+struct Ctx {
+    engine: Arc<Engine>,
+    audit: Arc<AuditLog>,
 }
 
 pub struct ControlServer {
@@ -33,7 +45,11 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn start(data_dir: &Path, engine: Arc<Engine>) -> std::io::Result<ControlServer> {
+    pub fn start(
+        data_dir: &Path,
+        engine: Arc<Engine>,
+        audit: Arc<AuditLog>,
+    ) -> std::io::Result<ControlServer> {
         let path = socket_path(data_dir);
         // A socket left by a killed broker; the data-dir lock proves it is stale.
         let _ = std::fs::remove_file(&path);
@@ -43,7 +59,7 @@ impl ControlServer {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("orderly-control".into())
-            .spawn(move || accept_loop(&accepting, &flag, &engine))?;
+            .spawn(move || accept_loop(&accepting, &flag, &Ctx { engine, audit }))?;
         Ok(ControlServer {
             path,
             stop,
@@ -69,13 +85,13 @@ impl ControlServer {
     }
 }
 
-fn accept_loop(listener: &UnixListener, stop: &AtomicBool, engine: &Engine) {
+fn accept_loop(listener: &UnixListener, stop: &AtomicBool, ctx: &Ctx) {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         match conn {
-            Ok(c) => serve(c, engine),
+            Ok(c) => serve(c, ctx),
             Err(e) => {
                 // Out of file descriptors, most likely: back off rather than spin.
                 tracing::warn!(error = %e, "control socket accept failed");
@@ -85,7 +101,7 @@ fn accept_loop(listener: &UnixListener, stop: &AtomicBool, engine: &Engine) {
     }
 }
 
-fn serve(conn: UnixStream, engine: &Engine) {
+fn serve(conn: UnixStream, ctx: &Ctx) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     if BufReader::new((&conn).take(REQUEST_BYTES_MAX))
@@ -95,7 +111,8 @@ fn serve(conn: UnixStream, engine: &Engine) {
         return;
     }
     let words: Vec<&str> = line.trim_end_matches(['\r', '\n']).split('\t').collect();
-    let result = dispatch(&words, engine);
+    let actor = peer_identity(&conn);
+    let result = dispatch(&words, &actor, ctx);
     let text = match result {
         Ok(t) => format!("ok\n{t}"),
         Err(e) => format!("error\n{e}\n"),
@@ -103,24 +120,131 @@ fn serve(conn: UnixStream, engine: &Engine) {
     let _ = (&conn).write_all(text.as_bytes());
 }
 
-fn dispatch(words: &[&str], engine: &Engine) -> Result<String, String> {
+fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
     let lane = |s: &str| {
         s.parse::<u16>()
             .map_err(|_| format!("`{s}` is not a lane number"))
     };
+    let engine = &ctx.engine;
+    let entry = |action, destination, detail, reason| AuditEntry {
+        actor,
+        action,
+        destination,
+        detail,
+        reason,
+    };
     match words {
         ["status"] => Ok(render_status(&engine.status())),
-        ["pause", dest] => engine.pause(dest, true).map(|_| format!("{dest} paused\n")),
-        ["resume", dest] => engine
-            .pause(dest, false)
-            .map(|_| format!("{dest} resumed\n")),
-        ["retry", dest] => engine.retry(dest, None).map(|t| t + "\n"),
-        ["retry", dest, l] => engine.retry(dest, Some(lane(l)?)).map(|t| t + "\n"),
+        ["pause", dest] => audited(ctx, entry("pause", dest, "", ""), || {
+            engine.pause(dest, true).map(|_| format!("{dest} paused\n"))
+        }),
+        ["resume", dest] => audited(ctx, entry("resume", dest, "", ""), || {
+            engine
+                .pause(dest, false)
+                .map(|_| format!("{dest} resumed\n"))
+        }),
+        ["retry", dest] => audited(ctx, entry("retry", dest, "all lanes", ""), || {
+            engine.retry(dest, None).map(|t| t + "\n")
+        }),
+        ["retry", dest, l] => {
+            let l = lane(l)?;
+            let detail = format!("lane={l}");
+            audited(ctx, entry("retry", dest, &detail, ""), || {
+                engine.retry(dest, Some(l)).map(|t| t + "\n")
+            })
+        }
         ["skip", dest, l, reason] if !reason.trim().is_empty() => {
-            engine.skip(dest, lane(l)?, reason).map(|t| t + "\n")
+            let l = lane(l)?;
+            let detail = format!("lane={l}");
+            audited(ctx, entry("skip", dest, &detail, reason), || {
+                engine.skip(dest, l, reason).map(|t| t + "\n")
+            })
+        }
+        ["reset-cursor", dest, target, reason] if !reason.trim().is_empty() => {
+            let to = match *target {
+                "log-end" => ResetTarget::LogEnd,
+                n => ResetTarget::Offset(Offset(
+                    n.parse().map_err(|_| format!("`{n}` is not an offset"))?,
+                )),
+            };
+            let detail = format!("to={target}");
+            audited(ctx, entry("reset-cursor", dest, &detail, reason), || {
+                engine.reset_cursor(dest, to).map(|t| t + "\n")
+            })
         }
         _ => Err(format!("unknown request {words:?}")),
     }
+}
+
+/// Runs `action` only once its request is durable in the audit journal,
+/// then records how it ended.
+fn audited(
+    ctx: &Ctx,
+    entry: AuditEntry<'_>,
+    action: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
+    ctx.audit.requested(&entry).map_err(|e| {
+        format!(
+            "cannot record the action in {} ({e}); nothing was done",
+            ctx.audit.path().display()
+        )
+    })?;
+    tracing::info!(
+        actor = entry.actor,
+        action = entry.action,
+        destination = entry.destination,
+        detail = entry.detail,
+        reason = entry.reason,
+        "operator action"
+    );
+    let result = action();
+    if let Err(e) = ctx.audit.finished(&entry, &result) {
+        tracing::error!(error = %e, action = entry.action, "the outcome of an operator action could not be recorded in the audit journal");
+    }
+    result
+}
+
+/// The OS user on the other end of the control socket, from the kernel's
+/// peer credentials (not from anything the client says).
+fn peer_identity(conn: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    match user_name(cred.uid) {
+        Some(name) => format!("uid={}({name})", cred.uid),
+        None => format!("uid={}", cred.uid),
+    }
+}
+
+fn user_name(uid: libc::uid_t) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `pwd` and `buf`, both ours and sized as
+    // passed; `found` is set to `&pwd` or null.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Sends one request to the broker owning `data_dir`; `Ok` carries the text

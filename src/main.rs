@@ -1,12 +1,14 @@
 //! The `orderly` command line: parses arguments and calls into the library.
 use clap::{Parser, Subcommand};
-use orderly::config::{dlq_dir, queue_dir, Config};
+use orderly::check::{self, Outcome};
+use orderly::config::Config;
 use orderly::hl7::ack::parse_ack;
+use orderly::layout::DataDir;
 use orderly::mllp::{encode_frame, Decoded, FrameDecoder, FRAME_BYTES_MAX_DEFAULT};
 use orderly::server::Server;
 use orderly::storage::FsStorage;
 use orderly::wal::meta::{MetaKey, MetaView};
-use orderly::wal::{inspect, verify, Offset};
+use orderly::wal::{inspect, Offset};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -49,7 +51,7 @@ enum Command {
         #[arg(long)]
         dlq: bool,
     },
-    /// Check every segment and index of every queue; non-zero exit on corruption.
+    /// Check every queue, dead-letter log and cursor file; non-zero exit on damage.
     Verify {
         /// Data directory (default: from --config, else ./orderly-data).
         #[arg(long)]
@@ -106,6 +108,24 @@ enum CtlAction {
         #[arg(long)]
         reason: String,
     },
+    /// Move a destination's cursors down (never up) and resume a halted one:
+    /// the decision a cursor past the end of its queue waits for.
+    ResetCursor {
+        destination: String,
+        /// Deliver every message appended from the queue's current end on.
+        #[arg(
+            long,
+            conflicts_with = "to_offset",
+            required_unless_present = "to_offset"
+        )]
+        to_log_end: bool,
+        /// Deliver (again) every message from this offset on.
+        #[arg(long)]
+        to_offset: Option<u64>,
+        /// Why (kept in the audit journal).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,10 +141,11 @@ fn main() -> ExitCode {
             limit,
             dlq,
         } => with_data_dir(data_dir, config, |dir| {
+            let layout = DataDir::new(dir);
             let log_dir = if dlq {
-                dlq_dir(dir, &queue)
+                layout.dlq(&queue)
             } else {
-                queue_dir(dir, &queue)
+                layout.queue(&queue)
             };
             inspect_queue(&log_dir, &queue, Offset(from), limit.unwrap_or(u64::MAX))
         }),
@@ -224,8 +245,14 @@ fn with_data_dir(
     f(&dir)
 }
 
+/// A reason must be one line of text: it goes into records and the audit journal.
+fn valid_reason(reason: &str) -> bool {
+    !reason.trim().is_empty() && !reason.contains(['\t', '\n'])
+}
+
 fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     let lane_text;
+    let target_text;
     let words: Vec<&str> = match &action {
         CtlAction::Status => vec!["status"],
         CtlAction::Pause { destination } => vec!["pause", destination],
@@ -246,12 +273,25 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             lane,
             reason,
         } => {
-            if reason.trim().is_empty() || reason.contains(['\t', '\n']) {
+            if !valid_reason(reason) {
                 eprintln!("orderly: --reason must be non-empty text on one line");
                 return ExitCode::from(2);
             }
             lane_text = lane.to_string();
             vec!["skip", destination, &lane_text, reason]
+        }
+        CtlAction::ResetCursor {
+            destination,
+            to_offset,
+            reason,
+            ..
+        } => {
+            if !valid_reason(reason) {
+                eprintln!("orderly: --reason must be non-empty text on one line");
+                return ExitCode::from(2);
+            }
+            target_text = to_offset.map_or("log-end".to_string(), |o| o.to_string());
+            vec!["reset-cursor", destination, &target_text, reason]
         }
     };
     match orderly::control::request(data_dir, &words) {
@@ -325,55 +365,81 @@ fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode 
 }
 
 fn verify_all(data_dir: &Path) -> ExitCode {
-    let queues_dir = data_dir.join("queues");
-    let mut queues: Vec<String> = match std::fs::read_dir(&queues_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+    let checked = match check::data_dir(&FsStorage, &DataDir::new(data_dir)) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("orderly: cannot read {}: {e}", queues_dir.display());
+            eprintln!("orderly: cannot read {}: {e}", data_dir.display());
             return ExitCode::from(1);
         }
     };
-    queues.sort();
+    if checked.is_empty() {
+        println!("nothing to verify under {}", data_dir.display());
+    }
     let mut damaged = false;
-    for q in &queues {
-        match verify::verify_dir(&FsStorage, &queue_dir(data_dir, q)) {
-            Ok(report) => {
-                let range = match (report.first_offset, report.next_offset) {
-                    (Some(a), Some(b)) => format!("offsets {a}..{b}"),
-                    _ => "empty".into(),
-                };
-                let verdict = if report.is_clean() { "OK" } else { "CORRUPT" };
-                println!(
-                    "queue {q}: {verdict}: {} segment(s), {} record(s), {} unreadable record(s), {range}",
-                    report.segments, report.records, report.unreadable
-                );
-                for p in &report.problems {
-                    println!(
-                        "  problem: {} at byte {}: {}",
-                        p.file.display(),
-                        p.position,
-                        p.what
-                    );
-                }
-                for n in &report.notes {
-                    println!("  note: {n}");
-                }
-                damaged |= !report.is_clean();
-            }
-            Err(e) => {
-                println!("queue {q}: CORRUPT: {e}");
-                damaged = true;
-            }
-        }
+    for c in &checked {
+        print_checked(c);
+        damaged |= !c.is_clean();
     }
     if damaged {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn print_checked(c: &check::Checked) {
+    let label = c.kind.label();
+    let name = &c.name;
+    match &c.outcome {
+        Outcome::Log(report) => {
+            let range = match (report.first_offset, report.next_offset) {
+                (Some(a), Some(b)) => format!("offsets {a}..{b}"),
+                _ => "empty".into(),
+            };
+            let verdict = if report.is_clean() { "OK" } else { "CORRUPT" };
+            println!(
+                "{label} {name}: {verdict}: {} segment(s), {} record(s), {} unreadable record(s), {range}",
+                report.segments, report.records, report.unreadable
+            );
+            for p in &report.problems {
+                println!(
+                    "  problem: {} at byte {}: {}",
+                    p.file.display(),
+                    p.position,
+                    p.what
+                );
+            }
+            for n in &report.notes {
+                println!("  note: {n}");
+            }
+        }
+        Outcome::Cursors(r) => {
+            let lanes: Vec<String> = r
+                .cursors
+                .iter()
+                .map(|c| match &c.head {
+                    None => c.next_offset.to_string(),
+                    Some(h) => format!("{}({})", c.next_offset, h.class.name()),
+                })
+                .collect();
+            println!(
+                "{label} {name}: OK: {} lane(s) at [{}], routing {}",
+                r.lanes,
+                lanes.join(", "),
+                r.routing
+                    .as_deref()
+                    .unwrap_or("(version 1 file: not recorded)")
+            );
+            if r.torn_bytes > 0 {
+                println!(
+                    "  note: {} byte(s) of a torn last commit (its deliveries repeat)",
+                    r.torn_bytes
+                );
+            }
+        }
+        Outcome::Unusable(reason) => {
+            println!("{label} {name}: CORRUPT: {}: {reason}", c.path.display());
+        }
     }
 }
 

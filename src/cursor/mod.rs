@@ -8,21 +8,31 @@
 //! updates share a flush instead of adding one disk flush per few
 //! messages to the WAL's. A lane may run at most
 //! [`CURSOR_LEAD_MAX`] commits ahead of what is durable, which bounds how much
-//! is delivered again after a crash. The file is compacted to one record per
-//! lane (temp file, fsync, rename, fsync directory) when it grows.
+//! is delivered again after a crash. The file has two preallocated slots
+//! (`file.rs`): when one fills, every lane's state is written to the other,
+//! so compaction never allocates and a full disk never stops delivery.
+//!
+//! The file records what decides each message's lane (the routing: queue,
+//! lane count, partition key, lane function). If the configuration changes
+//! it, the lanes' cursors no longer describe the same messages: every lane
+//! then restarts at the slowest old cursor (or at the start of a different
+//! queue), so messages may be delivered again but none is skipped.
 //!
 //! Architecture Invariant: a cursor moves only after the downstream's
 //! positive ACK (or a durable dead-letter record); it never moves backwards
-//! except by an explicit lane-count change, which restarts every lane at the
-//! slowest one (duplicates, never gaps).
+//! except by a routing change (restart at the slowest lane: duplicates,
+//! never gaps) or an operator's recorded `reset-cursor`.
+mod file;
 pub mod record;
 
+pub use file::FILE_BYTES;
 pub use record::{ErrorClass, HeadState, HeadStatus, LaneCursor};
 
-use crate::constants::{CURSOR_LEAD_MAX, CURSOR_RECORDS_BEFORE_COMPACTION};
-use crate::storage::{self, Storage, StorageFile};
+use crate::constants::CURSOR_LEAD_MAX;
+use crate::storage::{self, Storage};
 use crate::wal::{Offset, ReaderPosition};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use file::{CursorFile, Loaded};
 use parking_lot::{Condvar, Mutex};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +48,7 @@ pub enum CursorError {
         source: std::io::Error,
     },
     #[error("cursor file {path} is not a cursor file ({reason}); move it aside to start this destination from the beginning of its queue")]
-    NotACursorFile { path: PathBuf, reason: &'static str },
+    NotACursorFile { path: PathBuf, reason: String },
 }
 
 struct Update {
@@ -70,13 +80,15 @@ pub struct CursorStore {
 }
 
 impl CursorStore {
-    /// Opens (or creates) `<dir>/<destination>.cur` for `lanes` lanes and
-    /// returns the committed cursor of each lane. `positions` (one per lane)
-    /// are kept at each lane's durable next offset, protecting retention.
+    /// Opens (or creates) `<dir>/<destination>.cur` for `lanes` lanes
+    /// routed as `routing` describes, and returns the committed cursor of
+    /// each lane. `positions` (one per lane) are kept at each lane's durable
+    /// next offset, protecting retention.
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
         destination: &str,
+        routing: &str,
         lanes: u16,
         positions: Vec<ReaderPosition>,
         sync_interval: Duration,
@@ -87,12 +99,22 @@ impl CursorStore {
             path: path.clone(),
             source,
         };
-        storage.create_dir_all(dir).map_err(io)?;
-        let cursors = load(storage.as_ref(), &path, lanes)?;
-        // Start every open from a compacted file: bounded size, no torn tail.
-        write_snapshot(storage.as_ref(), &path, &cursors, 0).map_err(io)?;
-        let file = storage.open(&path, false).map_err(io)?;
-        let end = file.len().map_err(io)?;
+        storage::create_dir_durable(storage.as_ref(), dir).map_err(io)?;
+        let loaded =
+            file::load(storage.as_ref(), &path).map_err(|reason| CursorError::NotACursorFile {
+                path: path.clone(),
+                reason,
+            })?;
+        let cursors = starting_cursors(&path, loaded.as_ref(), routing, lanes);
+        let mut seq = loaded.as_ref().map_or(0, |l| l.seq);
+        // Every open starts from a fresh snapshot: bounded size, no torn tail.
+        let cursor_file = match &loaded {
+            Some(l) if l.routing.is_some() => {
+                CursorFile::reopen(storage.as_ref(), &path, routing, l, &cursors, &mut seq)
+            }
+            _ => CursorFile::create(storage.as_ref(), &path, routing, &cursors, &mut seq),
+        }
+        .map_err(io)?;
         for (p, c) in positions.iter().zip(&cursors) {
             p.set(c.next_offset);
         }
@@ -113,11 +135,8 @@ impl CursorStore {
         let (tx, rx) = bounded(4096);
         let committer = Committer {
             inner: inner.clone(),
-            storage,
-            file,
-            end,
-            records: u64::from(lanes),
-            seq: 1,
+            file: cursor_file,
+            seq,
             buf: Vec::new(),
             sync_interval,
         };
@@ -219,10 +238,7 @@ impl Drop for CursorStore {
 
 struct Committer {
     inner: Arc<Inner>,
-    storage: Arc<dyn Storage>,
-    file: Box<dyn StorageFile>,
-    end: u64,
-    records: u64,
+    file: CursorFile,
     seq: u64,
     buf: Vec<u8>,
     sync_interval: Duration,
@@ -260,16 +276,21 @@ impl Committer {
 
     fn commit(&mut self, latest: &mut [Option<(u64, LaneCursor)>]) {
         self.buf.clear();
-        let mut n = 0;
         for (lane, l) in latest.iter().enumerate() {
             if let Some((_, c)) = l {
-                record::encode(&mut self.buf, lane as u16, self.seq, c);
                 self.seq += 1;
-                n += 1;
+                record::encode(&mut self.buf, lane as u16, self.seq, c);
             }
         }
-        let written = storage::write_all_at(self.file.as_ref(), &self.buf, self.end)
-            .and_then(|_| self.file.sync_data());
+        let written = match self.file.append(&self.buf) {
+            Ok(true) => Ok(()),
+            // The slot is full: every lane's state goes into the other one.
+            Ok(false) => {
+                let merged = self.merged(latest);
+                self.file.write_snapshot(&merged, &mut self.seq)
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = written {
             let reason = format!("cursor file {}: {e}", self.inner.path.display());
             tracing::error!(%reason, "cursor commits stopped; deliveries pause until restart");
@@ -277,12 +298,17 @@ impl Committer {
             self.inner.became_durable.notify_all();
             return;
         }
-        self.end += self.buf.len() as u64;
-        self.records += n;
         self.publish(latest);
-        if self.records >= CURSOR_RECORDS_BEFORE_COMPACTION {
-            self.compact();
-        }
+    }
+
+    /// The durable state of every lane with the pending updates applied.
+    fn merged(&self, latest: &[Option<(u64, LaneCursor)>]) -> Vec<LaneCursor> {
+        let lanes = self.inner.lanes.lock();
+        lanes
+            .iter()
+            .zip(latest)
+            .map(|(l, new)| new.as_ref().map_or(l.cursor.clone(), |(_, c)| c.clone()))
+            .collect()
     }
 
     fn publish(&self, latest: &mut [Option<(u64, LaneCursor)>]) {
@@ -300,87 +326,87 @@ impl Committer {
         }
         self.inner.became_durable.notify_all();
     }
-
-    fn compact(&mut self) {
-        let cursors: Vec<LaneCursor> = self
-            .inner
-            .lanes
-            .lock()
-            .iter()
-            .map(|l| l.cursor.clone())
-            .collect();
-        let done = write_snapshot(self.storage.as_ref(), &self.inner.path, &cursors, self.seq)
-            .and_then(|_| self.storage.open(&self.inner.path, false))
-            .and_then(|f| Ok((f.len()?, f)));
-        match done {
-            Ok((len, file)) => {
-                self.file = file;
-                self.end = len;
-                self.records = cursors.len() as u64;
-            }
-            Err(e) => {
-                tracing::warn!(path = %self.inner.path.display(), error = %e, "cursor compaction failed; will retry")
-            }
-        }
-    }
 }
 
-/// Reads the committed state of every lane; a torn tail ends the read.
-fn load(storage: &dyn Storage, path: &Path, lanes: u16) -> Result<Vec<LaneCursor>, CursorError> {
+/// The first offset of a routing description's queue (`queue=NAME;...`).
+fn queue_of(routing: &str) -> Option<&str> {
+    routing.split(';').find_map(|kv| kv.strip_prefix("queue="))
+}
+
+/// Where each lane starts, given what the file holds. Cursors carry over
+/// only if they were committed under the same routing; otherwise every lane
+/// restarts at the slowest old cursor (messages may be delivered again,
+/// none is skipped), or at the start of the queue if the queue changed.
+fn starting_cursors(
+    path: &Path,
+    loaded: Option<&Loaded>,
+    routing: &str,
+    lanes: u16,
+) -> Vec<LaneCursor> {
     let fresh = vec![LaneCursor::default(); usize::from(lanes)];
-    let Ok(file) = storage.open(path, false) else {
-        return Ok(fresh);
+    let Some(l) = loaded else {
+        return fresh;
     };
-    let io = |source| CursorError::Io {
-        path: path.to_path_buf(),
-        source,
+    if l.torn_bytes > 0 {
+        tracing::warn!(path = %path.display(), bytes = l.torn_bytes, "ignoring a torn cursor commit at the end (its deliveries are repeated)");
+    }
+    let same = match &l.routing {
+        Some(r) => r == routing,
+        // A version 1 file did not record its routing: only a single lane
+        // (which takes every message) is safe to carry over unchecked.
+        None => l.lanes == 1 && lanes == 1,
     };
-    let mut map = vec![0u8; file.len().map_err(io)? as usize];
-    storage::read_exact_at(file.as_ref(), &mut map, 0).map_err(io)?;
-    let old_lanes = record::decode_header(&map).map_err(|reason| CursorError::NotACursorFile {
-        path: path.to_path_buf(),
-        reason,
-    })?;
-    let mut old = vec![LaneCursor::default(); usize::from(old_lanes)];
-    let mut pos = record::HEADER_BYTES;
-    while let Some((lane, _seq, cursor, len)) = record::decode(&map[pos..]) {
-        if let Some(slot) = old.get_mut(usize::from(lane)) {
-            *slot = cursor;
-        }
-        pos += len;
+    if same && l.lanes == lanes {
+        return l.cursors.clone();
     }
-    if pos < map.len() {
-        tracing::warn!(path = %path.display(), bytes = map.len() - pos, "ignoring a torn cursor record at the end (its delivery is repeated)");
+    let old = l
+        .routing
+        .as_deref()
+        .unwrap_or("(not recorded: version 1 file)");
+    let old_queue = l.routing.as_deref().and_then(queue_of);
+    if old_queue.is_some() && old_queue != queue_of(routing) {
+        tracing::warn!(path = %path.display(), old, new = routing, "destination now reads another queue: every lane starts at the beginning of it");
+        return fresh;
     }
-    if old_lanes == lanes {
-        return Ok(old);
-    }
-    let slowest = old
+    let slowest = l
+        .cursors
         .iter()
         .map(|c| c.head.as_ref().map_or(c.next_offset, |h| h.offset))
         .min()
         .unwrap_or_default();
-    tracing::warn!(path = %path.display(), old_lanes, lanes, from = slowest.0, "lane count changed: every lane restarts at the slowest old lane (messages after it are delivered again)");
-    Ok(vec![
+    tracing::warn!(path = %path.display(), old, new = routing, from = slowest.0, "routing changed (lanes, partition key or lane function): every lane restarts at the slowest old lane; messages after it may be delivered again, none is skipped");
+    vec![
         LaneCursor {
             next_offset: slowest,
             head: None
         };
         usize::from(lanes)
-    ])
+    ]
 }
 
-fn write_snapshot(
-    storage: &dyn Storage,
-    path: &Path,
-    cursors: &[LaneCursor],
-    seq: u64,
-) -> std::io::Result<()> {
-    let mut bytes = record::encode_header(cursors.len() as u16).to_vec();
-    for (lane, c) in cursors.iter().enumerate() {
-        record::encode(&mut bytes, lane as u16, seq, c);
+/// What `orderly verify` reports about a cursor file.
+#[derive(Debug, Clone)]
+pub struct CursorFileReport {
+    pub lanes: u16,
+    pub routing: Option<String>,
+    pub generation: u64,
+    pub cursors: Vec<LaneCursor>,
+    /// Bytes of a torn last commit (recovery ignores them; their deliveries repeat).
+    pub torn_bytes: usize,
+}
+
+/// Reads a cursor file without changing it; `Err` says why it is unusable.
+pub fn check_file(storage: &dyn Storage, path: &Path) -> Result<CursorFileReport, String> {
+    match file::load(storage, path)? {
+        None => Err("no such file".into()),
+        Some(l) => Ok(CursorFileReport {
+            lanes: l.lanes,
+            routing: l.routing,
+            generation: l.generation,
+            cursors: l.cursors,
+            torn_bytes: l.torn_bytes,
+        }),
     }
-    storage::replace_file(storage, path, &bytes)
 }
 
 /// Offset a lane starts from: its cursor, or the log start if retention
@@ -395,6 +421,7 @@ mod tests {
     use crate::storage::SimStorage;
 
     const PACE: Duration = Duration::from_millis(2);
+    const ROUTING: &str = "queue=q;lanes=2;key=PID-3.1;lane-map=fnv1a64-mod";
 
     fn positions(n: u16) -> Vec<ReaderPosition> {
         let log = crate::wal::Log::open_with(
@@ -416,6 +443,7 @@ mod tests {
             storage.clone(),
             Path::new("/c"),
             "ehr",
+            ROUTING,
             2,
             positions(2),
             PACE,
@@ -457,6 +485,7 @@ mod tests {
             Arc::new(crashed),
             Path::new("/c"),
             "ehr",
+            ROUTING,
             2,
             positions(2),
             PACE,
@@ -473,8 +502,16 @@ mod tests {
         let sim = SimStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
         let interval = Duration::from_millis(5);
-        let (store, _) =
-            CursorStore::open(storage, Path::new("/c"), "d", 1, positions(1), interval).unwrap();
+        let (store, _) = CursorStore::open(
+            storage,
+            Path::new("/c"),
+            "d",
+            ROUTING,
+            1,
+            positions(1),
+            interval,
+        )
+        .unwrap();
         let syncs_before = sim.sync_count();
         let started = Instant::now();
         for i in 1..=2_000u64 {
@@ -500,30 +537,156 @@ mod tests {
         assert_eq!(store.durable(0).next_offset, Offset(2_000));
     }
 
-    #[test]
-    fn lane_count_change_restarts_every_lane_at_the_slowest() {
+    fn at(n: u64) -> LaneCursor {
+        LaneCursor {
+            next_offset: Offset(n),
+            head: None,
+        }
+    }
+
+    /// Commits `states` under `routing`, then reopens under `reopened` and
+    /// returns where each lane starts.
+    fn reopen_with(states: &[u64], routing: &str, reopened: &str, lanes: u16) -> Vec<u64> {
         let sim = SimStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-        let (store, _) =
-            CursorStore::open(storage.clone(), Path::new("/c"), "d", 2, positions(2), PACE)
-                .unwrap();
-        store.submit(
-            0,
-            LaneCursor {
-                next_offset: Offset(50),
-                head: None,
-            },
-        );
-        store.submit(
-            1,
-            LaneCursor {
-                next_offset: Offset(30),
-                head: None,
-            },
-        );
+        let n = states.len() as u16;
+        let (store, _) = CursorStore::open(
+            storage.clone(),
+            Path::new("/c"),
+            "d",
+            routing,
+            n,
+            positions(n),
+            PACE,
+        )
+        .unwrap();
+        for (lane, s) in states.iter().enumerate() {
+            store.submit(lane as u16, at(*s));
+        }
         store.close();
-        let (_s, got) =
-            CursorStore::open(storage, Path::new("/c"), "d", 4, positions(4), PACE).unwrap();
-        assert!(got.iter().all(|c| c.next_offset == Offset(30)));
+        let (_s, got) = CursorStore::open(
+            storage,
+            Path::new("/c"),
+            "d",
+            reopened,
+            lanes,
+            positions(lanes),
+            PACE,
+        )
+        .unwrap();
+        got.iter().map(|c| c.next_offset.0).collect()
+    }
+
+    #[test]
+    fn the_same_routing_keeps_every_lane_where_it_was() {
+        assert_eq!(reopen_with(&[50, 30], ROUTING, ROUTING, 2), vec![50, 30]);
+    }
+
+    #[test]
+    fn lane_count_change_restarts_every_lane_at_the_slowest() {
+        let four = "queue=q;lanes=4;key=PID-3.1;lane-map=fnv1a64-mod";
+        assert_eq!(reopen_with(&[50, 30], ROUTING, four, 4), vec![30; 4]);
+    }
+
+    /// Regression: the file used to record only the lane count, so a new
+    /// partition key with the same lanes moved keys between lanes whose
+    /// cursors differ, and pending messages of the slower lane were never
+    /// delivered.
+    #[test]
+    fn partition_key_change_with_the_same_lanes_restarts_at_the_slowest() {
+        let by_visit = "queue=q;lanes=2;key=PV1-19;lane-map=fnv1a64-mod";
+        assert_eq!(reopen_with(&[50, 30], ROUTING, by_visit, 2), vec![30, 30]);
+    }
+
+    #[test]
+    fn queue_change_starts_at_the_beginning_of_the_new_queue() {
+        let other = "queue=billing;lanes=2;key=PID-3.1;lane-map=fnv1a64-mod";
+        assert_eq!(reopen_with(&[50, 30], ROUTING, other, 2), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_and_rewritten_as_version_2() {
+        let sim = SimStorage::new();
+        let path = Path::new("/c/d.cur");
+        let mut v1 = b"ORDLYCUR".to_vec();
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&[0; 4]);
+        record::encode(&mut v1, 0, 1, &at(77));
+        storage::replace_file(&sim, path, &v1).unwrap();
+        let strict = "queue=q;lanes=1;key=-;lane-map=fnv1a64-mod";
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let (store, got) = CursorStore::open(
+            storage.clone(),
+            Path::new("/c"),
+            "d",
+            strict,
+            1,
+            positions(1),
+            PACE,
+        )
+        .unwrap();
+        assert_eq!(got[0].next_offset, Offset(77), "one lane carries over");
+        store.close();
+        assert_eq!(sim.contents(path).unwrap().len(), file::FILE_BYTES);
+        assert_eq!(reopen_v2(&sim, strict), vec![77]);
+    }
+
+    fn reopen_v2(sim: &SimStorage, routing: &str) -> Vec<u64> {
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let (_s, got) = CursorStore::open(
+            storage,
+            Path::new("/c"),
+            "d",
+            routing,
+            1,
+            positions(1),
+            PACE,
+        )
+        .unwrap();
+        got.iter().map(|c| c.next_offset.0).collect()
+    }
+
+    /// Regression: every open rewrote the file through a new temp file, so
+    /// a full disk stopped the broker from starting; and every commit needs
+    /// room. The file is preallocated: opening and committing allocate nothing.
+    #[test]
+    fn a_full_disk_neither_stops_the_store_from_opening_nor_its_commits() {
+        let sim = SimStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let (store, _) = CursorStore::open(
+            storage.clone(),
+            Path::new("/c"),
+            "d",
+            ROUTING,
+            2,
+            positions(2),
+            PACE,
+        )
+        .unwrap();
+        store.submit(0, at(5));
+        store.close();
+        sim.inject(crate::storage::SimFault::NoSpaceAfter(0));
+        let (store, got) = CursorStore::open(
+            storage,
+            Path::new("/c"),
+            "d",
+            ROUTING,
+            2,
+            positions(2),
+            Duration::ZERO,
+        )
+        .expect("opens on a full disk");
+        assert_eq!(got[0].next_offset, Offset(5));
+        // Enough commits to fill a slot several times over.
+        for i in 6..40_000u64 {
+            store.submit(0, at(i));
+            if i % 512 == 0 {
+                assert!(store.wait_lead(0, Duration::from_secs(5)));
+            }
+        }
+        assert!(store.wait_durable(0, Duration::from_secs(10)));
+        assert!(store.failure().is_none(), "{:?}", store.failure());
+        assert_eq!(store.durable(0).next_offset, Offset(39_999));
     }
 }

@@ -1,14 +1,28 @@
-//! Cursor file layout: a header, then CRC'd records; the last valid record
-//! of a lane is its state.
+//! Cursor file layout (version 2): two fixed-size slots, each a header,
+//! then CRC'd records; the slot with the highest valid generation is
+//! current, and the last valid record of a lane in it is its state.
 //!
 //! ```text
-//! header, 16 bytes
-//! 0   [u8; 8] magic     "ORDLYCUR"
-//! 8   u16     version   1
-//! 10  u16     lanes     lanes of the destination when written
-//! 12  u32     reserved  0
+//! file: slot 0 at byte 0, slot 1 at SLOT_BYTES (1 MiB); 2 MiB, written
+//! in full when created, so later writes never allocate (a full disk
+//! cannot stop cursor commits).
 //!
-//! record
+//! slot header, 320 bytes
+//! 0   [u8; 8] magic          "ORDLYCUR"
+//! 8   u16     version        2
+//! 10  u16     lanes          lanes of the destination when written
+//! 12  u16     routing_len    bytes of `routing` used (<= 256)
+//! 14  u16     reserved       0
+//! 16  u64     generation     the valid slot with the highest one is current
+//! 24  u32     snapshot_bytes records right after the header that hold every lane's state
+//! 28  u32     snapshot_crc   crc32 of those bytes
+//! 32  [u8;256] routing       what decides each message's lane (UTF-8, zero padded)
+//! 288 [u8; 28] reserved      0
+//! 316 u32     header_crc     crc32 of bytes 0..316
+//!
+//! record (after the header: the snapshot, then appended commits; reading
+//! stops at the first record that does not check out or whose seq is not
+//! above the previous one, so a previous generation's leftovers never count)
 //! 0   u32 total_len     32, or 72 + text_len with a head
 //! 4   u32 crc32         over bytes 0..4 and 8..total_len
 //! 8   u16 lane
@@ -27,14 +41,31 @@
 //! 64  u64 next_retry_ms
 //! 72  text              last error, UTF-8
 //! ```
+//! Version 1 files (a 16-byte header: magic, version 1, lanes, reserved;
+//! then records) are read once and rewritten as version 2.
 use crate::constants::ERROR_TEXT_BYTES_MAX;
 use crate::wal::Offset;
 
-pub const HEADER_BYTES: usize = 16;
+/// Bytes of a version 1 header.
+pub const V1_HEADER_BYTES: usize = 16;
+/// Bytes of a version 2 slot header.
+pub const SLOT_HEADER_BYTES: usize = 320;
+/// Bytes of one slot; the file holds two.
+pub const SLOT_BYTES: usize = 1024 * 1024;
+/// Longest routing description kept in a slot header.
+pub const ROUTING_BYTES_MAX: usize = 256;
 const MAGIC: &[u8; 8] = b"ORDLYCUR";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const BASE_BYTES: usize = 32;
 const HEAD_BYTES: usize = 40;
+/// Largest encoded record.
+pub const RECORD_BYTES_MAX: usize = BASE_BYTES + HEAD_BYTES + ERROR_TEXT_BYTES_MAX;
+// A snapshot of the most lanes a destination may have, plus one commit of
+// all of them, fits in a slot.
+const _: () = assert!(
+    SLOT_HEADER_BYTES + 2 * (crate::constants::DESTINATION_LANES_MAX as usize) * RECORD_BYTES_MAX
+        < SLOT_BYTES
+);
 
 /// Why a delivery attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +85,10 @@ pub enum ErrorClass {
     MismatchedAck = 6,
     /// Bytes that are not an ACK; `on_reject`.
     UnparseableAck = 7,
-    /// The stored record failed its checks (quarantined); the lane blocks.
+    /// The stored record could not be read (an I/O error); the lane blocks.
     Unreadable = 8,
+    /// The stored record failed its checks (quarantined); the lane blocks.
+    Corrupt = 9,
 }
 
 impl ErrorClass {
@@ -70,6 +103,7 @@ impl ErrorClass {
             MismatchedAck,
             UnparseableAck,
             Unreadable,
+            Corrupt,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -95,6 +129,7 @@ impl ErrorClass {
             ErrorClass::MismatchedAck => "mismatched-ack",
             ErrorClass::UnparseableAck => "unparseable-ack",
             ErrorClass::Unreadable => "unreadable-record",
+            ErrorClass::Corrupt => "corrupt",
         }
     }
 }
@@ -127,24 +162,83 @@ pub struct LaneCursor {
     pub head: Option<HeadState>,
 }
 
-pub fn encode_header(lanes: u16) -> [u8; HEADER_BYTES] {
-    let mut h = [0u8; HEADER_BYTES];
-    h[0..8].copy_from_slice(MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    h[10..12].copy_from_slice(&lanes.to_le_bytes());
-    h
+/// The header of one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotHeader {
+    pub lanes: u16,
+    pub generation: u64,
+    pub snapshot_bytes: u32,
+    pub snapshot_crc: u32,
+    pub routing: String,
 }
 
-/// The lane count a header records, or why it is not a cursor file.
-pub fn decode_header(b: &[u8]) -> Result<u16, &'static str> {
-    let h = b.get(..HEADER_BYTES).ok_or("shorter than its header")?;
+impl SlotHeader {
+    pub fn encode(&self) -> [u8; SLOT_HEADER_BYTES] {
+        let mut h = [0u8; SLOT_HEADER_BYTES];
+        let routing = truncate_utf8(&self.routing, ROUTING_BYTES_MAX);
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        h[10..12].copy_from_slice(&self.lanes.to_le_bytes());
+        h[12..14].copy_from_slice(&(routing.len() as u16).to_le_bytes());
+        h[16..24].copy_from_slice(&self.generation.to_le_bytes());
+        h[24..28].copy_from_slice(&self.snapshot_bytes.to_le_bytes());
+        h[28..32].copy_from_slice(&self.snapshot_crc.to_le_bytes());
+        h[32..32 + routing.len()].copy_from_slice(routing.as_bytes());
+        let crc = crc32fast::hash(&h[0..316]);
+        h[316..320].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SlotHeader, &'static str> {
+        let h = b
+            .get(..SLOT_HEADER_BYTES)
+            .ok_or("shorter than its header")?;
+        if &h[0..8] != MAGIC {
+            return Err("bad magic");
+        }
+        if crc32fast::hash(&h[0..316]).to_le_bytes() != h[316..320] {
+            return Err("header checksum mismatch");
+        }
+        if u16::from_le_bytes([h[8], h[9]]) != VERSION {
+            return Err("unsupported version");
+        }
+        let routing_len = usize::from(u16::from_le_bytes([h[12], h[13]]));
+        if routing_len > ROUTING_BYTES_MAX {
+            return Err("routing description too long");
+        }
+        let u32_at = |a: usize| u32::from_le_bytes(h[a..a + 4].try_into().expect("4 bytes"));
+        Ok(SlotHeader {
+            lanes: u16::from_le_bytes([h[10], h[11]]),
+            generation: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+            snapshot_bytes: u32_at(24),
+            snapshot_crc: u32_at(28),
+            routing: String::from_utf8_lossy(&h[32..32 + routing_len]).into_owned(),
+        })
+    }
+}
+
+/// What the first bytes of a cursor file say about it.
+pub enum FileKind {
+    /// Version 1, with the lane count it records.
+    V1 {
+        lanes: u16,
+    },
+    V2,
+}
+
+/// Identifies a cursor file from its first bytes, or says why it is not one.
+pub fn file_kind(b: &[u8]) -> Result<FileKind, &'static str> {
+    let h = b.get(..V1_HEADER_BYTES).ok_or("shorter than its header")?;
     if &h[0..8] != MAGIC {
         return Err("bad magic");
     }
-    if u16::from_le_bytes([h[8], h[9]]) != VERSION {
-        return Err("unsupported version");
+    match u16::from_le_bytes([h[8], h[9]]) {
+        1 => Ok(FileKind::V1 {
+            lanes: u16::from_le_bytes([h[10], h[11]]),
+        }),
+        VERSION => Ok(FileKind::V2),
+        _ => Err("unsupported version"),
     }
-    Ok(u16::from_le_bytes([h[10], h[11]]))
 }
 
 pub fn encode(out: &mut Vec<u8>, lane: u16, seq: u64, c: &LaneCursor) {

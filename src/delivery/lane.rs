@@ -69,7 +69,8 @@ impl Lane {
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             self.handle_commands(Duration::ZERO);
-            if self.dest.paused.load(Ordering::Relaxed)
+            if self.dest.halted()
+                || self.dest.paused.load(Ordering::Relaxed)
                 || self
                     .head
                     .as_ref()
@@ -265,12 +266,16 @@ impl Lane {
             }
             other => {
                 // `current` stays empty: a retry reads the record again, and
-                // only a skip dead-letters it (without its bytes).
+                // only a skip dead-letters what is left of it.
+                let class = match other {
+                    WalError::Unreadable { .. } => ErrorClass::Unreadable,
+                    _ => ErrorClass::Corrupt,
+                };
                 let now = now_ms();
                 let h = HeadState {
                     offset: self.next,
                     attempts: 1,
-                    class: ErrorClass::Unreadable,
+                    class,
                     status: HeadStatus::Blocked,
                     first_failure_ms: now,
                     last_failure_ms: now,
@@ -352,6 +357,9 @@ impl Lane {
                 };
                 let _ = reply.send(result);
             }
+            LaneCommand::ResetCursor(target, reply) => {
+                let _ = reply.send(Ok(self.reset_cursor(target)));
+            }
             LaneCommand::Skip(reason, reply) => {
                 let result = match self.head.clone() {
                     Some(h) => self.skip(h, &reason),
@@ -365,33 +373,63 @@ impl Lane {
         }
     }
 
+    /// Moves the cursor down to `target` (never up); the head's failure
+    /// state goes with it if the head is at or after `target`.
+    fn reset_cursor(&mut self, target: Offset) -> String {
+        let at = self.head.as_ref().map_or(self.next, |h| h.offset);
+        if at <= target {
+            return format!("lane {}: at {at}, unchanged", self.lane);
+        }
+        tracing::warn!(destination = %self.dest.config.name, lane = self.lane, from = at.0, to = target.0, "operator reset-cursor: messages from the new cursor on are delivered (again)");
+        self.next = target;
+        self.head = None;
+        self.current = None;
+        self.commit();
+        format!("lane {}: {at} -> {target}", self.lane)
+    }
+
     fn skip(&mut self, h: HeadState, reason: &str) -> Result<(), String> {
+        let mut h = h;
         if self.current.as_ref().is_none_or(|c| c.offset != h.offset) {
-            let rec = match self.dest.log.read(h.offset) {
-                Ok(rec) => rec,
-                // The bytes are damaged or gone: dead-letter the context alone.
-                Err(e)
-                    if h.class == ErrorClass::Unreadable
-                        || matches!(e, WalError::Corrupt { .. } | WalError::Deleted { .. }) =>
-                {
-                    OwnedRecord {
-                        offset: h.offset,
-                        timestamp_ms: 0,
-                        meta: Vec::new(),
-                        payload: Vec::new(),
-                    }
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot read offset {} to dead-letter it: {e}; nothing was skipped",
-                        h.offset.0
-                    ))
-                }
-            };
+            let (rec, damage) = self.record_to_dead_letter(&h)?;
+            if let Some(class) = damage {
+                h.class = class;
+            }
             self.current = Some(rec);
         }
         let reason = format!("operator skip: {reason}");
         tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, %reason, "operator skip");
         self.dead_letter(h, None, &reason)
+    }
+
+    /// The head record for a dead-letter copy: the record itself, or, if it
+    /// is damaged, what is left of its bytes (payload if its header still
+    /// parses) with no metadata, and the class of the damage.
+    fn record_to_dead_letter(
+        &self,
+        h: &HeadState,
+    ) -> Result<(OwnedRecord, Option<ErrorClass>), String> {
+        let remains = |payload: Vec<u8>| OwnedRecord {
+            offset: h.offset,
+            timestamp_ms: 0,
+            meta: Vec::new(),
+            payload,
+        };
+        match self.dest.log.read(h.offset) {
+            Ok(rec) => Ok((rec, None)),
+            Err(e @ (WalError::Corrupt { .. } | WalError::Unreadable { .. })) => {
+                let class = match e {
+                    WalError::Unreadable { .. } => ErrorClass::Unreadable,
+                    _ => ErrorClass::Corrupt,
+                };
+                let bytes = self.dest.log.damaged_bytes(h.offset).ok().flatten();
+                Ok((remains(bytes.unwrap_or_default()), Some(class)))
+            }
+            Err(WalError::Deleted { .. }) => Ok((remains(Vec::new()), None)),
+            Err(e) => Err(format!(
+                "cannot read offset {} to dead-letter it: {e}; nothing was skipped",
+                h.offset.0
+            )),
+        }
     }
 }

@@ -51,6 +51,17 @@ pub enum LaneCommand {
     Wake,
     Retry(Sender<Result<(), String>>),
     Skip(String, Sender<Result<(), String>>),
+    /// Move the lane's cursor down to the offset (never up); the reply says what moved.
+    ResetCursor(Offset, Sender<Result<String, String>>),
+}
+
+/// Where `reset-cursor` moves a destination's cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    /// The queue's current end: deliver everything appended from now on.
+    LogEnd,
+    /// A given offset at or below the end: deliver again from there.
+    Offset(Offset),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -77,10 +88,17 @@ pub struct Destination {
     pub breaker: Breaker,
     pub limiter: RateLimiter,
     pub paused: AtomicBool,
+    /// Why delivery is stopped until an operator decides (a cursor past
+    /// the log's end at start); `None` when running.
+    halt: Mutex<Option<String>>,
     lanes: Vec<LaneShared>,
 }
 
 impl Destination {
+    pub fn halted(&self) -> bool {
+        self.halt.lock().is_some()
+    }
+
     fn stats_delivered(&self, lane: u16) {
         self.lanes[usize::from(lane)]
             .delivered
@@ -115,6 +133,7 @@ pub struct DestinationReport {
     pub ordering: String,
     pub circuit: String,
     pub paused: bool,
+    pub halt: Option<String>,
     pub cursor_failure: Option<String>,
     pub lanes: Vec<LaneReport>,
 }
@@ -208,6 +227,43 @@ impl Engine {
         Ok(format!("lane {lane}: head moved to the dead-letter queue"))
     }
 
+    /// Moves every lane's cursor of `name` down to `to` (lanes already at
+    /// or below it stay), makes that durable, and lifts a halt. Never moves
+    /// a cursor up: that would skip messages.
+    pub fn reset_cursor(&self, name: &str, to: ResetTarget) -> Result<String, String> {
+        let d = self.find(name)?;
+        let (start, end) = (d.log.start_offset(), d.log.end_offset());
+        let target = match to {
+            ResetTarget::LogEnd => end,
+            ResetTarget::Offset(o) if o > end => {
+                return Err(format!(
+                    "offset {o} is past the end of queue `{}` ({end}); nothing was changed",
+                    d.config.queue
+                ))
+            }
+            ResetTarget::Offset(o) => o.max(start),
+        };
+        let mut lines = Vec::new();
+        for lane in 0..d.lanes.len() as u16 {
+            lines.push(ask_text(d, lane, move |reply| {
+                LaneCommand::ResetCursor(target, reply)
+            })?);
+            if !d.cursors.wait_durable(lane, Duration::from_secs(30)) {
+                return Err(format!(
+                    "lane {lane}: the new cursor did not become durable within 30 s ({:?})",
+                    d.cursors.failure()
+                ));
+            }
+        }
+        if let Some(why) = d.halt.lock().take() {
+            tracing::warn!(destination = name, was = %why, "halt lifted by reset-cursor");
+        }
+        lines.push(format!(
+            "destination {name}: delivering from offset {target}"
+        ));
+        Ok(lines.join("\n"))
+    }
+
     pub fn status(&self) -> Vec<DestinationReport> {
         self.destinations.iter().map(|d| report(d)).collect()
     }
@@ -248,6 +304,23 @@ fn ask(
         .map_err(|_| "lane did not answer within 60 s (it may be waiting for an ACK)".to_string())?
 }
 
+fn ask_text(
+    d: &Destination,
+    lane: u16,
+    make: impl FnOnce(Sender<Result<String, String>>) -> LaneCommand,
+) -> Result<String, String> {
+    let shared = &d.lanes[usize::from(lane)];
+    let (tx, rx) = bounded(1);
+    shared
+        .commands
+        .0
+        .send(make(tx))
+        .map_err(|_| "lane is not running".to_string())?;
+    rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+        format!("lane {lane} did not answer within 60 s (it may be waiting for an ACK)")
+    })?
+}
+
 fn open_destination(
     config: &Config,
     d: &DestinationConfig,
@@ -263,7 +336,7 @@ fn open_destination(
         })?;
     let dlq = Log::open_with(
         storage.clone(),
-        &crate::config::dlq_dir(&config.data_dir, &d.name),
+        &config.layout().dlq(&d.name),
         dlq::dlq_log_config(),
     )
     .map_err(|source| DeliveryError::Dlq {
@@ -275,8 +348,9 @@ fn open_destination(
         .collect();
     let (cursors, starts) = CursorStore::open(
         storage,
-        &config.data_dir.join("cursors"),
+        &config.layout().cursors(),
         &d.name,
+        &route::routing_description(&d.queue, &d.ordering),
         d.lanes(),
         positions,
         Duration::from_millis(d.cursor_sync_interval_ms),
@@ -293,6 +367,7 @@ fn open_destination(
             dead_lettered: AtomicU64::new(0),
         })
         .collect();
+    let halt = cursors_past_the_end(d, &log, &starts);
     let dest = Destination {
         config: d.clone(),
         log,
@@ -302,9 +377,39 @@ fn open_destination(
         breaker: Breaker::new(d.circuit_breaker.clone()),
         limiter: RateLimiter::new(d.rate_limit_per_s),
         paused: AtomicBool::new(false),
+        halt: Mutex::new(halt),
         lanes,
     };
     Ok((Arc::new(dest), starts))
+}
+
+/// A cursor past the log's end means the log lost records this destination
+/// had already passed (damage, a restored backup). New messages would get
+/// offsets below the cursor and be skipped without a trace, so delivery
+/// stops until an operator decides with `reset-cursor`.
+fn cursors_past_the_end(
+    d: &DestinationConfig,
+    log: &Log,
+    starts: &[crate::cursor::LaneCursor],
+) -> Option<String> {
+    let end = log.end_offset();
+    let ahead: Vec<String> = starts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.next_offset > end)
+        .map(|(lane, c)| format!("lane {lane} at {}", c.next_offset))
+        .collect();
+    if ahead.is_empty() {
+        return None;
+    }
+    let why = format!(
+        "cursor past the end of queue `{}` (end {end}; {}): the log lost records this destination had already passed (damage or a restored backup), and new messages there would be skipped. Run `orderly ctl reset-cursor {} --to-log-end --reason TEXT` to deliver every message from the current end on (or `--to-offset N` to deliver again from N)",
+        d.queue,
+        ahead.join(", "),
+        d.name
+    );
+    tracing::error!(destination = %d.name, queue = %d.queue, end = end.0, lanes = %ahead.join(", "), "delivery halted: cursor past the end of the queue; waiting for `orderly ctl reset-cursor`");
+    Some(why)
 }
 
 fn report(d: &Destination) -> DestinationReport {
@@ -353,6 +458,7 @@ fn report(d: &Destination) -> DestinationReport {
         ordering,
         circuit: circuit.into(),
         paused: d.paused.load(Ordering::Relaxed),
+        halt: d.halt.lock().clone(),
         cursor_failure: d.cursors.failure(),
         lanes,
     }
@@ -373,6 +479,9 @@ pub fn render_status(reports: &[DestinationReport]) -> String {
             d.circuit,
             if d.paused { "yes" } else { "no" }
         ));
+        if let Some(h) = &d.halt {
+            out.push_str(&format!("  HALTED: {h}\n"));
+        }
         if let Some(f) = &d.cursor_failure {
             out.push_str(&format!("  CURSOR STORE FAILED: {f}\n"));
         }

@@ -111,6 +111,23 @@ fn facility_matches(h: &MshHeader<'_>, wanted: &str) -> bool {
     field == wanted.as_bytes() || first == wanted.as_bytes()
 }
 
+/// Names the function that maps a partition key to a lane. Part of the
+/// routing description the cursor file keeps: changing the function moves
+/// keys between lanes, which the cursor store must notice.
+const LANE_MAP: &str = "fnv1a64-mod";
+
+/// What decides which lane carries each message of a destination: its
+/// queue, lane count, partition key and lane function. Stored with the
+/// cursors; when it changes they no longer describe the same messages.
+pub fn routing_description(queue: &str, ordering: &Ordering) -> String {
+    match ordering {
+        Ordering::Strict => format!("queue={queue};lanes=1;key=-;lane-map={LANE_MAP}"),
+        Ordering::Partitioned { key, lanes } => {
+            format!("queue={queue};lanes={lanes};key={key};lane-map={LANE_MAP}")
+        }
+    }
+}
+
 /// FNV-1a: stable across builds and platforms, so a key keeps its lane.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {

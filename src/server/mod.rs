@@ -10,6 +10,7 @@ pub mod ingest;
 
 pub use event_loop::ShutdownHandle;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::delivery::{DeliveryError, Engine};
@@ -110,6 +111,7 @@ impl Server {
     /// the data-dir lock always uses the real file system).
     pub fn start_with(config: &Config, storage: Arc<dyn Storage>) -> Result<Server, ServeError> {
         let lock = lock_data_dir(&config.data_dir)?;
+        raise_open_files_limit();
         let mut logs = BTreeMap::new();
         for queue in config.queues() {
             let log = Log::open_with(
@@ -147,13 +149,19 @@ impl Server {
         }
         let metrics = Arc::new(Metrics::default());
         let event_loop = EventLoop::new(slots, metrics.clone())?;
+        let audit =
+            AuditLog::open(storage.clone(), &config.layout().audit_log()).map_err(|source| {
+                ServeError::DataDir {
+                    dir: config.data_dir.clone(),
+                    source,
+                }
+            })?;
         let engine = Arc::new(Engine::start(config, &logs, storage)?);
-        let control = ControlServer::start(&config.data_dir, engine.clone()).map_err(|source| {
-            ServeError::DataDir {
+        let control = ControlServer::start(&config.data_dir, engine.clone(), Arc::new(audit))
+            .map_err(|source| ServeError::DataDir {
                 dir: config.data_dir.clone(),
                 source,
-            }
-        })?;
+            })?;
         let maintenance = Maintenance::start(&logs, config.retention)?;
         Ok(Server {
             logs,
@@ -214,13 +222,42 @@ impl Server {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit. Connections,
+/// segments, index files and sockets each take a descriptor; the usual soft
+/// limit of 1024 is far below what a busy broker may need, while the hard
+/// limit (often 524288 under systemd) is the administrator's real bound.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            lim.rlim_cur = before;
+        }
+    }
+    tracing::info!(
+        soft = lim.rlim_cur,
+        hard = lim.rlim_max,
+        raised_from = before,
+        "open files limit"
+    );
+}
+
 /// One broker per data dir: two writers on one log would corrupt it.
 fn lock_data_dir(dir: &std::path::Path) -> Result<File, ServeError> {
     std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let lock = dir.join("orderly.lock");
+    let lock = crate::layout::DataDir::new(dir).lock_file();
     let file = File::options()
         .create(true)
         .truncate(false)

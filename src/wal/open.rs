@@ -798,7 +798,7 @@ fn save_copy(
         let mut at = from;
         while at < to {
             match src.get(at, super::source::WINDOW_READ_BYTES) {
-                Ok(b) if b.is_empty() => break,
+                Ok([]) => break,
                 Ok(b) => {
                     bytes.extend_from_slice(b);
                     at += b.len() as u64;

@@ -335,7 +335,7 @@ pub fn nonzero_end<S: SegmentBytes + ?Sized>(src: &mut S, from: u64) -> u64 {
     let (mut last, mut pos) = (from, from);
     while pos < end {
         match src.get(pos, STEP) {
-            Ok(b) if b.is_empty() => break,
+            Ok([]) => break,
             Ok(b) => {
                 if let Some(i) = b.iter().rposition(|&x| x != 0) {
                     last = pos + i as u64 + 1;
