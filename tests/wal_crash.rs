@@ -31,9 +31,13 @@ fn capture_workload(config: LogConfig, bursts: usize) -> (Vec<Capture>, u64) {
     let log = open_sim(&sim, config);
     let (a, c) = (acked.clone(), captures.clone());
     let hook: SyncHook = Arc::new(move |s: &SimStorage| {
+        // The count first: it only grows, so it is a lower bound for the
+        // state forked after it (a sync on another thread, the spare's, may
+        // run while appends complete).
+        let acked = a.load(Ordering::SeqCst);
         c.lock().push(Capture {
             storage: s.fork(),
-            acked: a.load(Ordering::SeqCst),
+            acked,
         });
     });
     sim.set_sync_hook(Some(hook));
@@ -185,9 +189,13 @@ fn crash_during_segment_rolls(config: LogConfig) {
     let log = open_sim(&sim, config.clone());
     let (a, c) = (acked.clone(), captures.clone());
     sim.set_sync_hook(Some(Arc::new(move |s: &SimStorage| {
+        // The count first: it only grows, so it is a lower bound for the
+        // state forked after it (a sync on another thread, the spare's, may
+        // run while appends complete).
+        let acked = a.load(Ordering::SeqCst);
         c.lock().push(Capture {
             storage: s.fork(),
-            acked: a.load(Ordering::SeqCst),
+            acked,
         });
     })));
     let len = |_i: u64| 10_000usize;
