@@ -74,20 +74,106 @@ struct State {
     syncs: u64,
 }
 
+/// File contents as copy-on-write 4 KiB pages, so forking a file system
+/// (a crash capture at every sync) shares every page not written since.
+#[derive(Default, Clone, PartialEq, Eq)]
+struct Paged {
+    len: usize,
+    pages: Vec<Option<Arc<[u8; PAGE]>>>,
+}
+
+const PAGE: usize = 4096;
+
+impl Paged {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn resize(&mut self, len: usize) {
+        if len < self.len {
+            // Bytes past the new end read as zeros if the file grows again.
+            let keep = len % PAGE;
+            if keep != 0 {
+                if let Some(Some(p)) = self.pages.get_mut(len / PAGE) {
+                    Arc::make_mut(p)[keep..].fill(0);
+                }
+            }
+        }
+        self.pages.resize(len.div_ceil(PAGE), None);
+        self.len = len;
+    }
+
+    fn write(&mut self, pos: usize, bytes: &[u8]) {
+        let end = pos + bytes.len();
+        if end > self.len {
+            self.resize(end);
+        }
+        let mut at = pos;
+        while at < end {
+            let (page, off) = (at / PAGE, at % PAGE);
+            let n = (PAGE - off).min(end - at);
+            let p = self.pages[page].get_or_insert_with(|| Arc::new([0u8; PAGE]));
+            Arc::make_mut(p)[off..off + n].copy_from_slice(&bytes[at - pos..at - pos + n]);
+            at += n;
+        }
+    }
+
+    fn read(&self, pos: usize, buf: &mut [u8]) {
+        let mut at = pos;
+        let end = pos + buf.len();
+        while at < end {
+            let (page, off) = (at / PAGE, at % PAGE);
+            let n = (PAGE - off).min(end - at);
+            let dst = &mut buf[at - pos..at - pos + n];
+            match &self.pages[page] {
+                Some(p) => dst.copy_from_slice(&p[off..off + n]),
+                None => dst.fill(0),
+            }
+            at += n;
+        }
+    }
+
+    fn flip(&mut self, pos: usize) {
+        if pos < self.len {
+            let p = self.pages[pos / PAGE].get_or_insert_with(|| Arc::new([0u8; PAGE]));
+            Arc::make_mut(p)[pos % PAGE] ^= 0x5a;
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        self.read(0, &mut v);
+        v
+    }
+}
+
 #[derive(Default, Clone)]
 struct SimInode {
-    durable: Vec<u8>,
-    current: Vec<u8>,
+    durable: Paged,
+    current: Paged,
     /// Byte ranges whose reads fail with `EIO` until rewritten.
     bad: Vec<(u64, u64)>,
 }
 
 #[derive(Clone)]
 enum Pending {
-    Data { ino: Ino, pos: u64, bytes: Vec<u8> },
-    SetLen { ino: Ino, len: u64 },
-    Name { path: PathBuf, ino: Option<Ino> },
-    Dir { path: PathBuf, present: bool },
+    Data {
+        ino: Ino,
+        pos: u64,
+        bytes: Arc<[u8]>,
+    },
+    SetLen {
+        ino: Ino,
+        len: u64,
+    },
+    Name {
+        path: PathBuf,
+        ino: Option<Ino>,
+    },
+    Dir {
+        path: PathBuf,
+        present: bool,
+    },
 }
 
 impl Pending {
@@ -263,11 +349,8 @@ impl SimStorage {
         let mut st = self.state.lock();
         let ino = *st.names.get(path).expect("corrupt_byte: no such file");
         let f = &mut st.files[ino];
-        for buf in [&mut f.durable, &mut f.current] {
-            if let Some(b) = buf.get_mut(pos as usize) {
-                *b ^= 0x5a;
-            }
-        }
+        f.durable.flip(pos as usize);
+        f.current.flip(pos as usize);
     }
 
     /// Overwrites bytes of a file, durably (a test building an on-disk state).
@@ -275,14 +358,16 @@ impl SimStorage {
         let mut st = self.state.lock();
         let ino = *st.names.get(path).expect("overwrite: no such file");
         let f = &mut st.files[ino];
-        write_into(&mut f.durable, pos, bytes);
-        write_into(&mut f.current, pos, bytes);
+        f.durable.write(pos as usize, bytes);
+        f.current.write(pos as usize, bytes);
     }
 
     /// The current bytes of a file (test inspection).
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
         let st = self.state.lock();
-        st.names.get(path).map(|&ino| st.files[ino].current.clone())
+        st.names
+            .get(path)
+            .map(|&ino| st.files[ino].current.to_vec())
     }
 }
 
@@ -328,12 +413,12 @@ impl Image {
     }
 
     fn write(&mut self, ino: Ino, pos: u64, bytes: &[u8]) {
-        write_into(&mut self.files[ino].current, pos, bytes);
+        self.files[ino].current.write(pos as usize, bytes);
     }
 
     fn apply_meta(&mut self, op: &Pending) {
         match op {
-            Pending::SetLen { ino, len } => self.files[*ino].current.resize(*len as usize, 0),
+            Pending::SetLen { ino, len } => self.files[*ino].current.resize(*len as usize),
             Pending::Name { path, ino: Some(i) } => {
                 self.names.insert(path.clone(), *i);
             }
@@ -386,14 +471,6 @@ impl Image {
             sync_hook: Arc::default(),
         }
     }
-}
-
-fn write_into(buf: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
-    let end = pos as usize + bytes.len();
-    if buf.len() < end {
-        buf.resize(end, 0);
-    }
-    buf[pos as usize..end].copy_from_slice(bytes);
 }
 
 fn os_err(code: i32) -> io::Error {
@@ -585,7 +662,7 @@ impl StorageFile for SimFile {
         if f.bad.iter().any(|&(a, b)| a < end && pos < b) {
             return Err(os_err(libc::EIO));
         }
-        buf[..n].copy_from_slice(&f.current[pos as usize..end as usize]);
+        f.current.read(pos as usize, &mut buf[..n]);
         Ok(n)
     }
 
@@ -605,11 +682,11 @@ impl StorageFile for SimFile {
         st.files[self.ino]
             .bad
             .retain(|&(a, b)| !(pos <= a && b <= end));
-        write_into(&mut st.files[self.ino].current, pos, &buf[..n]);
+        st.files[self.ino].current.write(pos as usize, &buf[..n]);
         st.pending.push(Pending::Data {
             ino: self.ino,
             pos,
-            bytes: buf[..n].to_vec(),
+            bytes: Arc::from(&buf[..n]),
         });
         Ok(n)
     }
@@ -638,8 +715,8 @@ impl StorageFile for SimFile {
         let f = &mut st.files[ino];
         for op in mine {
             match op {
-                Pending::Data { pos, bytes, .. } => write_into(&mut f.durable, pos, &bytes),
-                Pending::SetLen { len, .. } => f.durable.resize(len as usize, 0),
+                Pending::Data { pos, bytes, .. } => f.durable.write(pos as usize, &bytes),
+                Pending::SetLen { len, .. } => f.durable.resize(len as usize),
                 _ => unreachable!("only this file's data and lengths"),
             }
         }
@@ -655,7 +732,7 @@ impl StorageFile for SimFile {
         let mut st = self.storage.state.lock();
         let grows = len.saturating_sub(st.files[self.ino].current.len() as u64);
         st.take_space(grows)?;
-        st.files[self.ino].current.resize(len as usize, 0);
+        st.files[self.ino].current.resize(len as usize);
         st.pending.push(Pending::SetLen { ino: self.ino, len });
         Ok(())
     }
