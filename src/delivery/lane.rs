@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(DELIVERY_POLL_MS);
 /// Filtered or other-lane records skipped before the cursor is committed anyway.
 const SKIPPED_BEFORE_COMMIT: u64 = 1024;
+/// Damaged records one `skip` of a damaged head dead-letters after it (the
+/// rest of the run needs another skip): bounds one command's time.
+const DAMAGED_RUN_SKIP_MAX: usize = 10_000;
 
 pub struct Lane {
     dest: Arc<Destination>,
@@ -99,18 +102,32 @@ impl Lane {
             if self.reader.position() != self.next {
                 self.reader.seek(self.next);
             }
-            let Some(rec) = self.reader.next()? else {
-                return Ok(false);
+            let rec = match self.reader.next() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => return Ok(false),
+                // A damaged record's key cannot be read: like a message
+                // without one, it belongs to lane 0, which blocks on it
+                // (visibly); the other lanes pass over it.
+                Err(WalError::Corrupt { .. } | WalError::Unreadable { .. }) if self.lane != 0 => {
+                    self.pass_over();
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             if self.dest.router.lane_of(rec.offset, rec.payload) == Some(self.lane) {
                 self.current = Some(OwnedRecord::from(rec));
                 return Ok(true);
             }
-            self.next = Offset(self.next.0 + 1);
-            self.skipped_uncommitted += 1;
-            if self.skipped_uncommitted >= SKIPPED_BEFORE_COMMIT {
-                self.commit();
-            }
+            self.pass_over();
+        }
+    }
+
+    /// Moves past a record that is not this lane's.
+    fn pass_over(&mut self) {
+        self.next = Offset(self.next.0 + 1);
+        self.skipped_uncommitted += 1;
+        if self.skipped_uncommitted >= SKIPPED_BEFORE_COMMIT {
+            self.commit();
         }
     }
 
@@ -399,7 +416,44 @@ impl Lane {
         }
         let reason = format!("operator skip: {reason}");
         tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, %reason, "operator skip");
-        self.dead_letter(h, None, &reason)
+        let damaged = matches!(h.class, ErrorClass::Corrupt | ErrorClass::Unreadable);
+        self.dead_letter(h, None, &reason)?;
+        if damaged {
+            self.skip_damaged_run(&reason)?;
+        }
+        Ok(())
+    }
+
+    /// After a damaged head is skipped, the damaged records right after it
+    /// (one damage event: a torn write, a bad sector) go to the dead-letter
+    /// queue too, each with what is left of its bytes: one operator decision
+    /// per damaged run, not per record. Bounded per command.
+    fn skip_damaged_run(&mut self, reason: &str) -> Result<(), String> {
+        for _ in 0..DAMAGED_RUN_SKIP_MAX {
+            if self.next >= self.dest.log.end_offset() {
+                return Ok(());
+            }
+            let class = match self.dest.log.read(self.next) {
+                Err(WalError::Corrupt { .. }) => ErrorClass::Corrupt,
+                Err(WalError::Unreadable { .. }) => ErrorClass::Unreadable,
+                _ => return Ok(()),
+            };
+            let now = now_ms();
+            let h = HeadState {
+                offset: self.next,
+                attempts: 0,
+                class,
+                status: HeadStatus::Blocked,
+                first_failure_ms: now,
+                last_failure_ms: now,
+                next_retry_ms: 0,
+                text: "damaged record in the run the operator skipped".into(),
+            };
+            let (rec, _) = self.record_to_dead_letter(&h)?;
+            self.current = Some(rec);
+            self.dead_letter(h, None, reason)?;
+        }
+        Ok(())
     }
 
     /// The head record for a dead-letter copy: the record itself, or, if it
