@@ -10,6 +10,7 @@
 //!   offset is ever reused for another message);
 //! - nothing delivered downstream was lost (delivered means durable);
 //! - no cursor is past the log's end.
+//!
 //! Some recoveries are themselves crashed at every flush point while they
 //! redeliver, and the same holds for what they delivered.
 //!
