@@ -1,7 +1,11 @@
-//! kill -9 of the broker during delivery, 20 times in one test: no message
-//! that got a positive ACK from Orderly is missing downstream, per-connection
-//! order holds for the strict destination and per-key order for the
-//! partitioned one, and every duplicate is a redelivery across a crash.
+//! kill -9 of the broker during delivery, 20 times in one test, with a
+//! downstream that rejects some messages (AR: dead-lettered) and drops the
+//! connection on the first receipt of others (retried), as well as
+//! accepting: no message that got a positive ACK from Orderly is missing
+//! downstream or from the dead-letter queue; within each broker incarnation,
+//! deliveries (retries and redeliveries included) follow per-connection
+//! order on the strict destination and per-key order on the partitioned
+//! one; and every duplicate is a redelivery across a crash.
 mod delivery_common;
 mod server_common;
 use delivery_common::*;
@@ -12,6 +16,10 @@ use std::time::{Duration, Instant};
 
 const CONNECTIONS: usize = 4;
 const ROUNDS: usize = 20;
+/// Messages a sender sends per round at most: the kill comes after 80
+/// acknowledgements in all, so senders are still sending when it comes,
+/// but the backlog a slow (dropping) downstream must drain stays bounded.
+const PER_ROUND_MAX: u64 = 120;
 
 fn key_of(id: &str) -> String {
     let (c, s) = id.trim_start_matches('c').split_once('-').unwrap();
@@ -24,17 +32,54 @@ fn seq_of(id: &str) -> (String, u64) {
     (c.to_string(), s.parse().unwrap())
 }
 
-fn check_order(received: &[Received], group: impl Fn(&str) -> String, what: &str) {
-    let mut last: HashMap<String, u64> = HashMap::new();
-    let mut seen = HashSet::new();
-    for r in received.iter().filter(|r| r.reply == Reply::Accept) {
-        if !seen.insert(r.control_id.clone()) {
-            continue;
+/// Rejected downstream (AR) on every receipt: these end in the DLQ.
+fn rejected(id: &str) -> bool {
+    seq_of(id).1 % 17 == 5
+}
+
+/// The downstream drops the connection at the first receipt of these.
+fn dropped_once(id: &str) -> bool {
+    seq_of(id).1 % 29 == 7
+}
+
+fn script() -> Script {
+    Arc::new(|id, n| {
+        if rejected(id) {
+            Reply::Reject
+        } else if dropped_once(id) && n == 1 {
+            Reply::Drop
+        } else {
+            Reply::Accept
         }
-        let g = group(&r.control_id);
+    })
+}
+
+/// Which broker incarnation sent a frame: the number of kills before the
+/// downstream accepted the connection it came on.
+fn incarnation(r: &Received, kills: &[Instant]) -> usize {
+    kills.iter().filter(|k| **k < r.conn_opened).count()
+}
+
+/// Within one incarnation a lane never goes back: each frame of a group is
+/// the same message again (a retry) or a later one.
+fn check_order_per_incarnation(
+    received: &[Received],
+    kills: &[Instant],
+    group: impl Fn(&str) -> String,
+    what: &str,
+) {
+    let mut last: HashMap<(usize, String), u64> = HashMap::new();
+    for r in received {
+        let key = (incarnation(r, kills), group(&r.control_id));
         let (_, s) = seq_of(&r.control_id);
-        if let Some(prev) = last.insert(g.clone(), s) {
-            assert!(s > prev, "{what}: {g} delivered {s} after {prev}");
+        if let Some(prev) = last.insert(key.clone(), s) {
+            assert!(
+                s >= prev,
+                "{what}: incarnation {} sent {} ({s}) after {prev} of {}",
+                key.0,
+                r.control_id,
+                key.1
+            );
         }
     }
 }
@@ -64,11 +109,30 @@ fn check_duplicates_straddle_kills(received: &[Received], kills: &[Instant], wha
     eprintln!("{what}: {dups} redeliveries across {} crashes", kills.len());
 }
 
+/// Control ids in a destination's dead-letter queue.
+fn dead_lettered(data_dir: &std::path::Path, destination: &str) -> HashSet<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+        .args(["inspect", destination, "--dlq", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(3).unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
     let dir = tempfile::tempdir().unwrap();
-    let strict = Sink::start(accept_all());
-    let part = Sink::start(accept_all());
+    let strict = Sink::start(script());
+    let part = Sink::start(script());
     let dests = [
         destination("strict", strict.addr, ""),
         destination(
@@ -82,8 +146,8 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut next_seq = [0u64; CONNECTIONS];
     let mut kills = Vec::new();
+    let mut broker = Broker::start(&config);
     for round in 0..ROUNDS {
-        let mut broker = Broker::start(&config);
         let delivered_before = strict.received().len();
         let (tx, rx) = crossbeam_channel::unbounded();
         let handles: Vec<_> = (0..CONNECTIONS)
@@ -92,7 +156,8 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
                     (broker.addr(), acked.clone(), tx.clone(), next_seq[c]);
                 std::thread::spawn(move || {
                     let mut client = Client::connect(addr);
-                    loop {
+                    let stop_at = seq + PER_ROUND_MAX;
+                    while seq < stop_at {
                         let id = format!("c{c}-{seq}");
                         client.send(&keyed(&id, &key_of(&id)));
                         seq += 1;
@@ -104,6 +169,9 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
                             return seq;
                         }
                     }
+                    // Idle until the kill closes the connection.
+                    let _ = client.recv();
+                    seq
                 })
             })
             .collect();
@@ -122,15 +190,54 @@ fn acknowledged_messages_reach_every_destination_in_order_across_20_kill_9s() {
         for (c, h) in handles.into_iter().enumerate() {
             next_seq[c] = h.join().unwrap();
         }
+        broker = Broker::start(&config);
     }
-    let _broker = Broker::start(&config);
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= ROUNDS * 80);
-    strict.wait_accepted(&acked, Duration::from_secs(120));
-    part.wait_accepted(&acked, Duration::from_secs(120));
+    let (will_reject, will_accept): (Vec<String>, Vec<String>) =
+        acked.iter().cloned().partition(|id| rejected(id));
+    assert!(!will_reject.is_empty() && will_accept.iter().any(|id| dropped_once(id)));
+    strict.wait_accepted(&will_accept, Duration::from_secs(120));
+    part.wait_accepted(&will_accept, Duration::from_secs(120));
+    // Every rejected message was offered (so its dead-letter record is being written).
+    for sink in [&strict, &part] {
+        sink.wait_until(
+            Duration::from_secs(120),
+            "every rejected message offered",
+            |log| {
+                will_reject
+                    .iter()
+                    .all(|id| log.iter().any(|r| &r.control_id == id))
+            },
+        );
+    }
+    assert!(broker.terminate().success());
+    let data_dir = dir.path().join("data");
+    for dest in ["strict", "part"] {
+        let dlq = dead_lettered(&data_dir, dest);
+        for id in &will_reject {
+            assert!(
+                dlq.contains(id),
+                "{dest}: rejected {id} is not in the dead-letter queue"
+            );
+        }
+        for id in &dlq {
+            assert!(
+                rejected(id),
+                "{dest}: {id} dead-lettered but never rejected"
+            );
+        }
+    }
     let (s, p) = (strict.received(), part.received());
-    check_order(&s, |id| seq_of(id).0, "strict, per connection");
-    check_order(&p, key_of, "partitioned, per key");
+    for r in s.iter().chain(&p).filter(|r| r.reply == Reply::Accept) {
+        assert!(
+            !rejected(&r.control_id),
+            "{} accepted despite AR",
+            r.control_id
+        );
+    }
+    check_order_per_incarnation(&s, &kills, |id| seq_of(id).0, "strict, per connection");
+    check_order_per_incarnation(&p, &kills, key_of, "partitioned, per key");
     check_duplicates_straddle_kills(&s, &kills, "strict");
     check_duplicates_straddle_kills(&p, &kills, "partitioned");
 }

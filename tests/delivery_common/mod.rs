@@ -109,14 +109,37 @@ impl Sink {
         }
     }
 
-    /// Waits until every id in `ids` was accepted at least once.
+    /// Waits until every id in `ids` was accepted at least once; on
+    /// timeout the panic names the ids still missing. (Each wake-up checks
+    /// incrementally: the sink's mutex is held meanwhile, and a slow check
+    /// would throttle the sink itself.)
     pub fn wait_accepted(&self, ids: &[String], timeout: Duration) {
-        self.wait_until(timeout, "all messages accepted", |log| {
-            ids.iter().all(|id| {
-                log.iter()
-                    .any(|r| r.reply == Reply::Accept && &r.control_id == id)
-            })
-        });
+        let deadline = Instant::now() + timeout;
+        let mut accepted: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut seen = 0;
+        let mut log = self.log.0.lock();
+        loop {
+            for r in &log[seen..] {
+                if r.reply == Reply::Accept {
+                    accepted.insert(r.control_id.clone());
+                }
+            }
+            seen = log.len();
+            if ids.iter().all(|id| accepted.contains(id)) {
+                return;
+            }
+            if self.log.1.wait_until(&mut log, deadline).timed_out() {
+                let missing: Vec<&String> =
+                    ids.iter().filter(|id| !accepted.contains(*id)).collect();
+                panic!(
+                    "timed out waiting for {} of {} messages to be accepted ({} frames received), e.g. {:?}",
+                    missing.len(),
+                    ids.len(),
+                    log.len(),
+                    &missing[..missing.len().min(20)]
+                );
+            }
+        }
     }
 }
 
