@@ -4,7 +4,8 @@
 use crate::cursor;
 use crate::layout::DataDir;
 use crate::storage::Storage;
-use crate::wal::verify::{verify_dir, VerifyReport};
+use crate::wal::verify::{verify_dir_with, VerifyReport};
+use crate::wal::Writer;
 use std::path::PathBuf;
 
 /// What kind of thing a checked item is.
@@ -50,17 +51,35 @@ impl Checked {
     }
 }
 
+/// Whether a broker holds the data directory's lock right now.
+pub fn broker_running(dir: &DataDir) -> bool {
+    let Ok(file) = std::fs::File::open(dir.lock_file()) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 /// Checks everything under `dir`, in a stable order (queues, dead-letter
 /// logs, cursor files; each sorted by name).
-pub fn data_dir(storage: &dyn Storage, dir: &DataDir) -> std::io::Result<Vec<Checked>> {
+pub fn data_dir(
+    storage: &dyn Storage,
+    dir: &DataDir,
+    writer: Writer,
+) -> std::io::Result<Vec<Checked>> {
     let mut out = Vec::new();
     for q in dir.list_queues(storage)? {
         let path = dir.queue(&q);
-        out.push(check_log(storage, Kind::Queue, q, path));
+        out.push(check_log(storage, Kind::Queue, q, path, writer));
     }
     for d in dir.list_dlqs(storage)? {
         let path = dir.dlq(&d);
-        out.push(check_log(storage, Kind::DeadLetters, d, path));
+        out.push(check_log(storage, Kind::DeadLetters, d, path, writer));
     }
     for d in dir.list_cursor_files(storage)? {
         let path = dir.cursor_file(&d);
@@ -78,8 +97,14 @@ pub fn data_dir(storage: &dyn Storage, dir: &DataDir) -> std::io::Result<Vec<Che
     Ok(out)
 }
 
-fn check_log(storage: &dyn Storage, kind: Kind, name: String, path: PathBuf) -> Checked {
-    let outcome = match verify_dir(storage, &path) {
+fn check_log(
+    storage: &dyn Storage,
+    kind: Kind,
+    name: String,
+    path: PathBuf,
+    writer: Writer,
+) -> Checked {
+    let outcome = match verify_dir_with(storage, &path, writer) {
         Ok(r) => Outcome::Log(r),
         Err(e) => Outcome::Unusable(e.to_string()),
     };

@@ -8,7 +8,7 @@ use orderly::mllp::{encode_frame, Decoded, FrameDecoder, FRAME_BYTES_MAX_DEFAULT
 use orderly::server::Server;
 use orderly::storage::FsStorage;
 use orderly::wal::meta::{MetaKey, MetaView};
-use orderly::wal::{inspect, Offset};
+use orderly::wal::{inspect, Offset, Writer};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -314,40 +314,42 @@ fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut corrupt = 0u64;
-    let result = inspect::for_each_record(&FsStorage, dir, from, limit, |item| match item {
-        inspect::Item::Record(r) => {
-            let meta = MetaView::new(r.meta);
-            let field = |k| {
-                meta.get(k)
-                    .filter(|v: &&[u8]| !v.is_empty())
-                    .map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_"))
-                    .unwrap_or_else(|| "-".into())
-            };
-            let _ = writeln!(
-                out,
-                "{} {} {} {} {}",
-                r.offset,
-                r.timestamp_ms,
-                r.payload.len(),
-                field(MetaKey::ControlId),
-                field(MetaKey::MessageType)
-            );
-        }
-        inspect::Item::Corrupt {
-            offset,
-            segment,
-            position,
-            reason,
-        } => {
-            corrupt += 1;
-            let _ = writeln!(
-                out,
-                "{offset} CORRUPT segment={} position={position} reason={}",
-                segment.display(),
-                reason.replace(' ', "_")
-            );
-        }
-    });
+    let writer = writer_of(&DataDir::new(data_dir_of(dir)));
+    let result =
+        inspect::for_each_record(&FsStorage, dir, from, limit, writer, |item| match item {
+            inspect::Item::Record(r) => {
+                let meta = MetaView::new(r.meta);
+                let field = |k| {
+                    meta.get(k)
+                        .filter(|v: &&[u8]| !v.is_empty())
+                        .map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_"))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let _ = writeln!(
+                    out,
+                    "{} {} {} {} {}",
+                    r.offset,
+                    r.timestamp_ms,
+                    r.payload.len(),
+                    field(MetaKey::ControlId),
+                    field(MetaKey::MessageType)
+                );
+            }
+            inspect::Item::Corrupt {
+                offset,
+                segment,
+                position,
+                reason,
+            } => {
+                corrupt += 1;
+                let _ = writeln!(
+                    out,
+                    "{offset} CORRUPT segment={} position={position} reason={}",
+                    segment.display(),
+                    reason.replace(' ', "_")
+                );
+            }
+        });
     let _ = out.flush();
     match result {
         Ok(_) if corrupt == 0 => ExitCode::SUCCESS,
@@ -364,8 +366,32 @@ fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode 
     }
 }
 
+/// Whether a broker is writing the data directory (it holds the lock); the
+/// active segments' tails may then be in flight.
+fn writer_of(layout: &DataDir) -> Writer {
+    if check::broker_running(layout) {
+        eprintln!(
+            "orderly: a broker is running on {}: the newest records may still be being written",
+            layout.root().display()
+        );
+        Writer::Running
+    } else {
+        Writer::Stopped
+    }
+}
+
+/// The data directory a queue or dead-letter log directory lives in.
+fn data_dir_of(log_dir: &Path) -> &Path {
+    log_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+}
+
 fn verify_all(data_dir: &Path) -> ExitCode {
-    let checked = match check::data_dir(&FsStorage, &DataDir::new(data_dir)) {
+    let layout = DataDir::new(data_dir);
+    let writer = writer_of(&layout);
+    let checked = match check::data_dir(&FsStorage, &layout, writer) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("orderly: cannot read {}: {e}", data_dir.display());

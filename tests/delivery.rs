@@ -25,6 +25,7 @@ fn dlq_records(data_dir: &std::path::Path, dest: &str) -> Vec<(Vec<u8>, Vec<u8>)
         &data_dir.join("dlq").join(dest),
         Offset(0),
         u64::MAX,
+        orderly::wal::Writer::Running,
         |item| match item {
             inspect::Item::Record(r) => out.push((r.meta.to_vec(), r.payload.to_vec())),
             inspect::Item::Corrupt { offset, .. } => panic!("dead-letter record {offset} damaged"),

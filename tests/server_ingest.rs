@@ -34,6 +34,7 @@ fn stored(data_dir: &Path, queue: &str) -> Vec<Vec<u8>> {
         &data_dir.join("queues").join(queue),
         Offset(0),
         u64::MAX,
+        orderly::wal::Writer::Running,
         |item| match item {
             inspect::Item::Record(r) => out.push(r.payload.to_vec()),
             inspect::Item::Corrupt { offset, .. } => panic!("record {offset} damaged"),

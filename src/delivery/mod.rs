@@ -55,10 +55,20 @@ pub enum LaneCommand {
     ResetCursor(Offset, Sender<Result<String, String>>),
 }
 
+/// A destination stopped at start because a cursor was past the log's end.
+#[derive(Debug, Clone)]
+pub struct Halt {
+    pub why: String,
+    /// The log's end when the halt began: messages from here on arrived
+    /// after it and must be delivered.
+    pub log_end: Offset,
+}
+
 /// Where `reset-cursor` moves a destination's cursors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetTarget {
-    /// The queue's current end: deliver everything appended from now on.
+    /// The queue's end: for a halted destination, its end when the halt
+    /// began (so nothing appended meanwhile is skipped); otherwise its end now.
     LogEnd,
     /// A given offset at or below the end: deliver again from there.
     Offset(Offset),
@@ -90,7 +100,7 @@ pub struct Destination {
     pub paused: AtomicBool,
     /// Why delivery is stopped until an operator decides (a cursor past
     /// the log's end at start); `None` when running.
-    halt: Mutex<Option<String>>,
+    halt: Mutex<Option<Halt>>,
     lanes: Vec<LaneShared>,
 }
 
@@ -233,8 +243,9 @@ impl Engine {
     pub fn reset_cursor(&self, name: &str, to: ResetTarget) -> Result<String, String> {
         let d = self.find(name)?;
         let (start, end) = (d.log.start_offset(), d.log.end_offset());
+        let halted_at = d.halt.lock().as_ref().map(|h| h.log_end);
         let target = match to {
-            ResetTarget::LogEnd => end,
+            ResetTarget::LogEnd => halted_at.unwrap_or(end),
             ResetTarget::Offset(o) if o > end => {
                 return Err(format!(
                     "offset {o} is past the end of queue `{}` ({end}); nothing was changed",
@@ -255,8 +266,8 @@ impl Engine {
                 ));
             }
         }
-        if let Some(why) = d.halt.lock().take() {
-            tracing::warn!(destination = name, was = %why, "halt lifted by reset-cursor");
+        if let Some(h) = d.halt.lock().take() {
+            tracing::warn!(destination = name, was = %h.why, "halt lifted by reset-cursor");
         }
         lines.push(format!(
             "destination {name}: delivering from offset {target}"
@@ -391,7 +402,7 @@ fn cursors_past_the_end(
     d: &DestinationConfig,
     log: &Log,
     starts: &[crate::cursor::LaneCursor],
-) -> Option<String> {
+) -> Option<Halt> {
     let end = log.end_offset();
     let ahead: Vec<String> = starts
         .iter()
@@ -403,13 +414,13 @@ fn cursors_past_the_end(
         return None;
     }
     let why = format!(
-        "cursor past the end of queue `{}` (end {end}; {}): the log lost records this destination had already passed (damage or a restored backup), and new messages there would be skipped. Run `orderly ctl reset-cursor {} --to-log-end --reason TEXT` to deliver every message from the current end on (or `--to-offset N` to deliver again from N)",
+        "cursor past the end of queue `{}` (end {end} at start; {}): the log lost records this destination had already passed (damage or a restored backup), and new messages there would be skipped. Run `orderly ctl reset-cursor {} --to-log-end --reason TEXT` to deliver every message from offset {end} on (or `--to-offset N` to deliver again from N)",
         d.queue,
         ahead.join(", "),
         d.name
     );
     tracing::error!(destination = %d.name, queue = %d.queue, end = end.0, lanes = %ahead.join(", "), "delivery halted: cursor past the end of the queue; waiting for `orderly ctl reset-cursor`");
-    Some(why)
+    Some(Halt { why, log_end: end })
 }
 
 fn report(d: &Destination) -> DestinationReport {
@@ -458,7 +469,7 @@ fn report(d: &Destination) -> DestinationReport {
         ordering,
         circuit: circuit.into(),
         paused: d.paused.load(Ordering::Relaxed),
-        halt: d.halt.lock().clone(),
+        halt: d.halt.lock().as_ref().map(|h| h.why.clone()),
         cursor_failure: d.cursors.failure(),
         lanes,
     }

@@ -3,11 +3,12 @@
 //! and reads through `pread` (a segment sealed under it only reads short).
 //! It keeps going past damage: each unreadable record is reported in order,
 //! then the walk resumes at the next intact one.
+use super::checkpoint::Checkpoint;
 use super::files;
 use super::record::{self, Check, RecordView};
 use super::segment::{self, file_path, parse_segment_name, At, SegmentBytes, SEGMENT_HEADER_BYTES};
 use super::source::{Window, WindowedFile};
-use super::{Offset, WalError};
+use super::{Offset, WalError, Writer};
 use crate::storage::Storage;
 use std::path::{Path, PathBuf};
 
@@ -24,14 +25,16 @@ pub enum Item<'a> {
 }
 
 /// Calls `visit` for up to `limit` offsets at or after `from`, in order:
-/// intact records and damaged ones alike. At the end of the last segment it
-/// stops quietly where the records end, since that tail may be being
-/// written right now (or is a torn write recovery will cut).
+/// intact records and damaged ones alike. In the last segment, past what its
+/// checkpoint vouches for, it stops quietly at damage with nothing intact
+/// after it (a torn write recovery will cut), and with `Writer::Running` at
+/// any damage (it may be a write in progress).
 pub fn for_each_record(
     storage: &dyn Storage,
     dir: &Path,
     from: Offset,
     limit: u64,
+    writer: Writer,
     mut visit: impl FnMut(Item<'_>),
 ) -> Result<u64, WalError> {
     let names = storage.list(dir).map_err(|e| WalError::io(dir, e))?;
@@ -49,6 +52,13 @@ pub fn for_each_record(
             .map_err(|e| WalError::io(&path, e))?;
         let len = file.len().map_err(|e| WalError::io(&path, e))?;
         let mut window = Window::new();
+        let proven = if next_base.is_none() {
+            Checkpoint::load(storage, dir)
+                .filter(|c| c.segment_base == base && c.position <= len)
+                .map(|c| (c.position, c.next_offset))
+        } else {
+            None
+        };
         let mut walk = Walk {
             src: WindowedFile {
                 file: file.as_ref(),
@@ -58,6 +68,8 @@ pub fn for_each_record(
             path,
             next_base,
             from,
+            proven,
+            writer,
         };
         let start = start_point(storage, dir, base, from, len);
         walk.run(start, limit, &mut seen, &mut visit);
@@ -73,6 +85,9 @@ struct Walk<'a> {
     path: PathBuf,
     next_base: Option<Offset>,
     from: Offset,
+    /// The last segment's checkpoint: (position, next offset) vouched synced.
+    proven: Option<(u64, Offset)>,
+    writer: Writer,
 }
 
 impl Walk<'_> {
@@ -103,13 +118,19 @@ impl Walk<'_> {
                 At::Invalid(reason) => reason,
                 At::Unreadable(_) => "unreadable (I/O error)",
             };
+            let in_proven = self.proven.is_some_and(|(end, _)| pos < end);
+            if self.next_base.is_none() && !in_proven && self.writer == Writer::Running {
+                return; // possibly a write in progress
+            }
             let end = self.src.end();
             let resume = segment::resync(&mut self.src, pos, expected, self.next_base, end);
-            let bad_end = match (resume, self.next_base) {
-                (Some((_, offset)), _) => offset,
-                // The last segment: a tail that may be in flight or torn.
-                (None, None) => return,
-                (None, Some(next)) => next,
+            let bad_end = match (resume, self.next_base, self.proven) {
+                (Some((_, offset)), _, _) => offset,
+                (None, Some(next), _) => next,
+                // Synced (the checkpoint vouches for it), so not a torn tail.
+                (None, None, Some((_, proven_next))) if in_proven => proven_next,
+                // The last segment: a torn tail recovery will cut.
+                (None, None, _) => return,
             };
             self.report(expected, bad_end, pos, reason, limit, seen, visit);
             let Some((p, offset)) = resume else { return };

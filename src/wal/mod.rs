@@ -39,6 +39,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// Whether a broker may be appending to a log an offline tool reads. With
+/// `Running`, the active segment past its checkpoint may hold a batch in the
+/// middle of being written (a reader can see a later page of it before an
+/// earlier one): damage there is reported as possibly in flight, not as
+/// corruption. `orderly verify` and `inspect` tell from the data
+/// directory's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    Stopped,
+    Running,
+}
+
 /// Position of a record in its queue's log: dense, starting at 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub u64);

@@ -8,7 +8,7 @@ use super::fence::{self, Fence};
 use super::files;
 use super::segment::{self, file_path, parse_segment_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::source::{Window, WindowedFile};
-use super::{Offset, WalError};
+use super::{Offset, WalError, Writer};
 use crate::index::{decode_points, IndexKind, IndexPoint, INDEX_HEADER_BYTES};
 use crate::storage::{self, Storage, StorageFile};
 use std::path::{Path, PathBuf};
@@ -43,7 +43,17 @@ impl VerifyReport {
     }
 }
 
+/// Verifies a log no broker is writing.
 pub fn verify_dir(storage: &dyn Storage, dir: &Path) -> Result<VerifyReport, WalError> {
+    verify_dir_with(storage, dir, Writer::Stopped)
+}
+
+/// Verifies a log, knowing whether a broker may be appending to it.
+pub fn verify_dir_with(
+    storage: &dyn Storage,
+    dir: &Path,
+    writer: Writer,
+) -> Result<VerifyReport, WalError> {
     let names = storage.list(dir).map_err(|e| WalError::io(dir, e))?;
     let mut bases: Vec<Offset> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     bases.sort();
@@ -63,7 +73,14 @@ pub fn verify_dir(storage: &dyn Storage, dir: &Path) -> Result<VerifyReport, Wal
             });
         }
         let next_base = bases.get(i + 1).copied();
-        expected_next = Some(verify_segment(storage, dir, base, next_base, &mut report)?);
+        expected_next = Some(verify_segment(
+            storage,
+            dir,
+            base,
+            next_base,
+            writer,
+            &mut report,
+        )?);
     }
     report.next_offset = expected_next;
     Ok(report)
@@ -91,6 +108,7 @@ fn verify_segment(
     dir: &Path,
     base: Offset,
     next_base: Option<Offset>,
+    writer: Writer,
     report: &mut VerifyReport,
 ) -> Result<Offset, WalError> {
     let path = file_path(dir, base, "log");
@@ -100,6 +118,11 @@ fn verify_segment(
     let len = file.len().map_err(|e| WalError::io(&path, e))?;
     let active = next_base.is_none();
     check_header(file.as_ref(), base, &path, report);
+    // What a checkpoint vouches for was synced: damage there is corruption,
+    // never a torn tail, even at the end of the active segment.
+    let proven = Checkpoint::load(storage, dir)
+        .filter(|c| active && c.segment_base == base && c.position <= len)
+        .map(|c| (c.position, c.next_offset));
     let mut window = Window::new();
     let mut src = WindowedFile {
         file: file.as_ref(),
@@ -121,6 +144,14 @@ fn verify_segment(
         let Some((position, reason)) = run.stop.damage() else {
             break;
         };
+        let unproven = proven.is_none_or(|(end, _)| position >= end);
+        if active && unproven && writer == Writer::Running {
+            report.notes.push(format!(
+                "{}: the broker is running; bytes after {position} may be a write in progress ({reason})",
+                path.display()
+            ));
+            break;
+        }
         match segment::resync(&mut src, position, next, next_base, len) {
             Some((pos, offset)) => {
                 let n = offset.0 - next.0;
@@ -130,6 +161,23 @@ fn verify_segment(
                     format!("{n} unreadable record(s), offsets {next}..{offset}: {reason}"),
                 ));
                 (start, next) = (pos, offset);
+            }
+            None if proven.is_some_and(|(end, _)| position < end) => {
+                let (end, proven_next) = proven.expect("checked");
+                let n = proven_next.0.saturating_sub(next.0);
+                report.unreadable += n;
+                report.problems.push(problem(
+                    position,
+                    format!("{n} unreadable record(s), offsets {next}..{proven_next} (synced: the checkpoint vouches for them): {reason}"),
+                ));
+                next = proven_next;
+                if segment::nonzero_end(&mut src, end) > end {
+                    report.notes.push(format!(
+                        "{}: unfinished tail after byte {end}; recovery cuts it (never acknowledged)",
+                        path.display()
+                    ));
+                }
+                break;
             }
             None if active && segment::nonzero_end(&mut src, position) == position => break,
             None if active => {

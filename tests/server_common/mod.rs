@@ -35,6 +35,11 @@ pub fn write_config(dir: &Path, listeners: &[(&str, &str, &str)]) -> PathBuf {
 impl Broker {
     /// Starts `orderly serve --config` and waits for its "ready" line.
     pub fn start(config: &Path) -> Broker {
+        Self::start_customized(config, |_| {})
+    }
+
+    /// As [`Broker::start`], with a chance to adjust the command (limits, environment).
+    pub fn start_customized(config: &Path, customize: impl FnOnce(&mut Command)) -> Broker {
         let dir = config.parent().expect("config in a dir");
         let stderr_log = dir.join(format!(
             "stderr-{}.log",
@@ -44,14 +49,14 @@ impl Broker {
                 .as_nanos()
         ));
         let err = std::fs::File::create(&stderr_log).expect("stderr file");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
             .arg(config)
             .env("ORDERLY_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .expect("spawn orderly");
+            .stderr(err);
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn orderly");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut addrs = Vec::new();
