@@ -41,7 +41,7 @@ fn verify_and_inspect_read_safely_while_segments_are_sealed_under_them() {
                     d.result.expect("append");
                 }
                 i += 4;
-                if i % 200 == 0 {
+                if i.is_multiple_of(200) {
                     log.enforce_retention(&small, orderly::wal::now_ms())
                         .expect("retention");
                 }
