@@ -1,10 +1,11 @@
 //! Storage faults under the real server (in process, on simulated storage):
 //! disk full and fsync failure answer AE/CE, never AA, and the broker stays up.
+mod delivery_common;
 mod server_common;
 use orderly::config::Config;
 use orderly::hl7::ack::AckCode;
 use orderly::server::Server;
-use orderly::storage::{SimFault, SimStorage};
+use orderly::storage::{SimFault, SimStorage, Storage};
 use server_common::*;
 use std::sync::Arc;
 
@@ -113,4 +114,113 @@ fn enhanced_mode_senders_get_ce_on_storage_failure() {
     assert_eq!(c.roundtrip(msg).0, AckCode::CommitError);
     stop.shutdown();
     join.join().unwrap();
+}
+
+/// Regression (finding 7): a read error on a mapped page was a SIGBUS that
+/// killed the broker, and recovery touched the page again at every start.
+/// Now: the lane that needs the record blocks with a clear status, ingest
+/// keeps running, the broker restarts (also with the bad block in the active
+/// segment), and a skip moves past it.
+#[test]
+fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
+    use delivery_common::{accept_all, Sink};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new();
+    let sink = Sink::start(accept_all());
+    let extra = format!(
+        "[[destination]]\nname = \"ehr\"\nqueue = \"lab\"\nconnect = \"{}\"\nack_timeout_ms = 2000\n",
+        sink.addr
+    );
+    let text = format!("data_dir = {:?}\n[wal]\nsegment_bytes = 65536\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{extra}", dir.path().display().to_string());
+    let config = Config::parse(&text, "test.toml").expect("config");
+    let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
+    let (addr, engine, stop) = (
+        server.bound()[0].1,
+        server.engine(),
+        server.shutdown_handle(),
+    );
+    let join = std::thread::spawn(move || server.run().expect("run"));
+    engine.pause("ehr", true).unwrap();
+    let mut c = Client::connect(addr);
+    for i in 0..200 {
+        assert!(c.roundtrip(&oru(&format!("m{i}"), 800)).0.is_positive());
+    }
+    // A latent sector error under offset 30, in the first (sealed) segment.
+    let first = dir.path().join("queues/lab/00000000000000000000.log");
+    let bytes = sim.contents(&first).unwrap();
+    let pos = (0..30).fold(64usize, |p, _| {
+        p + u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize
+    });
+    sim.fail_reads(&first, pos as u64 + 100, 1);
+    engine.pause("ehr", false).unwrap();
+    // Reads fail per 4 KiB block: the records sharing it with offset 30 are
+    // unreadable too, and the lane blocks at the first of them.
+    let status = wait_status(&engine, |s| s.contains("BLOCKED"));
+    let blocked = blocked_at(&status);
+    assert!(
+        status.contains("class=unreadable-record") && (24..=30).contains(&blocked),
+        "{status}"
+    );
+    assert!(
+        c.roundtrip(&oru("during", 800)).0.is_positive(),
+        "ingest keeps running"
+    );
+    stop.shutdown();
+    join.join().unwrap();
+    // A bad block inside the active segment as well: recovery reads it.
+    let active = dir.path().join("queues/lab");
+    let mut segs: Vec<String> = sim
+        .list(&active)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".log") && n.starts_with('0'))
+        .collect();
+    segs.sort();
+    let last = active.join(segs.last().unwrap());
+    sim.fail_reads(&last, 64 + 900, 1);
+    let server =
+        Server::start_with(&config, Arc::new(sim.clone())).expect("restarts over the bad blocks");
+    let (addr, engine, stop) = (
+        server.bound()[0].1,
+        server.engine(),
+        server.shutdown_handle(),
+    );
+    let join = std::thread::spawn(move || server.run().expect("run"));
+    let mut c = Client::connect(addr);
+    assert!(c.roundtrip(&oru("after", 800)).0.is_positive());
+    let status = wait_status(&engine, |s| s.contains("BLOCKED"));
+    assert_eq!(blocked_at(&status), blocked, "{status}");
+    engine
+        .skip("ehr", 0, "bad sector; message resent by the lab")
+        .unwrap();
+    let status = wait_status(&engine, |s| s.contains("BLOCKED") && blocked_at(s) > 31);
+    assert!(
+        status.contains("class=unreadable-record"),
+        "then the bad block of the active segment: {status}"
+    );
+    engine
+        .skip("ehr", 0, "bad sector; message resent by the lab")
+        .unwrap();
+    sink.wait_accepted(&["after".to_string()], std::time::Duration::from_secs(30));
+    stop.shutdown();
+    join.join().unwrap();
+}
+
+/// The offset of the blocked head in a status text.
+fn blocked_at(status: &str) -> u64 {
+    let at = status.find("BLOCKED offset=").expect("a blocked head") + "BLOCKED offset=".len();
+    status[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// The status text once it satisfies `done` (polled: the lane reports
+/// through it; bounded).
+fn wait_status(engine: &orderly::delivery::Engine, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = orderly::delivery::render_status(&engine.status());
+        if done(&s) || std::time::Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

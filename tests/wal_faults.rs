@@ -539,3 +539,54 @@ fn a_spare_follows_a_segment_of_very_large_flushes() {
     group_commits_until(&log, &sim, 3, 10_000, &mut i);
     assert!(zero_filled(&sim, &cfg, 2), "the next roll uses it");
 }
+
+/// Regression (finding 10): only the queue directory's parent was synced,
+/// so after a power loss right after the first append a new log's
+/// `queues/` (or data) directory, and everything in it, could be gone.
+#[test]
+fn a_new_log_and_its_directories_survive_power_loss_after_the_first_append() {
+    let sim = SimStorage::with_root(Path::new("/r"));
+    let dir = Path::new("/r/data/queues/lab");
+    let log =
+        orderly::wal::Log::open_with(std::sync::Arc::new(sim.clone()), dir, small_config(false))
+            .unwrap();
+    log.append(&meta(0), &payload(0, 300))
+        .expect("acknowledged");
+    let image = sim.synced_only();
+    drop(log);
+    let log =
+        orderly::wal::Log::open_with(std::sync::Arc::new(image), dir, small_config(false)).unwrap();
+    assert_eq!(read_all(&log).len(), 1, "the acknowledged record survives");
+}
+
+/// Regression (finding 10): with fsync = "never" the writer still wrote
+/// checkpoints claiming their position durable; after a power loss
+/// recovery trusted them and started scanning past records that were never
+/// on disk.
+#[test]
+fn with_fsync_never_a_checkpoint_never_vouches_for_unsynced_records() {
+    // Preallocated: the checkpoint's position lies inside the file even
+    // when the records before it never reached the disk.
+    let config = LogConfig {
+        fsync: orderly::wal::FsyncMode::Never,
+        checkpoint_interval_bytes: 4096,
+        preallocate: true,
+        prepare_segments: false,
+        ..small_config(false)
+    };
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, config.clone());
+    for i in 0..40 {
+        log.append(&meta(i), &payload(i, 500)).unwrap();
+    }
+    let image = sim.synced_only();
+    drop(log);
+    let log = open_sim(&image, config);
+    let end = log.end_offset().0;
+    for o in 0..end {
+        assert!(
+            log.read(Offset(o)).is_ok(),
+            "offset {o} below the recovered end {end} must read"
+        );
+    }
+}
