@@ -215,6 +215,7 @@ struct RawWal {
     zero_fill_segments: Option<bool>,
     fsync: Option<String>,
     batch_records_max: Option<usize>,
+    open_segments_max: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -576,6 +577,9 @@ fn wal_config(raw: Option<RawWal>) -> Result<LogConfig, KeyError> {
     if let Some(n) = w.batch_records_max {
         c.batch_records_max = n;
     }
+    if let Some(n) = w.open_segments_max {
+        c.open_segments_max = n;
+    }
     c.fsync = match w.fsync.as_deref() {
         None | Some("always") => FsyncMode::Always,
         Some("never") => {
@@ -614,6 +618,19 @@ mod tests {
         let text = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[wal]\nzero_fill_segments = false\n";
         let c = Config::parse(text, "w").expect("parses");
         assert!(!c.wal.prepare_segments);
+    }
+
+    #[test]
+    fn open_segments_max_is_bounded() {
+        let with = |n: usize| {
+            let text = format!("[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n[wal]\nopen_segments_max = {n}\n");
+            Config::parse(&text, "w")
+        };
+        assert_eq!(with(8).expect("parses").wal.open_segments_max, 8);
+        for bad in [0, crate::constants::OPEN_SEGMENTS_MAX + 1] {
+            let e = with(bad).expect_err("out of range").to_string();
+            assert!(e.contains("open_segments_max"), "{e}");
+        }
     }
 
     #[test]
