@@ -360,3 +360,74 @@ fn verify_and_inspect_beside_a_broker_that_rolls_segments_never_fault() {
         "segments rolled meanwhile"
     );
 }
+
+/// Finding 3: `skip` of a damaged record dead-letters what bytes remain,
+/// classed `corrupt`, and delivery continues with its intact neighbours.
+#[test]
+fn skipping_a_damaged_record_dead_letters_its_remains_classed_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
+    let data = dir.path().join("data");
+    let queue = data.join("queues/lab");
+    write_log(&queue, 30, 700);
+    damage_records(&segments(&queue)[0], &[12]);
+    let broker = Broker::start(&config);
+    let status = ctl_status_until(&config, WAIT, |s| s.contains("BLOCKED"));
+    assert!(
+        status.contains("offset=12") && status.contains("class=corrupt"),
+        "{status}"
+    );
+    let before: Vec<String> = (0..12).map(|i| format!("C{i}")).collect();
+    sink.wait_accepted(&before, WAIT);
+    ctl(
+        &config,
+        &[
+            "skip",
+            "ehr",
+            "--lane",
+            "0",
+            "--reason",
+            "checksum mismatch; lab resends",
+        ],
+    );
+    let after: Vec<String> = (13..30).map(|i| format!("C{i}")).collect();
+    sink.wait_accepted(&after, WAIT);
+    assert!(
+        !sink.accepted_ids().contains(&"C12".to_string()),
+        "the damaged record is never sent"
+    );
+    let mut dead = Vec::new();
+    orderly::wal::inspect::for_each_record(
+        &orderly::storage::FsStorage,
+        &data.join("dlq/ehr"),
+        orderly::wal::Offset(0),
+        u64::MAX,
+        orderly::wal::Writer::Running,
+        |item| {
+            if let orderly::wal::inspect::Item::Record(r) = item {
+                dead.push((r.meta.to_vec(), r.payload.to_vec()));
+            }
+        },
+    )
+    .unwrap();
+    drop(broker);
+    assert_eq!(dead.len(), 1);
+    let meta = orderly::wal::meta::MetaView::new(&dead[0].0);
+    assert_eq!(
+        meta.get(orderly::wal::meta::MetaKey::ErrorClass),
+        Some(&b"corrupt"[..])
+    );
+    let original = oru("C12", 700);
+    let differing = dead[0]
+        .1
+        .iter()
+        .zip(&original)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        (dead[0].1.len(), differing),
+        (original.len(), 1),
+        "the payload, one byte flipped"
+    );
+}

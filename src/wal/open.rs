@@ -212,14 +212,14 @@ pub(super) fn open_sealed_file(
         None => {
             tracing::warn!(segment = %seg.path.display(), "index missing or damaged; rebuilding it from the log");
             let scan = scan_sealed(file.as_ref(), seg.base, end, next_base);
-            for q in scan.damage(&seg.path) {
+            for q in hole_ranges(&seg.path, &scan.holes) {
                 shared.quarantine(q);
             }
-            if let Some(at) = scan.garbage_at {
+            if let Some((at, _)) = scan.tail {
                 shared.quarantine(QuarantinedRange {
                     segment: seg.path.clone(),
                     position: at,
-                    offset: scan.next,
+                    offset: scan.next_offset,
                     end_offset: next_base,
                     reason: "bytes after the last record of a sealed segment",
                 });
@@ -255,32 +255,18 @@ pub(super) fn newest_timestamp(
     scan_after_last_point(&mut src, seg.base, &file.index.read()).last_timestamp_ms
 }
 
-/// What a scan of a whole sealed segment found.
-struct SealedScan {
-    points: Vec<IndexPoint>,
-    next: Offset,
-    last_timestamp_ms: u64,
-    /// Damaged runs: (position, first offset, first intact offset after, reason).
-    holes: Vec<(u64, Offset, Offset, &'static str)>,
-    /// Where bytes that are not records start after the last record.
-    garbage_at: Option<u64>,
-    /// Position just after the last record.
-    records_end: u64,
-}
-
-impl SealedScan {
-    fn damage(&self, path: &Path) -> Vec<QuarantinedRange> {
-        self.holes
-            .iter()
-            .map(|&(position, offset, end, reason)| QuarantinedRange {
-                segment: path.to_path_buf(),
-                position,
-                offset,
-                end_offset: Some(end),
-                reason,
-            })
-            .collect()
-    }
+/// Quarantine entries for the holes a scan found.
+fn hole_ranges(path: &Path, holes: &[segment::Hole]) -> Vec<QuarantinedRange> {
+    holes
+        .iter()
+        .map(|h| QuarantinedRange {
+            segment: path.to_path_buf(),
+            position: h.position,
+            offset: h.offset,
+            end_offset: Some(h.end_offset),
+            reason: h.reason,
+        })
+        .collect()
 }
 
 /// Scans a whole sealed segment, resyncing past damage.
@@ -289,48 +275,15 @@ fn scan_sealed(
     base: Offset,
     end: u64,
     next_base: Option<Offset>,
-) -> SealedScan {
+) -> segment::Scan {
     let mut window = Window::new();
     let mut src = WindowedFile {
         file,
         window: &mut window,
         end,
     };
-    let mut scan = SealedScan {
-        points: Vec::new(),
-        next: base,
-        last_timestamp_ms: 0,
-        holes: Vec::new(),
-        garbage_at: None,
-        records_end: SEGMENT_HEADER_BYTES as u64,
-    };
-    let mut start = SEGMENT_HEADER_BYTES as u64;
-    loop {
-        let run = segment::scan_run(
-            &mut src,
-            base,
-            start,
-            scan.next,
-            scan.last_timestamp_ms,
-            scan.points.last().copied(),
-        );
-        scan.points.extend(&run.points);
-        (scan.next, scan.last_timestamp_ms) = (run.next_offset, run.last_timestamp_ms);
-        scan.records_end = run.end;
-        let Some((position, reason)) = run.stop.damage() else {
-            return scan;
-        };
-        match segment::resync(&mut src, position, scan.next, next_base, end) {
-            Some((pos, offset)) => {
-                scan.holes.push((position, scan.next, offset, reason));
-                (start, scan.next) = (pos, offset);
-            }
-            None => {
-                scan.garbage_at = Some(position);
-                return scan;
-            }
-        }
-    }
+    let start = (SEGMENT_HEADER_BYTES as u64, base, 0);
+    segment::scan_resyncing(&mut src, base, start, Vec::new(), next_base)
 }
 
 /// The segment before the active one, which an interrupted roll may have
@@ -366,10 +319,10 @@ fn open_last_sealed(
     }
     tracing::warn!(segment = %path.display(), "index missing or damaged; rebuilding from the log");
     let scan = scan_sealed(file.as_ref(), base, len, Some(next_base));
-    quarantine.extend(scan.damage(&path));
+    quarantine.extend(hole_ranges(&path, &scan.holes));
     let mut end = len;
-    if let Some(at) = scan.garbage_at {
-        if scan.next == next_base {
+    if let Some((at, _)) = scan.tail {
+        if scan.next_offset == next_base {
             // An interrupted roll: the next segment continues the offsets,
             // so what follows the last record is unused space or a torn
             // write that was never acknowledged.
@@ -383,7 +336,7 @@ fn open_last_sealed(
             quarantine.push(QuarantinedRange {
                 segment: path.clone(),
                 position: at,
-                offset: scan.next,
+                offset: scan.next_offset,
                 end_offset: Some(next_base),
                 reason: "damaged records at the end of a sealed segment",
             });
@@ -531,24 +484,27 @@ fn open_active(
     let readable = fenced_at.map_or(len, |p| p.min(len));
     let ckpt =
         Checkpoint::load(storage, dir).filter(|c| c.segment_base == base && c.position <= readable);
-    let scan = scan_active(storage, dir, base, file.as_ref(), readable, ckpt);
+    let (scan, clean) = scan_active(storage, dir, base, file.as_ref(), readable, ckpt);
+    quarantine.extend(hole_ranges(&path, &scan.holes));
     for h in &scan.holes {
-        quarantine.push(h.range(&path));
         error_hole(&path, h);
-        save_copy(
-            storage,
-            dir,
-            &path,
-            base,
-            h.position,
-            h.resume_position,
-            "damaged",
-        );
+        let (from, to) = (h.position, h.resume_position);
+        save_copy(storage, dir, &path, base, from, to, "damaged");
     }
     if let Some(at) = fenced_at {
         tracing::error!(segment = %path.display(), position = at, "an fsync failed before the last restart: discarding every byte written after the last durable position (none of it was acknowledged)");
     }
-    cut_tail(storage, dir, &path, base, file.as_ref(), &scan, config).map_err(io)?;
+    cut_tail(
+        storage,
+        dir,
+        &path,
+        base,
+        file.as_ref(),
+        scan.end,
+        clean,
+        config,
+    )
+    .map_err(io)?;
     // Whatever recovery keeps may so far live only in the page cache (the
     // process was killed, not the machine): make it durable before anyone
     // reads it or a checkpoint vouches for it.
@@ -566,7 +522,13 @@ fn open_active(
         store_checkpoint(
             storage,
             dir,
-            &checkpoint_at(base, scan.end, scan.next, scan.last_timestamp_ms, entries),
+            &checkpoint_at(
+                base,
+                scan.end,
+                scan.next_offset,
+                scan.last_timestamp_ms,
+                entries,
+            ),
         );
     }
     let open = Arc::new(SegmentFile {
@@ -579,49 +541,20 @@ fn open_active(
         file: open,
         index_files,
         pos: scan.end,
-        next: scan.next,
+        next: scan.next_offset,
         last_timestamp_ms: scan.last_timestamp_ms,
     })
 }
 
-/// A damaged run inside the active segment, with intact records after it.
-struct Hole {
-    position: u64,
-    offset: Offset,
-    end_offset: Offset,
-    resume_position: u64,
-    reason: &'static str,
-}
-
-impl Hole {
-    fn range(&self, path: &Path) -> QuarantinedRange {
-        QuarantinedRange {
-            segment: path.to_path_buf(),
-            position: self.position,
-            offset: self.offset,
-            end_offset: Some(self.end_offset),
-            reason: self.reason,
-        }
-    }
-}
-
-fn error_hole(path: &Path, h: &Hole) {
+fn error_hole(path: &Path, h: &segment::Hole) {
     tracing::error!(segment = %path.display(), position = h.position, first = h.offset.0, end = h.end_offset.0, reason = h.reason, "damaged record(s) followed by valid ones in the active segment: kept as quarantined holes (never served, offsets never reused); the records after them are kept");
-}
-
-struct ActiveScan {
-    /// The checkpoint was written at a clean close right there.
-    clean: bool,
-    end: u64,
-    next: Offset,
-    last_timestamp_ms: u64,
-    points: Vec<IndexPoint>,
-    holes: Vec<Hole>,
 }
 
 /// Scans the active segment from its checkpoint (or first record) to the
 /// last intact record before `readable`. Damage followed by intact records
-/// becomes a hole; damage with nothing intact after it is the end.
+/// becomes a hole; damage with nothing intact after it is the end. After a
+/// clean close nothing is scanned: nothing was written after the checkpoint.
+/// Returns the scan and whether the checkpoint was clean.
 fn scan_active(
     storage: &dyn Storage,
     dir: &Path,
@@ -629,19 +562,20 @@ fn scan_active(
     file: &dyn StorageFile,
     readable: u64,
     ckpt: Option<Checkpoint>,
-) -> ActiveScan {
-    let (mut start, next, ts, points) = resume_point(storage, dir, base, ckpt, readable);
-    let mut scan = ActiveScan {
-        clean: ckpt.is_some_and(|c| c.clean && c.position == start),
-        end: start,
-        next,
-        last_timestamp_ms: ts,
-        points,
-        holes: Vec::new(),
-    };
-    if scan.clean {
-        // Closed cleanly there: nothing was written after it.
-        return scan;
+) -> (segment::Scan, bool) {
+    let (start, next, ts, points) = resume_point(storage, dir, base, ckpt, readable);
+    let clean = ckpt.is_some_and(|c| c.clean && c.position == start);
+    if clean {
+        let scan = segment::Scan {
+            end: start,
+            next_offset: next,
+            last_timestamp_ms: ts,
+            records: 0,
+            points,
+            holes: Vec::new(),
+            tail: None,
+        };
+        return (scan, true);
     }
     let mut window = Window::new();
     let mut src = WindowedFile {
@@ -649,35 +583,10 @@ fn scan_active(
         window: &mut window,
         end: readable,
     };
-    loop {
-        let run = segment::scan_run(
-            &mut src,
-            base,
-            start,
-            scan.next,
-            scan.last_timestamp_ms,
-            scan.points.last().copied(),
-        );
-        scan.points.extend(&run.points);
-        (scan.end, scan.next, scan.last_timestamp_ms) =
-            (run.end, run.next_offset, run.last_timestamp_ms);
-        let Some((position, reason)) = run.stop.damage() else {
-            return scan;
-        };
-        match segment::resync(&mut src, position, scan.next, None, readable) {
-            Some((pos, offset)) => {
-                scan.holes.push(Hole {
-                    position,
-                    offset: scan.next,
-                    end_offset: offset,
-                    resume_position: pos,
-                    reason,
-                });
-                (start, scan.next) = (pos, offset);
-            }
-            None => return scan,
-        }
-    }
+    (
+        segment::scan_resyncing(&mut src, base, (start, next, ts), points, None),
+        false,
+    )
 }
 
 /// Where to start scanning the active segment: the checkpoint if it and the
@@ -719,17 +628,19 @@ fn resume_point(
 /// `quarantine/`, then zeroed, so stale bytes can never look valid later.
 /// Zeros past the end are kept where space ahead is wanted (preallocated
 /// or zero-filled segments) and trimmed otherwise.
+#[allow(clippy::too_many_arguments)]
 fn cut_tail(
     storage: &dyn Storage,
     dir: &Path,
     path: &Path,
     base: Offset,
     file: &dyn StorageFile,
-    scan: &ActiveScan,
+    end: u64,
+    clean: bool,
     config: &LogConfig,
 ) -> std::io::Result<()> {
-    let (end, len) = (scan.end, file.len()?);
-    let garbage_end = if scan.clean {
+    let len = file.len()?;
+    let garbage_end = if clean {
         end
     } else {
         let mut window = Window::new();

@@ -282,6 +282,90 @@ pub fn point_for(base: Offset, offset: Offset, timestamp_ms: u64, position: u64)
     }
 }
 
+/// A damaged run followed by an intact record: a hole in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hole {
+    /// Where the damage starts.
+    pub position: u64,
+    /// First damaged offset.
+    pub offset: Offset,
+    /// The intact record after the damage: its offset and position.
+    pub end_offset: Offset,
+    pub resume_position: u64,
+    pub reason: &'static str,
+}
+
+/// What a scan that resyncs past damage found.
+#[derive(Debug)]
+pub struct Scan {
+    /// Position just after the last intact record.
+    pub end: u64,
+    pub next_offset: Offset,
+    pub last_timestamp_ms: u64,
+    pub records: u64,
+    pub points: Vec<IndexPoint>,
+    pub holes: Vec<Hole>,
+    /// Damage with no intact record after it: where it starts and why.
+    pub tail: Option<(u64, &'static str)>,
+}
+
+/// Scans from `start` to the readable end, resyncing past damage (offsets
+/// below `limit`): every damaged run followed by an intact record is a
+/// hole; damage with nothing intact after it ends the scan as `tail`.
+pub fn scan_resyncing<S: SegmentBytes + ?Sized>(
+    src: &mut S,
+    base: Offset,
+    (start, next, last_ts): (u64, Offset, u64),
+    points: Vec<IndexPoint>,
+    limit: Option<Offset>,
+) -> Scan {
+    let mut scan = Scan {
+        end: start,
+        next_offset: next,
+        last_timestamp_ms: last_ts,
+        records: 0,
+        points,
+        holes: Vec::new(),
+        tail: None,
+    };
+    let mut start = start;
+    loop {
+        let last_point = scan.points.last().copied();
+        let run = scan_run(
+            src,
+            base,
+            start,
+            scan.next_offset,
+            scan.last_timestamp_ms,
+            last_point,
+        );
+        scan.points.extend(&run.points);
+        scan.records += run.records;
+        (scan.end, scan.next_offset, scan.last_timestamp_ms) =
+            (run.end, run.next_offset, run.last_timestamp_ms);
+        let Some((position, reason)) = run.stop.damage() else {
+            return scan;
+        };
+        let until = src.end();
+        match resync(src, position, scan.next_offset, limit, until) {
+            Some((pos, offset)) => {
+                scan.holes.push(Hole {
+                    position,
+                    offset: scan.next_offset,
+                    end_offset: offset,
+                    resume_position: pos,
+                    reason,
+                });
+                (start, scan.next_offset) = (pos, offset);
+            }
+            None => {
+                scan.tail = Some((position, reason));
+                return scan;
+            }
+        }
+    }
+}
+
 /// Bytes looked at per step of a resync's search for non-zero bytes.
 const RESYNC_PROBE_BYTES: usize = 4096;
 

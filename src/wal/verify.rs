@@ -129,87 +129,114 @@ fn verify_segment(
         window: &mut window,
         end: len,
     };
-    let (mut start, mut next, mut ts) = (SEGMENT_HEADER_BYTES as u64, base, 0u64);
-    let mut points = Vec::<IndexPoint>::new();
+    let start = (SEGMENT_HEADER_BYTES as u64, base, 0);
+    let scan = segment::scan_resyncing(&mut src, base, start, Vec::new(), next_base);
+    report.records += scan.records;
     let problem = |position: u64, what: String| Problem {
         file: path.clone(),
         position,
         what,
     };
-    loop {
-        let run = segment::scan_run(&mut src, base, start, next, ts, points.last().copied());
-        report.records += run.records;
-        points.extend(&run.points);
-        (next, ts) = (run.next_offset, run.last_timestamp_ms);
-        let Some((position, reason)) = run.stop.damage() else {
-            break;
-        };
-        let unproven = proven.is_none_or(|(end, _)| position >= end);
-        if active && unproven && writer == Writer::Running {
+    let unproven = |position: u64| proven.is_none_or(|(end, _)| position >= end);
+    let in_flight = |position: u64| active && writer == Writer::Running && unproven(position);
+    for h in &scan.holes {
+        if in_flight(h.position) {
             report.notes.push(format!(
-                "{}: the broker is running; bytes after {position} may be a write in progress ({reason})",
+                "{}: the broker is running; bytes at {} may be a write in progress ({})",
+                path.display(),
+                h.position,
+                h.reason
+            ));
+            continue;
+        }
+        let n = h.end_offset.0 - h.offset.0;
+        report.unreadable += n;
+        report.problems.push(problem(
+            h.position,
+            format!(
+                "{n} unreadable record(s), offsets {}..{}: {}",
+                h.offset, h.end_offset, h.reason
+            ),
+        ));
+    }
+    let next = match scan.tail {
+        None => scan.next_offset,
+        Some(tail) => {
+            let next = scan.next_offset;
+            verify_tail(
+                &mut src, &path, tail, next, next_base, proven, writer, report,
+            )
+        }
+    };
+    verify_index(storage, dir, base, active, len, &scan.points, report);
+    Ok(next)
+}
+
+/// Damage with nothing intact after it: in a sealed segment the records up
+/// to the next segment are unreadable; in the active one it is corruption
+/// where a checkpoint vouches for it, else a torn tail recovery cuts (or,
+/// beside a running broker, possibly a write in progress). Returns the
+/// offset after what the segment holds or claims.
+#[allow(clippy::too_many_arguments)]
+fn verify_tail<S: segment::SegmentBytes>(
+    src: &mut S,
+    path: &Path,
+    (position, reason): (u64, &'static str),
+    next: Offset,
+    next_base: Option<Offset>,
+    proven: Option<(u64, Offset)>,
+    writer: Writer,
+    report: &mut VerifyReport,
+) -> Offset {
+    let problem = |what: String| Problem {
+        file: path.to_path_buf(),
+        position,
+        what,
+    };
+    let len = src.end();
+    if let Some(end) = next_base {
+        if end > next {
+            report.unreadable += end.0 - next.0;
+            report.problems.push(problem(format!(
+                "{} unreadable record(s), offsets {next}..{end} (to the end of the segment): {reason}",
+                end.0 - next.0
+            )));
+        } else {
+            report.notes.push(format!(
+                "{}: {} byte(s) after the last record at {position}; recovery trims them",
+                path.display(),
+                len - position
+            ));
+        }
+        return end;
+    }
+    if let Some((end, proven_next)) = proven.filter(|(end, _)| position < *end) {
+        let n = proven_next.0.saturating_sub(next.0);
+        report.unreadable += n;
+        report.problems.push(problem(format!(
+            "{n} unreadable record(s), offsets {next}..{proven_next} (synced: the checkpoint vouches for them): {reason}"
+        )));
+        if segment::nonzero_end(src, end) > end {
+            report.notes.push(format!(
+                "{}: unfinished tail after byte {end}; recovery cuts it (never acknowledged)",
                 path.display()
             ));
-            break;
         }
-        match segment::resync(&mut src, position, next, next_base, len) {
-            Some((pos, offset)) => {
-                let n = offset.0 - next.0;
-                report.unreadable += n;
-                report.problems.push(problem(
-                    position,
-                    format!("{n} unreadable record(s), offsets {next}..{offset}: {reason}"),
-                ));
-                (start, next) = (pos, offset);
-            }
-            None if proven.is_some_and(|(end, _)| position < end) => {
-                let (end, proven_next) = proven.expect("checked");
-                let n = proven_next.0.saturating_sub(next.0);
-                report.unreadable += n;
-                report.problems.push(problem(
-                    position,
-                    format!("{n} unreadable record(s), offsets {next}..{proven_next} (synced: the checkpoint vouches for them): {reason}"),
-                ));
-                next = proven_next;
-                if segment::nonzero_end(&mut src, end) > end {
-                    report.notes.push(format!(
-                        "{}: unfinished tail after byte {end}; recovery cuts it (never acknowledged)",
-                        path.display()
-                    ));
-                }
-                break;
-            }
-            None if active && segment::nonzero_end(&mut src, position) == position => break,
-            None if active => {
-                report.notes.push(format!(
-                    "{}: {} byte(s) of unfinished tail at {position} ({reason}); recovery cuts it (never acknowledged)",
-                    path.display(),
-                    len - position
-                ));
-                break;
-            }
-            None => {
-                let end = next_base.expect("sealed");
-                if end > next {
-                    report.unreadable += end.0 - next.0;
-                    report.problems.push(problem(
-                        position,
-                        format!("{} unreadable record(s), offsets {next}..{end} (to the end of the segment): {reason}", end.0 - next.0),
-                    ));
-                } else {
-                    report.notes.push(format!(
-                        "{}: {} byte(s) after the last record at {position}; recovery trims them",
-                        path.display(),
-                        len - position
-                    ));
-                }
-                next = end;
-                break;
-            }
-        }
+        return proven_next;
     }
-    verify_index(storage, dir, base, active, len, &points, report);
-    Ok(next)
+    if segment::nonzero_end(src, position) > position {
+        let what = if writer == Writer::Running {
+            "the broker is running; it may be a write in progress"
+        } else {
+            "recovery cuts it (never acknowledged)"
+        };
+        report.notes.push(format!(
+            "{}: {} byte(s) of unfinished tail at {position} ({reason}); {what}",
+            path.display(),
+            len - position
+        ));
+    }
+    next
 }
 
 fn check_header(file: &dyn StorageFile, base: Offset, path: &Path, report: &mut VerifyReport) {
