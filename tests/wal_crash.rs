@@ -7,17 +7,11 @@
 //! exactly a prefix of what was appended, including every completed append,
 //! and recovery must be idempotent and leave a writable log.
 mod wal_common;
-use orderly::storage::{SimStorage, SyncHook};
+use orderly::storage::SimStorage;
 use orderly::wal::{LogConfig, Offset};
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use wal_common::*;
-
-struct Capture {
-    storage: SimStorage,
-    acked: u64,
-}
 
 fn record_len(i: u64) -> usize {
     40 + ((i * 7919) % 260) as usize
@@ -27,20 +21,8 @@ fn record_len(i: u64) -> usize {
 fn capture_workload(config: LogConfig, bursts: usize) -> (Vec<Capture>, u64) {
     let sim = SimStorage::new();
     let acked = Arc::new(AtomicU64::new(0));
-    let captures = Arc::new(Mutex::new(Vec::new()));
     let log = open_sim(&sim, config);
-    let (a, c) = (acked.clone(), captures.clone());
-    let hook: SyncHook = Arc::new(move |s: &SimStorage| {
-        // The count first: it only grows, so it is a lower bound for the
-        // state forked after it (a sync on another thread, the spare's, may
-        // run while appends complete).
-        let acked = a.load(Ordering::SeqCst);
-        c.lock().push(Capture {
-            storage: s.fork(),
-            acked,
-        });
-    });
-    sim.set_sync_hook(Some(hook));
+    let captures = capture_every_sync(&sim, &acked);
     let mut next = 0u64;
     for b in 0..bursts {
         let n = 1 + (b * 5 % 4) as u64;
@@ -185,19 +167,8 @@ fn crash_during_segment_rolls_onto_spares_loses_nothing_acked() {
 fn crash_during_segment_rolls(config: LogConfig) {
     let sim = SimStorage::new();
     let acked = Arc::new(AtomicU64::new(0));
-    let captures = Arc::new(Mutex::new(Vec::new()));
     let log = open_sim(&sim, config.clone());
-    let (a, c) = (acked.clone(), captures.clone());
-    sim.set_sync_hook(Some(Arc::new(move |s: &SimStorage| {
-        // The count first: it only grows, so it is a lower bound for the
-        // state forked after it (a sync on another thread, the spare's, may
-        // run while appends complete).
-        let acked = a.load(Ordering::SeqCst);
-        c.lock().push(Capture {
-            storage: s.fork(),
-            acked,
-        });
-    })));
+    let captures = capture_every_sync(&sim, &acked);
     let len = |_i: u64| 10_000usize;
     for i in 0..40u64 {
         log.append(&meta(i), &payload(i, len(i))).expect("append");

@@ -5,7 +5,7 @@
 //! record, and never lose what it published: power is cut again at every
 //! sync recovery itself makes, and once it finished.
 mod wal_common;
-use orderly::storage::{SimStorage, SyncHook};
+use orderly::storage::SimStorage;
 use orderly::wal::{Log, LogConfig, Offset, WalError};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,30 +26,12 @@ fn config(zero_filled: bool) -> LogConfig {
     }
 }
 
-/// A storage state and how many appends had completed when it was taken.
-struct Capture {
-    storage: SimStorage,
-    acked: u64,
-}
-
 /// Bursts of appends sharing group commits, captured at every sync.
 fn workload(config: &LogConfig, bursts: u64) -> Vec<Capture> {
     let sim = SimStorage::new();
     let log = open_sim(&sim, config.clone());
     let acked = Arc::new(AtomicU64::new(0));
-    let caps = Arc::new(Mutex::new(Vec::new()));
-    let (a, c) = (acked.clone(), caps.clone());
-    let hook: SyncHook = Arc::new(move |s: &SimStorage| {
-        // The count first: it only grows, so it is a lower bound for the
-        // state forked after it (a sync on another thread, the spare's, may
-        // run while appends complete).
-        let acked = a.load(Ordering::SeqCst);
-        c.lock().push(Capture {
-            storage: s.fork(),
-            acked,
-        })
-    });
-    sim.set_sync_hook(Some(hook));
+    let caps = capture_every_sync(&sim, &acked);
     let mut next = 0;
     for b in 0..bursts {
         let n = 1 + b % 5;

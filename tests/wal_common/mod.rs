@@ -78,3 +78,29 @@ pub fn read_all(log: &Log) -> Vec<(Offset, Vec<u8>)> {
     }
     out
 }
+
+/// A storage state and how many appends had completed when it was taken.
+pub struct Capture {
+    pub storage: SimStorage,
+    pub acked: u64,
+}
+
+/// Captures `sim` at the start of every sync (the moment unsynced bytes
+/// exist), with the value of `acked` then. The count is read first: it only
+/// grows, so it is a lower bound for the state forked after it (a sync on
+/// another thread, the spare's, may run while appends complete).
+pub fn capture_every_sync(
+    sim: &SimStorage,
+    acked: &Arc<std::sync::atomic::AtomicU64>,
+) -> Arc<parking_lot::Mutex<Vec<Capture>>> {
+    let caps = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (a, c) = (acked.clone(), caps.clone());
+    sim.set_sync_hook(Some(Arc::new(move |s: &SimStorage| {
+        let acked = a.load(std::sync::atomic::Ordering::SeqCst);
+        c.lock().push(Capture {
+            storage: s.fork(),
+            acked,
+        });
+    })));
+    caps
+}
