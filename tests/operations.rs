@@ -431,3 +431,36 @@ fn skipping_a_damaged_record_dead_letters_its_remains_classed_corrupt() {
         "the payload, one byte flipped"
     );
 }
+
+/// Beside a running broker, damage in the newest records (past the active
+/// segment's checkpoint, where a write may be in progress) is reported
+/// once it reads back the same after a pause: a flipped byte in a recent
+/// record is CORRUPT, not taken for a write in progress.
+#[test]
+fn inspect_and_verify_report_damage_in_recent_records_beside_a_running_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_common::write_config(dir.path(), &[("lab", "lab", "")]);
+    let broker = Broker::start(&config);
+    let ids: Vec<String> = (0..40).map(|i| format!("R{i}")).collect();
+    send(&broker, &refs(&ids));
+    let queue = broker.data_dir.join("queues/lab");
+    let active = segments(&queue).pop().unwrap();
+    damage_records(&active, &[25]);
+    let out = run(&["inspect", "lab"], &broker.data_dir);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let corrupt: Vec<&str> = text.lines().filter(|l| l.contains("CORRUPT")).collect();
+    assert_eq!(corrupt.len(), 1, "{text}");
+    assert!(corrupt[0].starts_with("25 "), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        40,
+        "the records after the damage are listed too"
+    );
+    assert!(!out.status.success());
+    let out = run(&["verify"], &broker.data_dir);
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !out.status.success() && report.contains("1 unreadable record(s)"),
+        "{report}"
+    );
+}

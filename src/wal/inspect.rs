@@ -7,7 +7,13 @@ use super::checkpoint::Checkpoint;
 use super::files;
 use super::record::{self, Check, RecordView};
 use super::segment::{self, file_path, parse_segment_name, At, SegmentBytes, SEGMENT_HEADER_BYTES};
-use super::source::{Window, WindowedFile};
+use super::source::{self, Window, WindowedFile};
+
+/// Pauses for bytes that look damaged beside a running broker before they
+/// are taken for a write in progress.
+const SETTLE_TRIES_MAX: u32 = 5;
+/// Bytes compared to tell settled damage from a write in progress.
+const SETTLE_PROBE_BYTES: u64 = 64 * 1024;
 use super::{Offset, WalError, Writer};
 use crate::storage::Storage;
 use std::path::{Path, PathBuf};
@@ -27,8 +33,9 @@ pub enum Item<'a> {
 /// Calls `visit` for up to `limit` offsets at or after `from`, in order:
 /// intact records and damaged ones alike. In the last segment, past what its
 /// checkpoint vouches for, it stops quietly at damage with nothing intact
-/// after it (a torn write recovery will cut), and with `Writer::Running` at
-/// any damage (it may be a write in progress).
+/// after it (a torn write recovery will cut); with `Writer::Running` damage
+/// there counts only once it reads back the same after a pause (a write in
+/// progress settles within it).
 pub fn for_each_record(
     storage: &dyn Storage,
     dir: &Path,
@@ -98,6 +105,11 @@ impl Walk<'_> {
         seen: &mut u64,
         visit: &mut impl FnMut(Item<'_>),
     ) {
+        // Beside a running broker: the position whose damage read back the
+        // same after a pause (so it is not a write in progress), and how
+        // often bytes were still changing.
+        let mut confirmed = None;
+        let mut unsettled = 0;
         while *seen < limit {
             let reason = match segment::record_at(&mut self.src, pos) {
                 At::Valid { offset, len, .. } if offset == expected => {
@@ -119,8 +131,19 @@ impl Walk<'_> {
                 At::Unreadable(_) => "unreadable (I/O error)",
             };
             let in_proven = self.proven.is_some_and(|(end, _)| pos < end);
-            if self.next_base.is_none() && !in_proven && self.writer == Writer::Running {
-                return; // possibly a write in progress
+            let suspect = self.next_base.is_none() && !in_proven && self.writer == Writer::Running;
+            if suspect && confirmed != Some(pos) {
+                if unsettled == SETTLE_TRIES_MAX {
+                    return; // still being written
+                }
+                let probe = (self.src.end() - pos).min(SETTLE_PROBE_BYTES) as usize;
+                if source::settled(self.src.file, pos, probe) {
+                    confirmed = Some(pos);
+                } else {
+                    unsettled += 1;
+                }
+                self.src.refresh();
+                continue; // look again at what is there now
             }
             let end = self.src.end();
             let resume = segment::resync(&mut self.src, pos, expected, self.next_base, end);

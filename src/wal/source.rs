@@ -97,11 +97,45 @@ fn readable_prefix(file: &dyn StorageFile, buf: &mut [u8], pos: u64) -> usize {
     good
 }
 
+/// How long bytes must stay the same to count as written: a batch being
+/// written beside a reader is one `pwrite`, done well within this.
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether `len` bytes at `pos` read the same twice, `SETTLE_WAIT` apart:
+/// beside a running broker, damage that is still there, unchanged, is not
+/// a write in progress. Unreadable bytes count as settled (a read error is
+/// not in flight).
+pub fn settled(file: &dyn StorageFile, pos: u64, len: usize) -> bool {
+    let read = |buf: &mut Vec<u8>| -> bool {
+        buf.resize(len, 0);
+        match read_some(file, buf, pos) {
+            Ok(n) => {
+                buf.truncate(n);
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    if !read(&mut first) {
+        return true;
+    }
+    std::thread::sleep(SETTLE_WAIT);
+    !read(&mut second) || first == second
+}
+
 /// One file read through a window, up to a readable end.
 pub struct WindowedFile<'a> {
     pub file: &'a dyn StorageFile,
     pub window: &'a mut Window,
     pub end: u64,
+}
+
+impl WindowedFile<'_> {
+    /// Forgets the buffered bytes, so the next read sees the file as it is now.
+    pub fn refresh(&mut self) {
+        self.window.clear();
+    }
 }
 
 impl SegmentBytes for WindowedFile<'_> {

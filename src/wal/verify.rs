@@ -13,6 +13,10 @@ use crate::index::{decode_points, IndexKind, IndexPoint, INDEX_HEADER_BYTES};
 use crate::storage::{self, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 
+/// Looks beside a running broker before damage past the checkpoint is
+/// taken for a write in progress.
+const SETTLE_TRIES_MAX: u32 = 5;
+
 /// One thing that does not check out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -130,15 +134,38 @@ fn verify_segment(
         end: len,
     };
     let start = (SEGMENT_HEADER_BYTES as u64, base, 0);
-    let scan = segment::scan_resyncing(&mut src, base, start, Vec::new(), next_base);
+    let mut scan = segment::scan_resyncing(&mut src, base, start, Vec::new(), next_base);
+    let unproven = |position: u64| proven.is_none_or(|(end, _)| position >= end);
+    // Beside a running broker, holes past the checkpoint count only once a
+    // second look after a pause finds them again: a write in progress
+    // settles within it. Until two looks agree they are in flight.
+    let suspects = |s: &segment::Scan| -> Vec<segment::Hole> {
+        s.holes
+            .iter()
+            .filter(|h| unproven(h.position))
+            .copied()
+            .collect()
+    };
+    let mut confirmed = !(active && writer == Writer::Running) || suspects(&scan).is_empty();
+    for _ in 0..SETTLE_TRIES_MAX {
+        if confirmed {
+            break;
+        }
+        std::thread::sleep(super::source::SETTLE_WAIT);
+        src.refresh();
+        src.end = file.len().map_err(|e| WalError::io(&path, e))?;
+        let again = segment::scan_resyncing(&mut src, base, start, Vec::new(), next_base);
+        confirmed = suspects(&again) == suspects(&scan);
+        scan = again;
+    }
     report.records += scan.records;
     let problem = |position: u64, what: String| Problem {
         file: path.clone(),
         position,
         what,
     };
-    let unproven = |position: u64| proven.is_none_or(|(end, _)| position >= end);
-    let in_flight = |position: u64| active && writer == Writer::Running && unproven(position);
+    let in_flight =
+        |position: u64| active && writer == Writer::Running && !confirmed && unproven(position);
     for h in &scan.holes {
         if in_flight(h.position) {
             report.notes.push(format!(
