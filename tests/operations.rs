@@ -65,6 +65,10 @@ fn a_cursor_past_the_log_end_halts_delivery_until_an_operator_resets_it() {
     let mut broker = Broker::start(&config);
     send(&broker, &refs(&second));
     sink.wait_accepted(&second, WAIT);
+    // The sink holding the message is not the broker having read its ACK:
+    // wait for the cursor itself, or it may say 9.
+    let status = ctl_status_until(&config, WAIT, |s| s.contains("durable=10"));
+    assert!(status.contains("durable=10"), "{status}");
     assert!(broker.terminate().success());
     // The queue is restored from the older backup; the cursor says 10.
     std::fs::remove_dir_all(data.join("queues/lab")).unwrap();
