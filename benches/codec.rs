@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use orderly::hl7::ack::{build_ack, parse_ack, AckKind, Hl7Timestamp};
+use orderly::hl7::ack::{build_ack, parse_ack, AckKind, AckMode, Hl7Timestamp};
 use orderly::hl7::{parse_header, FieldPath, Message};
 use orderly::mllp::{encode_frame, Decoded, FrameDecoder, FRAME_BYTES_MAX_DEFAULT};
 
@@ -121,7 +121,15 @@ fn codec(c: &mut Criterion) {
     let mut ack_bytes = 0u64;
     for h in &headers {
         ack.clear();
-        build_ack(Some(h), AckKind::Accept, None, b"ACK-1", now, &mut ack);
+        build_ack(
+            Some(h),
+            AckMode::Original,
+            AckKind::Accept,
+            None,
+            b"ACK-1",
+            now,
+            &mut ack,
+        );
         ack_bytes += ack.len() as u64;
     }
     both(
@@ -134,6 +142,7 @@ fn codec(c: &mut Criterion) {
                 ack.clear();
                 build_ack(
                     Some(black_box(h)),
+                    AckMode::Original,
                     AckKind::Accept,
                     None,
                     b"ACK-1",
@@ -149,7 +158,15 @@ fn codec(c: &mut Criterion) {
         .iter()
         .map(|h| {
             let mut out = Vec::new();
-            build_ack(Some(h), AckKind::Accept, None, b"ACK-1", now, &mut out);
+            build_ack(
+                Some(h),
+                AckMode::Original,
+                AckKind::Accept,
+                None,
+                b"ACK-1",
+                now,
+                &mut out,
+            );
             out
         })
         .collect();

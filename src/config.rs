@@ -4,7 +4,8 @@
 //! The keys under `[[listener]]` and `data_dir` are a contract with
 //! operators' scripts: extend, never rename.
 use crate::constants::*;
-use crate::hl7::{FieldPath, ValidationLevel};
+use crate::hl7::ack::AckPolicy;
+use crate::hl7::{Acceptance, FieldPath, ValidationLevel};
 use crate::wal::{FsyncMode, LogConfig, RetentionPolicy};
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -114,6 +115,11 @@ pub struct ListenerConfig {
     /// Appends one connection may have waiting for fsync (pipelining window).
     pub max_inflight: usize,
     pub validation: ValidationLevel,
+    /// `ack_mode`: when and in which code family to answer (table 0155).
+    pub ack_policy: AckPolicy,
+    /// `accept_message_types`, `accept_processing_ids`, `accept_versions`:
+    /// anything else is answered AR/CR (empty lists take everything).
+    pub acceptance: Acceptance,
 }
 
 /// A configuration problem; `Display` says file, key and reason.
@@ -204,6 +210,13 @@ struct RawListener {
     frame_timeout_s: Option<u64>,
     max_inflight: Option<usize>,
     validation: Option<String>,
+    ack_mode: Option<String>,
+    #[serde(default)]
+    accept_message_types: Vec<String>,
+    #[serde(default)]
+    accept_processing_ids: Vec<String>,
+    #[serde(default)]
+    accept_versions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +399,18 @@ fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConf
             ))
         }
     };
+    let ack_policy = l
+        .ack_mode
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()
+        .map_err(|e| (key("ack_mode"), e))?;
+    let acceptance = acceptance(
+        &l.accept_message_types,
+        &l.accept_processing_ids,
+        &l.accept_versions,
+        key,
+    )?;
     Ok(ListenerConfig {
         name: l.name,
         listen,
@@ -396,6 +421,39 @@ fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConf
         frame_timeout_s,
         max_inflight,
         validation,
+        ack_policy,
+        acceptance,
+    })
+}
+
+fn acceptance(
+    message_types: &[String],
+    processing_ids: &[String],
+    versions: &[String],
+    key: &dyn Fn(&str) -> String,
+) -> Result<Acceptance, KeyError> {
+    let message_types = message_types
+        .iter()
+        .map(|t| Acceptance::message_type_entry(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|r| (key("accept_message_types"), r))?;
+    for (k, list) in [
+        ("accept_processing_ids", processing_ids),
+        ("accept_versions", versions),
+    ] {
+        if let Some(bad) = list.iter().find(|v| {
+            v.trim().is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+        }) {
+            return Err((
+                key(k),
+                format!("`{bad}` is not a plain value such as `P` or `2.5.1`"),
+            ));
+        }
+    }
+    Ok(Acceptance {
+        message_types,
+        processing_ids: processing_ids.to_vec(),
+        versions: versions.to_vec(),
     })
 }
 
@@ -630,6 +688,31 @@ mod tests {
         for bad in [0, crate::constants::OPEN_SEGMENTS_MAX + 1] {
             let e = with(bad).expect_err("out of range").to_string();
             assert!(e.contains("open_segments_max"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ack_mode_and_accept_lists_are_checked_and_name_the_key() {
+        let with = |extra: &str| {
+            let text =
+                format!("[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nqueue='q'\n{extra}\n");
+            Config::parse(&text, "w")
+        };
+        let c = with("ack_mode = 'strict'\naccept_message_types = ['ADT', 'ORU^R01']\naccept_versions = ['2.5.1']").expect("valid");
+        assert_eq!(c.listeners[0].ack_policy, AckPolicy::Strict);
+        assert_eq!(with("").unwrap().listeners[0].ack_policy, AckPolicy::Auto);
+        for (bad, key) in [
+            ("ack_mode = 'enhanced'", "ack_mode"),
+            (
+                "accept_message_types = ['ADT^A01^ADT_A01']",
+                "accept_message_types",
+            ),
+            ("accept_message_types = ['']", "accept_message_types"),
+            ("accept_processing_ids = ['P ']", "accept_processing_ids"),
+            ("accept_versions = ['2.5;']", "accept_versions"),
+        ] {
+            let e = with(bad).expect_err(bad).to_string();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 

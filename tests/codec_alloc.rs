@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use orderly::hl7::ack::{build_ack, AckKind, Hl7Timestamp};
+use orderly::hl7::ack::{build_ack, decide, AckPolicy, Hl7Timestamp, Outcome};
 use orderly::hl7::{parse_header, validate, ValidationLevel};
 use orderly::mllp::{Decoded, FrameDecoder};
 
@@ -53,13 +53,19 @@ fn header_validation_framing_and_ack_building_do_not_allocate() {
                     let now = Hl7Timestamp::from_unix_seconds(1_700_000_000);
                     match validate(payload, ValidationLevel::Minimal) {
                         Ok(header) => {
-                            build_ack(Some(&header), AckKind::Accept, None, b"A1", now, &mut out)
+                            // MSH-15 AL: the default policy answers in enhanced mode.
+                            let (mode, kind) =
+                                decide(AckPolicy::Auto, Some(&header), Outcome::Stored).unwrap();
+                            build_ack(Some(&header), mode, kind, None, b"A1", now, &mut out)
                         }
                         Err(err) => {
                             let header = parse_header(payload).ok();
+                            let (mode, kind) =
+                                decide(AckPolicy::Auto, header.as_ref(), err.outcome()).unwrap();
                             build_ack(
                                 header.as_ref(),
-                                err.ack_kind(),
+                                mode,
+                                kind,
                                 Some(&err.ack_error()),
                                 b"A2",
                                 now,
@@ -75,5 +81,7 @@ fn header_validation_framing_and_ack_building_do_not_allocate() {
     });
     assert_eq!(frames, 2);
     assert_eq!(count, 0, "hot path allocated {count} times");
-    assert!(out.windows(7).any(|w| w == b"MSA|CA|") && out.windows(4).any(|w| w == b"ERR|"));
+    // Table 0008: CA for the stored frame, AE with ERR for the broken one.
+    assert!(out.windows(7).any(|w| w == b"MSA|CA|"));
+    assert!(out.windows(7).any(|w| w == b"MSA|AE|") && out.windows(4).any(|w| w == b"ERR|"));
 }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use orderly::hl7::ack::{self, AckCode, AckKind, Hl7Timestamp};
+use orderly::hl7::ack::{self, AckCode, AckPolicy, Hl7Timestamp, Outcome};
 use orderly::hl7::{
     split_batch, validate, HeaderError, Message, MshHeader, ValidationError, ValidationLevel,
 };
@@ -178,9 +178,12 @@ fn check_reject(entry: &Entry) {
 fn check_nak(entry: &Entry, err: &ValidationError) {
     let header = orderly::hl7::parse_header(&entry.bytes).ok();
     let mut out = Vec::new();
+    let (mode, kind) =
+        ack::decide(AckPolicy::Auto, header.as_ref(), err.outcome()).expect("auto always answers");
     ack::build_ack(
         header.as_ref(),
-        err.ack_kind(),
+        mode,
+        kind,
         Some(&err.ack_error()),
         b"NAK-1",
         Hl7Timestamp::from_unix_seconds(0),
@@ -277,9 +280,12 @@ fn every_accepted_message_gets_an_ack_answering_its_control_id() {
         let header = validate(&entry.bytes, ValidationLevel::Minimal)
             .unwrap_or_else(|e| panic!("{}: {e}", entry.file));
         let mut out = Vec::new();
+        let (mode, kind) = ack::decide(AckPolicy::Auto, Some(&header), Outcome::Stored)
+            .expect("auto always answers");
         ack::build_ack(
             Some(&header),
-            AckKind::Accept,
+            mode,
+            kind,
             None,
             b"ACK-1",
             Hl7Timestamp::from_unix_seconds(0),
@@ -292,11 +298,15 @@ fn every_accepted_message_gets_an_ack_answering_its_control_id() {
             out.len()
         );
         let parsed = ack::parse_ack(&out).unwrap_or_else(|e| panic!("{}: {e}", entry.file));
-        let blank = header.accept_ack_type().iter().all(|&b| b == b' ');
-        let expected = if blank {
-            AckCode::ApplicationAccept
-        } else {
+        // Table 0155 values that ask for an accept ACK; `auto` answers
+        // those in enhanced mode and everything else (empty, NE) in original.
+        let msh15 = String::from_utf8_lossy(header.accept_ack_type())
+            .trim()
+            .to_uppercase();
+        let expected = if ["AL", "ER", "SU"].contains(&msh15.as_str()) {
             AckCode::CommitAccept
+        } else {
+            AckCode::ApplicationAccept
         };
         assert_eq!(parsed.code, expected, "{}", entry.file);
         assert!(parsed.acknowledges(header.control_id()), "{}", entry.file);

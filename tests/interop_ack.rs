@@ -1,8 +1,10 @@
 //! ACKs and NAKs built for every corpus message are read by real third-party
 //! HL7 libraries: python-hl7 (PyPI `hl7`) and hl7apy. python-hl7 also reads
 //! each inbound message itself, so the expected ACK fields (swapped parties,
-//! MSA-2, processing id, version, AA vs CA) come from an independent parser,
-//! not from the code under test.
+//! MSA-2, processing id, version, AA vs CA, the ERR layout of the version)
+//! come from an independent parser and the spec's rules, not from the code
+//! under test. A second test has hl7apy validate, at STRICT level, every ACK
+//! shape Orderly builds for each version from 2.1 to 2.8.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -11,12 +13,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use orderly::hl7::ack::{self, AckKind, Hl7Timestamp};
+use orderly::hl7::ack::{self, AckPolicy, Hl7Timestamp, Outcome};
 use orderly::hl7::{parse_header, split_batch, validate, ValidationLevel};
 
 /// Checks run by python for each case; prints `checked <n> hl7apy <m>` last.
 const CHECK_SCRIPT: &str = r#"
-import sys, hl7
+import sys, re, hl7
 from hl7apy.parser import parse_message
 from hl7apy.consts import VALIDATION_LEVEL
 d = sys.argv[1]
@@ -32,6 +34,17 @@ def load(path):
 
 def f(seg, n):
     return str(seg[n]) if len(seg) > n else ''
+
+def minor(version):
+    # HL7 v2 minor version; messages without a readable one are answered as 2.5.
+    m = re.match(r'^\s*2\.(\d+)', version)
+    return int(m.group(1)) if m else 5
+
+def expected_code(inbound_msh15, success):
+    # Table 0155 values asking for an accept ACK get enhanced codes; the
+    # broker's default `auto` mode answers empty and NE in original mode.
+    enhanced = inbound_msh15.strip().upper() in ('AL', 'ER', 'SU')
+    return ('C' if enhanced else 'A') + ('A' if success else 'E')
 
 failures, checked, apy = [], 0, 0
 for line in open(d + '/cases.tsv'):
@@ -58,14 +71,31 @@ for line in open(d + '/cases.tsv'):
             trigger = (f(imsh, 9).split(icomp) + [''])[1]
             if trigger:
                 assert f(msh, 9).split(comp)[1] == trigger, 'MSH-9.2 trigger'
-            expected = 'CA' if f(imsh, 15).strip() else 'AA'
+            expected = expected_code(f(imsh, 15), True)
             assert code == expected, f'MSA-1 {code} != {expected}'
         else:
-            assert code in ('AR', 'AE', 'CR', 'CE'), 'NAK code ' + code
+            # Every corpus reject is an error in content or format: AE (CE).
+            raw_in = load(f'{d}/{idx}.in')
+            msh15 = ''
+            if raw_in.startswith('MSH') and len(raw_in) > 8:
+                fields = raw_in.split('\r')[0].split(raw_in[3])
+                msh15 = fields[14] if len(fields) > 14 else ''
+            assert code in ('AE', 'CE'), 'NAK code ' + code
+            if not msh15.strip():
+                assert code == 'AE', 'original mode NAK ' + code
             err = ack.segment('ERR')
-            parts = f(err, 3).split(comp)
-            assert parts[0] in TABLE_0357 and parts[2] == 'HL70357', 'ERR-3 ' + f(err, 3)
-            assert f(err, 4) == 'E' and f(err, 8), 'ERR-4 severity and ERR-8 text'
+            v = minor(f(msh, 12).split(comp)[0])
+            if v >= 5:
+                parts = f(err, 3).split(comp)
+                assert parts[0] in TABLE_0357 and parts[2] == 'HL70357', 'ERR-3 ' + f(err, 3)
+                assert f(err, 4) == 'E' and f(err, 8), 'ERR-4 severity and ERR-8 text'
+            elif v >= 2:
+                sub = f(msh, 2)[3] if len(f(msh, 2)) > 3 else '&'
+                code_part = (f(err, 1).split(comp) + ['', '', '', ''])[3].split(sub)
+                assert code_part[0] in TABLE_0357 and code_part[-1] == 'HL70357', 'ERR-1 ' + f(err, 1)
+            else:
+                assert f(err, 1) in TABLE_0357, 'v2.1 ERR-1 ' + f(err, 1)
+            assert bool(f(msa, 3)) == (v < 7), 'MSA-3 text exists before 2.7 only'
         version = f(msh, 12)
         if version in HL7APY_VERSIONS and f(msh, 1) == '|' and f(msh, 2) == '^~\\&':
             m = parse_message(raw_ack, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
@@ -109,9 +139,12 @@ fn build(index: usize, message: &[u8]) -> (&'static str, Vec<u8>) {
     let mut out = Vec::new();
     match validate(message, ValidationLevel::Minimal) {
         Ok(header) => {
+            let (mode, kind) = ack::decide(AckPolicy::Auto, Some(&header), Outcome::Stored)
+                .expect("auto always answers");
             ack::build_ack(
                 Some(&header),
-                AckKind::Accept,
+                mode,
+                kind,
                 None,
                 id.as_bytes(),
                 now,
@@ -121,9 +154,12 @@ fn build(index: usize, message: &[u8]) -> (&'static str, Vec<u8>) {
         }
         Err(err) => {
             let header = parse_header(message).ok();
+            let (mode, kind) = ack::decide(AckPolicy::Auto, header.as_ref(), err.outcome())
+                .expect("auto always answers");
             ack::build_ack(
                 header.as_ref(),
-                err.ack_kind(),
+                mode,
+                kind,
                 Some(&err.ack_error()),
                 id.as_bytes(),
                 now,
@@ -218,4 +254,154 @@ fn acks_for_every_corpus_message_are_accepted_by_python_hl7_and_hl7apy() {
         apy * 2 >= cases.len(),
         "hl7apy read at least half of the ACKs: {stdout}"
     );
+}
+
+/// Validates each ACK with hl7apy at STRICT level against its own version's
+/// ACK structure, and checks MSA-1 against the code the case expects.
+/// Before 2.5 hl7apy cannot infer the structure from MSH-9, so the script
+/// builds an `ACK` message and attaches the parsed segments to it.
+const STRICT_SCRIPT: &str = r#"
+import sys
+from hl7apy.core import Message
+from hl7apy.parser import parse_segments
+from hl7apy.consts import VALIDATION_LEVEL
+d = sys.argv[1]
+failures, checked = [], 0
+for line in open(d + '/cases.tsv'):
+    idx, version, expected, label = line.rstrip('\n').split('\t')
+    text = open(f'{d}/{idx}.ack', 'rb').read().decode('latin-1')
+    try:
+        msh = text.split('\r')[0]
+        sep = msh[3]
+        enc = msh.split(sep)[1]
+        chars = {'FIELD': sep, 'COMPONENT': enc[0], 'REPETITION': enc[1],
+                 'ESCAPE': enc[2], 'SUBCOMPONENT': enc[3], 'GROUP': '\r', 'SEGMENT': '\r'}
+        if len(enc) > 4:
+            chars['TRUNCATION'] = enc[4]
+        m = Message('ACK', version=version, validation_level=VALIDATION_LEVEL.STRICT)
+        for seg in parse_segments(text, version=version, encoding_chars=chars,
+                                  validation_level=VALIDATION_LEVEL.STRICT):
+            setattr(m, seg.name.lower(), seg)
+        m.validate()
+        code = m.msa.msa_1.to_er7()
+        assert code == expected, f'MSA-1 {code} != {expected}'
+        checked += 1
+    except Exception as e:
+        failures.append(f'{label} v{version}: {type(e).__name__}: {e}\n    {text!r}')
+for fail in failures:
+    print('FAIL', fail)
+print('checked', checked)
+sys.exit(1 if failures else 0)
+"#;
+
+/// Runs `script` over files in a fresh directory; returns stdout.
+fn run_python(script: &str, dir: &Path) -> String {
+    let mut child = Command::new("python3")
+        .args(["-", &dir.to_string_lossy()])
+        .env("PYTHONPATH", peers::python_hl7_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("send script");
+    let output = child.wait_with_output().expect("python3 finishes");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "hl7apy rejected ACKs:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn every_ack_shape_for_versions_2_1_to_2_8_passes_hl7apy_strict_validation() {
+    use orderly::hl7::ack::{AckError, ErrorCode, ErrorLocation, Severity};
+    // hl7apy ships these versions (not 2.7.1); together they cover every
+    // ERR/MSA/MSH-9 layout change from 2.1 to 2.8.
+    const VERSIONS: &[&str] = &[
+        "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2",
+    ];
+    let missing_id = AckError {
+        code: ErrorCode::RequiredFieldMissing,
+        severity: Severity::Error,
+        text: "MSH-10 message control id is empty",
+        location: Some(ErrorLocation {
+            segment: *b"MSH",
+            sequence: 1,
+            field: Some(10),
+        }),
+    };
+    let unsupported = AckError {
+        code: ErrorCode::UnsupportedVersionId,
+        severity: Severity::Error,
+        text: "MSH-12 version not accepted by this listener",
+        location: Some(ErrorLocation {
+            segment: *b"MSH",
+            sequence: 1,
+            field: Some(12),
+        }),
+    };
+    let disk_full = AckError {
+        code: ErrorCode::ApplicationInternalError,
+        severity: Severity::Error,
+        text: "message NOT stored: broker storage is full; resend later",
+        location: None,
+    };
+    // (MSH-15, outcome, error, expected MSA-1): table 0008 codes for each
+    // outcome, original mode for empty MSH-15 and enhanced for AL.
+    let shapes: &[(&str, Outcome, Option<&AckError<'_>>, &str)] = &[
+        ("", Outcome::Stored, None, "AA"),
+        ("", Outcome::ContentError, Some(&missing_id), "AE"),
+        ("", Outcome::Unsupported, Some(&unsupported), "AR"),
+        ("", Outcome::NotStored, Some(&disk_full), "AR"),
+        ("AL", Outcome::Stored, None, "CA"),
+        ("AL", Outcome::ContentError, Some(&missing_id), "CE"),
+        ("AL", Outcome::Unsupported, Some(&unsupported), "CR"),
+        ("AL", Outcome::NotStored, Some(&disk_full), "CE"),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut index = std::fs::File::create(dir.path().join("cases.tsv")).expect("cases.tsv");
+    let mut n = 0;
+    for version in VERSIONS {
+        // The truncation character exists from 2.7 on; a 150-character
+        // MSH-10 (HL7 2.7 allows 199) must come back whole in MSA-2.
+        let msh2 = if version >= &"2.7" { "^~\\&#" } else { "^~\\&" };
+        let control_id = "C".repeat(150);
+        for (shape, &(msh15, outcome, error, expected)) in shapes.iter().enumerate() {
+            let inbound = format!(
+                "MSH|{msh2}|LAB|HOSP|EHR|HOSP|20261127081500||ORU^R01|{control_id}|P|{version}|||{msh15}\rPID|1\r"
+            );
+            let header = parse_header(inbound.as_bytes()).expect("inbound header parses");
+            let (mode, kind) =
+                ack::decide(AckPolicy::Auto, Some(&header), outcome).expect("auto answers");
+            let mut out = Vec::new();
+            ack::build_ack(
+                Some(&header),
+                mode,
+                kind,
+                error,
+                b"ACK-1",
+                Hl7Timestamp::from_unix_seconds(1_700_000_000),
+                &mut out,
+            );
+            let text = String::from_utf8(out).expect("ASCII ACK");
+            assert!(
+                text.contains(&format!("\rMSA|{expected}|{control_id}")),
+                "MSA-2 echoes MSH-10 whole: {text:?}"
+            );
+            std::fs::write(dir.path().join(format!("{n}.ack")), &text).expect("write ack");
+            writeln!(index, "{n}\t{version}\t{expected}\tshape {shape}").expect("write case");
+            n += 1;
+        }
+    }
+    drop(index);
+    let stdout = run_python(STRICT_SCRIPT, dir.path());
+    assert!(stdout.contains(&format!("checked {n}")), "{stdout}");
 }

@@ -1,5 +1,6 @@
 //! Storage faults under the real server (in process, on simulated storage):
-//! disk full and fsync failure answer AE/CE, never AA, and the broker stays up.
+//! disk full and fsync failure answer AR ("not stored, resend later", HL7
+//! table 0008) or CE in enhanced mode, never AA, and the broker stays up.
 mod delivery_common;
 mod server_common;
 use orderly::config::Config;
@@ -30,7 +31,7 @@ fn start(
 }
 
 #[test]
-fn disk_full_answers_ae_and_service_resumes_when_space_returns() {
+fn disk_full_answers_ar_resend_later_and_service_resumes_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimStorage::new();
     let (addr, stop, join) = start(&sim, dir.path(), "");
@@ -40,16 +41,25 @@ fn disk_full_answers_ae_and_service_resumes_when_space_returns() {
         AckCode::ApplicationAccept
     );
     sim.inject(SimFault::NoSpaceAfter(0));
-    let (code, msa2) = c.roundtrip(&oru("full", 500));
+    c.send(&oru("full", 500));
+    let ack = c.recv().expect("an answer");
+    let (code, msa2) = ack_of(&ack);
+    // Table 0008: AR is "rejected for a reason unrelated to content", the
+    // code a sender may resend; AE would say "do not resend unchanged".
     assert_eq!(
         (code, msa2.as_str()),
-        (AckCode::ApplicationError, "full"),
-        "disk full is an error ACK, not AA"
+        (AckCode::ApplicationReject, "full"),
+        "disk full is AR, not AA and not AE"
+    );
+    let text = String::from_utf8_lossy(&ack);
+    assert!(
+        text.contains("NOT stored") && text.contains("resend later"),
+        "{text}"
     );
     let mut other = Client::connect(addr);
     assert_eq!(
         other.roundtrip(&oru("full2", 500)).0,
-        AckCode::ApplicationError,
+        AckCode::ApplicationReject,
         "broker stays up, refuses work"
     );
     sim.clear_faults();
@@ -82,19 +92,19 @@ fn disk_full_answers_ae_and_service_resumes_when_space_returns() {
 }
 
 #[test]
-fn fsync_failure_answers_ae_for_that_and_every_later_message() {
+fn fsync_failure_answers_ar_for_that_and_every_later_message() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimStorage::new();
     let (addr, stop, join) = start(&sim, dir.path(), "");
     let mut c = Client::connect(addr);
     assert_eq!(c.roundtrip(&oru("ok", 200)).0, AckCode::ApplicationAccept);
     sim.inject(SimFault::SyncFailsOnce);
-    assert_eq!(c.roundtrip(&oru("lost", 200)).0, AckCode::ApplicationError);
+    assert_eq!(c.roundtrip(&oru("lost", 200)).0, AckCode::ApplicationReject);
     for i in 0..3 {
         let (code, _) = Client::connect(addr).roundtrip(&oru(&format!("later{i}"), 200));
         assert_eq!(
             code,
-            AckCode::ApplicationError,
+            AckCode::ApplicationReject,
             "no positive ACK after a failed fsync until restart"
         );
     }

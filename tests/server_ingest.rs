@@ -94,18 +94,20 @@ fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for
 }
 
 #[test]
-fn rejected_message_gets_ar_with_an_err_segment_that_says_why() {
+fn a_content_error_gets_ae_with_an_err_segment_that_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
     let mut c = Client::connect(broker.addr());
     c.send(b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20260101||ORU^R01||P|2.5\rPID|1\r");
     let ack = c.recv().expect("NAK");
     let text = String::from_utf8_lossy(&ack).into_owned();
-    assert!(text.contains("MSA|AR|"), "{text}");
+    // Table 0008: AE = an error in the message itself (do not resend it
+    // unchanged); AR is kept for "not stored, resend later".
+    assert!(text.contains("MSA|AE|"), "{text}");
     assert!(text.contains("\rERR|") && text.contains("MSH-10"), "{text}");
     c.send(b"PID|1||x\r");
     let (code, _) = ack_of(&c.recv().expect("NAK for non-HL7"));
-    assert_eq!(code, AckCode::ApplicationReject);
+    assert_eq!(code, AckCode::ApplicationError);
     assert_eq!(
         c.roundtrip(&oru("after-reject", 300)),
         (AckCode::ApplicationAccept, "after-reject".into()),
@@ -158,7 +160,7 @@ fn pipelined_frames_in_one_write_get_acks_in_order() {
     for i in 0..201 {
         let (code, msa2) = ack_of(&c.recv().expect("ACK"));
         if i == 100 {
-            assert_eq!(code, AckCode::ApplicationReject);
+            assert_eq!(code, AckCode::ApplicationError, "no MSH-10: AE");
             continue;
         }
         let n = if i < 100 { i } else { i - 1 };
@@ -215,7 +217,8 @@ fn oversized_frame_gets_a_nak_when_its_header_is_readable_else_the_connection_cl
     ));
     let mut c = Client::connect(broker.addr());
     let (code, msa2) = c.roundtrip(&oru("BIG", 20_000));
-    assert_eq!((code, msa2.as_str()), (AckCode::ApplicationReject, "BIG"));
+    // Too large is the message's own fault: resending it unchanged fails again.
+    assert_eq!((code, msa2.as_str()), (AckCode::ApplicationError, "BIG"));
     assert_eq!(
         c.roundtrip(&oru("SMALL", 1000)),
         (AckCode::ApplicationAccept, "SMALL".into()),
@@ -432,7 +435,7 @@ fn send_command_prints_each_ack_and_fails_on_a_negative_one() {
     assert!(
         out.lines()
             .nth(1)
-            .is_some_and(|l| (l.contains(": AR ") || l.contains(": CR ")) && l.contains("MSH-10")),
+            .is_some_and(|l| (l.contains(": AE ") || l.contains(": CE ")) && l.contains("MSH-10")),
         "{out}"
     );
     // LF segment ends were normalised to CR before sending.

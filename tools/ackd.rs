@@ -5,7 +5,7 @@
 //!
 //!   orderly-ackd --listen 127.0.0.1:6661 [--ack-delay-ms 1]
 use clap::Parser;
-use orderly::hl7::ack::{build_ack, AckKind, Hl7Timestamp};
+use orderly::hl7::ack::{build_ack, AckKind, AckMode, Hl7Timestamp};
 use orderly::hl7::parse_header;
 use orderly::mllp::{Decoded, FrameDecoder, END_BLOCK, START_BLOCK, TRAILER};
 use std::io::{Read, Write};
@@ -191,10 +191,11 @@ fn serve(mut stream: TcpStream, delay: Duration, latencies: Option<Arc<Histogram
                     let kind = if header.is_some() {
                         AckKind::Accept
                     } else {
-                        AckKind::Reject
+                        AckKind::Error
                     };
                     build_ack(
                         header.as_ref(),
+                        AckMode::Original,
                         kind,
                         None,
                         format!("D{seq}").as_bytes(),

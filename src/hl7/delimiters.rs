@@ -55,7 +55,7 @@ impl Delimiters {
             .position(|&b| b == field || b == b'\r' || b == b'\n')
             .unwrap_or(rest.len());
         let chars = &rest[..len];
-        if !(4..=5).contains(&chars.len()) {
+        if !(3..=5).contains(&chars.len()) {
             return Err(HeaderError::EncodingCharsCount { count: chars.len() });
         }
         check_distinct(field, chars)?;
@@ -64,7 +64,10 @@ impl Delimiters {
             component: chars[0],
             repetition: chars[1],
             escape: chars[2],
-            subcomponent: chars[3],
+            subcomponent: chars
+                .get(3)
+                .copied()
+                .unwrap_or_else(|| unused_subcomponent(field, chars)),
             truncation: chars.get(4).copied(),
         };
         Ok((delimiters, chars))
@@ -90,6 +93,16 @@ impl Delimiters {
             self.subcomponent,
         ]
     }
+}
+
+/// A 3-character MSH-2 (accepted, as HAPI and other lenient parsers do)
+/// declares no subcomponent separator: use `&` unless the set already uses
+/// it, so splitting never confuses two delimiters.
+fn unused_subcomponent(field: u8, chars: &[u8]) -> u8 {
+    *b"&$*@!%"
+        .iter()
+        .find(|c| **c != field && !chars.contains(c))
+        .unwrap_or(&0x1A) // Six candidates, at most four in use.
 }
 
 fn check_distinct(field: u8, chars: &[u8]) -> Result<(), HeaderError> {
@@ -123,6 +136,14 @@ mod tests {
     fn truncation_character_is_optional_fifth() {
         let (d, _) = Delimiters::from_header_segment(b"MSH|^~\\&#|A").unwrap();
         assert_eq!(d.truncation, Some(b'#'));
+    }
+
+    #[test]
+    fn three_character_set_gets_an_unused_subcomponent_separator() {
+        let (d, raw) = Delimiters::from_header_segment(b"MSH|^~\\|A").unwrap();
+        assert_eq!((d.subcomponent, raw), (b'&', &b"^~\\"[..]));
+        let (d, _) = Delimiters::from_header_segment(b"MSH|&~\\|A").unwrap();
+        assert_eq!(d.subcomponent, b'$');
     }
 
     #[test]

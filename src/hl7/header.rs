@@ -38,7 +38,7 @@ pub enum HeaderError {
         /// The byte found.
         byte: u8,
     },
-    /// MSH-2 does not hold 4 (or 5, with truncation) characters.
+    /// MSH-2 does not hold 4 (or 5, with truncation; 3 is tolerated) characters.
     #[error("segment 1 (MSH), field MSH-2: {count} encoding characters; need 4 (component, repetition, escape, subcomponent, e.g. '^~\\&'), or 5 with a truncation character")]
     EncodingCharsCount {
         /// Characters found.

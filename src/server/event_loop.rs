@@ -12,7 +12,7 @@ use super::conn::{push_ready, AckSlot, Conn, ConnState};
 use super::ingest::{self, AckIds};
 use crate::config::ListenerConfig;
 use crate::constants::{INFLIGHT_BYTES_MAX, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S};
-use crate::hl7::ack::AckKind;
+use crate::hl7::ack::Outcome;
 use crate::hl7::parse_header;
 use crate::metrics::Metrics;
 use crate::mllp::{Decoded, FrameError};
@@ -371,8 +371,16 @@ impl EventLoop {
             let header = ingest::readable_header(msg);
             let err = ingest::storage_error(&AppendError::Failed(reason));
             let ids = &mut self.ids;
+            let policy = listener.config.ack_policy;
             push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
-                ingest::write_framed_ack(header.as_ref(), AckKind::Error, Some(&err), ids, out)
+                ingest::write_framed_ack(
+                    header.as_ref(),
+                    policy,
+                    Outcome::NotStored,
+                    Some(&err),
+                    ids,
+                    out,
+                )
             });
             return;
         }
@@ -385,7 +393,8 @@ impl EventLoop {
                 push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
                     ingest::write_framed_ack(
                         header.as_ref(),
-                        AckKind::Reject,
+                        listener.config.ack_policy,
+                        rej.outcome,
                         Some(&rej.error),
                         ids,
                         out,
@@ -456,8 +465,16 @@ impl EventLoop {
                 tracing::warn!(peer = %conn.peer, control_id = %String::from_utf8_lossy(h.control_id()), limit_bytes, "frame over max_frame_bytes refused");
                 let err = ingest::too_large_error();
                 let ids = &mut self.ids;
+                let policy = self.listeners[conn.listener].config.ack_policy;
                 push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
-                    ingest::write_framed_ack(Some(&h), AckKind::Reject, Some(&err), ids, out)
+                    ingest::write_framed_ack(
+                        Some(&h),
+                        policy,
+                        Outcome::ContentError,
+                        Some(&err),
+                        ids,
+                        out,
+                    )
                 });
             }
             Err(_) => {
@@ -488,8 +505,9 @@ impl EventLoop {
             {
                 conn.inflight -= 1;
                 let ids = &mut self.ids;
+                let policy = self.listeners[conn.listener].config.ack_policy;
                 conn.fill_oldest_waiting(|out| {
-                    ingest::write_completion_ack(&done.payload, &done.result, ids, out)
+                    ingest::write_completion_ack(&done.payload, &done.result, policy, ids, out)
                 });
                 self.dirty.push(slot);
             }

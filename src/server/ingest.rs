@@ -1,27 +1,35 @@
 //! What the server does with one decoded frame, and with one completed
 //! append: validation, record metadata, ACK and NAK bytes. No sockets here.
 use crate::config::ListenerConfig;
-use crate::hl7::ack::{build_ack, AckError, AckKind, ErrorCode, Hl7Timestamp, Severity};
+use crate::hl7::ack::{
+    build_ack, decide, AckError, AckPolicy, ErrorCode, Hl7Timestamp, Outcome, Severity,
+};
 use crate::hl7::batch::is_batch;
-use crate::hl7::{parse_header, split_batch, validate, MshHeader, ValidationLevel};
+use crate::hl7::{parse_header, split_batch, validate_for, Acceptance, MshHeader, ValidationLevel};
 use crate::mllp::{END_BLOCK, START_BLOCK, TRAILER};
 use crate::wal::meta::{MetaBuilder, MetaKey};
 use crate::wal::AppendError;
 use std::io::Write;
 
-/// Appends an MLLP-framed ACK (or NAK) to `out`.
+/// Appends an MLLP-framed ACK (or NAK) for `outcome` to `out`, or nothing
+/// when the listener's policy says the sender asked for no answer.
 pub fn write_framed_ack(
     header: Option<&MshHeader<'_>>,
-    kind: AckKind,
+    policy: AckPolicy,
+    outcome: Outcome,
     error: Option<&AckError<'_>>,
     ids: &mut AckIds,
     out: &mut Vec<u8>,
 ) {
+    let Some((mode, kind)) = decide(policy, header, outcome) else {
+        return;
+    };
     out.push(START_BLOCK);
     let mut id = [0u8; 24];
     let id_len = ids.next(&mut id);
     build_ack(
         header,
+        mode,
         kind,
         error,
         &id[..id_len],
@@ -90,15 +98,20 @@ pub fn check_frame<'a>(
     msg: &'a [u8],
     listener: &ListenerConfig,
 ) -> Result<MshHeader<'a>, Rejection> {
-    frame_header(msg, listener.validation)
+    frame_header(msg, listener.validation, &listener.acceptance)
 }
 
 /// The header that speaks for a frame: its MSH, or for a batch envelope
 /// (FHS/BHS ...) the MSH of its first message. A batch is stored whole, as
 /// one record, exactly as received; its ACK answers that first MSH.
-pub fn frame_header(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>, Rejection> {
+pub fn frame_header<'a>(
+    msg: &'a [u8],
+    level: ValidationLevel,
+    acceptance: &Acceptance,
+) -> Result<MshHeader<'a>, Rejection> {
     if is_batch(msg) {
         let batch = split_batch(msg).map_err(|e| Rejection {
+            outcome: Outcome::ContentError,
             error: AckError {
                 code: ErrorCode::SegmentSequenceError,
                 severity: Severity::Error,
@@ -108,12 +121,14 @@ pub fn frame_header(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>,
             reason: e.to_string(),
         })?;
         let first = batch.messages.first().copied().unwrap_or_default();
-        return validate(first, level).map_err(|e| Rejection {
+        return validate_for(first, level, acceptance).map_err(|e| Rejection {
+            outcome: e.outcome(),
             error: e.ack_error(),
             reason: format!("first message of batch: {e}"),
         });
     }
-    validate(msg, level).map_err(|e| Rejection {
+    validate_for(msg, level, acceptance).map_err(|e| Rejection {
+        outcome: e.outcome(),
         error: e.ack_error(),
         reason: e.to_string(),
     })
@@ -121,6 +136,7 @@ pub fn frame_header(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>,
 
 /// Why a frame was refused.
 pub struct Rejection {
+    pub outcome: Outcome,
     pub error: AckError<'static>,
     pub reason: String,
 }
@@ -130,20 +146,31 @@ pub struct Rejection {
 pub fn write_completion_ack(
     payload: &[u8],
     result: &Result<crate::wal::Appended, AppendError>,
+    policy: AckPolicy,
     ids: &mut AckIds,
     out: &mut Vec<u8>,
 ) {
-    let header = frame_header(payload, ValidationLevel::None).ok();
+    let header = readable_header(payload);
     debug_assert!(header.is_some(), "only validated payloads are appended");
     match result {
-        Ok(_) => write_framed_ack(header.as_ref(), AckKind::Accept, None, ids, out),
+        Ok(_) => write_framed_ack(header.as_ref(), policy, Outcome::Stored, None, ids, out),
         Err(e) => write_framed_ack(
             header.as_ref(),
-            AckKind::Error,
+            policy,
+            storage_outcome(e),
             Some(&storage_error(e)),
             ids,
             out,
         ),
+    }
+}
+
+/// A message too large for the log is a content problem (resending it
+/// unchanged fails again); every other storage failure is "resend later".
+pub fn storage_outcome(e: &AppendError) -> Outcome {
+    match e {
+        AppendError::TooLarge { .. } => Outcome::ContentError,
+        _ => Outcome::NotStored,
     }
 }
 
@@ -175,14 +202,14 @@ pub fn too_large_error() -> AckError<'static> {
 
 /// Printable control id for logs (never the body).
 pub fn control_id_text(msg: &[u8]) -> String {
-    frame_header(msg, ValidationLevel::None)
+    frame_header(msg, ValidationLevel::None, &Acceptance::default())
         .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
         .unwrap_or_else(|_| "-".into())
 }
 
 /// The readable header of a frame, if any, for building its NAK.
 pub fn readable_header(msg: &[u8]) -> Option<MshHeader<'_>> {
-    frame_header(msg, ValidationLevel::None)
+    frame_header(msg, ValidationLevel::None, &Acceptance::default())
         .ok()
         .or_else(|| parse_header(msg).ok())
 }

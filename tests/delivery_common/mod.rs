@@ -2,7 +2,7 @@
 //! delivery tests. The sink records every frame it receives and answers per
 //! a script: ACK with a code, stay silent, or drop the connection.
 #![allow(dead_code)]
-use orderly::hl7::ack::{build_ack, AckKind, Hl7Timestamp};
+use orderly::hl7::ack::{build_ack, AckKind, AckMode, Hl7Timestamp};
 use orderly::hl7::parse_header;
 use orderly::mllp::{Decoded, FrameDecoder, END_BLOCK, START_BLOCK, TRAILER};
 use parking_lot::{Condvar, Mutex};
@@ -179,6 +179,7 @@ fn serve(
             out.push(START_BLOCK);
             build_ack(
                 header.as_ref(),
+                AckMode::Original,
                 kind,
                 None,
                 b"SINK",

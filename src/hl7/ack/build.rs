@@ -1,16 +1,22 @@
 //! Builds ACK and NAK messages for inbound messages.
 //!
-//! The ACK swaps sending and receiving application/facility, echoes the
-//! processing id and version, answers `ACK^<trigger>^ACK` with its own
-//! control id, and puts the inbound MSH-10 in MSA-2. Echoed fields and error
-//! text are bounded (see [`super::ACK_BYTES_MAX`]) and cut only between
-//! characters and escape sequences. When the inbound MSH is unreadable the
-//! builder still writes a valid NAK with default delimiters.
+//! The ACK swaps sending and receiving application/facility, echoes MSH-2
+//! as received, the processing id and version, answers `ACK^<trigger>^ACK`
+//! (or `ACK^<trigger>` before 2.4) with its own control id, and puts the
+//! inbound MSH-10 whole in MSA-2. The ERR segment and MSA-3 follow the
+//! inbound version's rules ([`Dialect`]). Echoed fields and error text are
+//! bounded (see [`super::ACK_BYTES_MAX`]) and cut only between characters
+//! and escape sequences. When the inbound MSH is unreadable the builder
+//! still writes a valid NAK with default delimiters.
 
 use super::super::delimiters::Delimiters;
 use super::super::escape::encode_bounded;
 use super::super::header::MshHeader;
-use super::{AckError, AckKind, Hl7Timestamp, ACK_ECHO_FIELD_BYTES_MAX, ACK_TEXT_BYTES_MAX};
+use super::dialect::{Dialect, ErrLayout};
+use super::{
+    AckError, AckKind, AckMode, Hl7Timestamp, ACK_ECHO_FIELD_BYTES_MAX, ACK_TEXT_BYTES_MAX,
+    CONTROL_ID_ECHO_BYTES_MAX,
+};
 
 /// Version written when the inbound message gives none.
 pub const ACK_VERSION_DEFAULT: &[u8] = b"2.5";
@@ -18,58 +24,29 @@ pub const ACK_VERSION_DEFAULT: &[u8] = b"2.5";
 pub const ACK_PROCESSING_ID_DEFAULT: &[u8] = b"P";
 /// Longest trigger event echoed into MSH-9.2 (HL7 trigger codes are 3).
 const TRIGGER_BYTES_MAX: usize = 8;
-
-/// Which family of acknowledgment codes answers a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AckMode {
-    /// AA/AE/AR: the sender did not fill MSH-15.
-    Original,
-    /// CA/CE/CR: MSH-15 holds AL, ER, SU or NE, so the sender speaks
-    /// enhanced mode. (Whether to answer at all for NE/ER/SU is the caller's
-    /// policy; Orderly always answers, since senders block on the reply.)
-    Enhanced,
-}
-
-/// The acknowledgment mode the inbound header asks for.
-pub fn ack_mode(header: Option<&MshHeader<'_>>) -> AckMode {
-    let value = header.map_or(&b""[..], |h| trim(h.accept_ack_type()));
-    let upper = [
-        value.first().map(u8::to_ascii_uppercase),
-        value.get(1).map(u8::to_ascii_uppercase),
-    ];
-    match (value.len(), upper) {
-        (
-            2,
-            [Some(b'A'), Some(b'L')]
-            | [Some(b'E'), Some(b'R')]
-            | [Some(b'S'), Some(b'U')]
-            | [Some(b'N'), Some(b'E')],
-        ) => AckMode::Enhanced,
-        _ => AckMode::Original,
-    }
-}
+/// The broker writes MSH-7 in UTC and says so.
+const UTC_OFFSET: &[u8] = b"+0000";
 
 /// Appends an unframed ACK for `header` (or a NAK with defaults when the
-/// inbound MSH was unreadable) to `out`. `ack_control_id` becomes the ACK's
-/// own MSH-10; `error` adds MSA-3 text and an ERR segment.
+/// inbound MSH was unreadable) to `out`. `mode` and `kind` pick MSA-1 (see
+/// [`super::decide`]); `ack_control_id` becomes the ACK's own MSH-10;
+/// `error` adds the ERR segment (and MSA-3 text where the version has it).
 pub fn build_ack(
     header: Option<&MshHeader<'_>>,
+    mode: AckMode,
     kind: AckKind,
     error: Option<&AckError<'_>>,
     ack_control_id: &[u8],
     now: Hl7Timestamp,
     out: &mut Vec<u8>,
 ) {
-    let d = Delimiters {
-        truncation: None,
-        ..header.map_or_else(Delimiters::default, |h| h.delimiters())
-    };
+    let d = header.map_or_else(Delimiters::default, |h| h.delimiters());
+    let dialect = Dialect::for_version(header.map_or(&b""[..], |h| h.version()), d.component);
     let start = out.len();
-    write_msh(header, &d, ack_control_id, now, out);
-    write_msa(header, kind, error, &d, out);
+    write_msh(header, &d, &dialect, ack_control_id, now, out);
+    write_msa(header, mode.code(kind), error, &d, &dialect, out);
     if let Some(error) = error {
-        write_err(error, &d, out);
+        write_err(error, &d, &dialect, out);
     }
     assert!(
         out.len() - start <= super::ACK_BYTES_MAX,
@@ -80,6 +57,7 @@ pub fn build_ack(
 fn write_msh(
     header: Option<&MshHeader<'_>>,
     d: &Delimiters,
+    dialect: &Dialect,
     control_id: &[u8],
     now: Hl7Timestamp,
     out: &mut Vec<u8>,
@@ -87,34 +65,55 @@ fn write_msh(
     let field = |n: usize| header.map_or(&b""[..], |h| h.field(n));
     out.extend_from_slice(b"MSH");
     out.push(d.field);
-    out.extend_from_slice(&d.encoding_chars());
+    match header {
+        // MSH-2 as received: a 3-character set, or one with the v2.7
+        // truncation character, is answered in kind.
+        Some(h) => out.extend_from_slice(h.field(2)),
+        None => out.extend_from_slice(&d.encoding_chars()),
+    }
     for n in [5, 6, 3, 4] {
         out.push(d.field);
-        echo(field(n), d, out);
+        echo(field(n), d, ACK_ECHO_FIELD_BYTES_MAX, out);
     }
     out.push(d.field);
     out.extend_from_slice(now.as_bytes());
+    out.extend_from_slice(UTC_OFFSET);
+    if dialect.ts_precision {
+        out.extend_from_slice(&[d.component, b'S']);
+    }
     out.extend_from_slice(&[d.field, d.field]);
     write_message_type(
         header.map_or(&b""[..], |h| h.message_type_component(2)),
+        dialect.structure_in_type,
         d,
         out,
     );
     out.push(d.field);
     encode_bounded(control_id, d, ACK_ECHO_FIELD_BYTES_MAX, out);
     out.push(d.field);
-    echo(or_default(field(11), ACK_PROCESSING_ID_DEFAULT), d, out);
+    echo(
+        or_default(field(11), ACK_PROCESSING_ID_DEFAULT),
+        d,
+        ACK_ECHO_FIELD_BYTES_MAX,
+        out,
+    );
     out.push(d.field);
-    echo(or_default(field(12), ACK_VERSION_DEFAULT), d, out);
+    echo(
+        or_default(field(12), ACK_VERSION_DEFAULT),
+        d,
+        ACK_ECHO_FIELD_BYTES_MAX,
+        out,
+    );
     if !field(18).is_empty() {
         out.extend_from_slice(&[d.field; 6]); // MSH-13 .. MSH-17 empty.
-        echo(field(18), d, out);
+        echo(field(18), d, ACK_ECHO_FIELD_BYTES_MAX, out);
     }
     out.push(b'\r');
 }
 
-/// MSH-9 `ACK^<trigger>^ACK`, or plain `ACK` when the trigger is unusable.
-fn write_message_type(trigger: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
+/// MSH-9 `ACK^<trigger>^ACK` (or `ACK^<trigger>`), or plain `ACK` when the
+/// trigger is unusable.
+fn write_message_type(trigger: &[u8], structure: bool, d: &Delimiters, out: &mut Vec<u8>) {
     let trigger = trim(trigger);
     out.extend_from_slice(b"ACK");
     let usable = !trigger.is_empty()
@@ -123,53 +122,58 @@ fn write_message_type(trigger: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
     if usable {
         out.push(d.component);
         out.extend_from_slice(trigger);
-        out.push(d.component);
-        out.extend_from_slice(b"ACK");
+        if structure {
+            out.push(d.component);
+            out.extend_from_slice(b"ACK");
+        }
     }
 }
 
 fn write_msa(
     header: Option<&MshHeader<'_>>,
-    kind: AckKind,
+    code: &[u8; 2],
     error: Option<&AckError<'_>>,
     d: &Delimiters,
+    dialect: &Dialect,
     out: &mut Vec<u8>,
 ) {
-    let code: &[u8; 2] = match (super::ack_mode(header), kind) {
-        (super::AckMode::Original, AckKind::Accept) => b"AA",
-        (super::AckMode::Original, AckKind::Error) => b"AE",
-        (super::AckMode::Original, AckKind::Reject) => b"AR",
-        (super::AckMode::Enhanced, AckKind::Accept) => b"CA",
-        (super::AckMode::Enhanced, AckKind::Error) => b"CE",
-        (super::AckMode::Enhanced, AckKind::Reject) => b"CR",
-    };
     out.extend_from_slice(b"MSA");
     out.push(d.field);
     out.extend_from_slice(code);
     out.push(d.field);
-    echo(header.map_or(&b""[..], |h| h.control_id()), d, out);
-    if let Some(error) = error {
+    let control_id = header.map_or(&b""[..], |h| h.control_id());
+    echo(control_id, d, CONTROL_ID_ECHO_BYTES_MAX, out);
+    if let (Some(error), true) = (error, dialect.msa_text) {
         out.push(d.field);
         encode_bounded(error.text.as_bytes(), d, ACK_TEXT_BYTES_MAX, out);
     }
     out.push(b'\r');
 }
 
-/// `ERR|<ERR-1 (v2.3/2.4)>|<ERR-2 location>|<ERR-3 code>|<ERR-4>||||<ERR-8 text>`.
-fn write_err(error: &AckError<'_>, d: &Delimiters, out: &mut Vec<u8>) {
+/// The ERR segment in the version's layout (see [`ErrLayout`]).
+fn write_err(error: &AckError<'_>, d: &Delimiters, dialect: &Dialect, out: &mut Vec<u8>) {
     out.extend_from_slice(b"ERR");
     out.push(d.field);
-    write_location(error, d, out);
-    out.push(d.component);
-    write_code(error, d.subcomponent, d, out);
-    out.push(d.field);
-    write_location(error, d, out);
-    out.push(d.field);
-    write_code(error, d.component, d, out);
-    out.push(d.field);
-    out.push(error.severity.letter());
-    out.extend_from_slice(&[d.field; 4]); // ERR-5 .. ERR-7 empty.
-    encode_bounded(error.text.as_bytes(), d, ACK_TEXT_BYTES_MAX, out);
+    match dialect.err {
+        ErrLayout::CodeOnly => push_number(u32::from(error.code.code()), out),
+        ErrLayout::Eld => {
+            write_location(error, d, out);
+            out.push(d.component);
+            write_code(error, d.subcomponent, d, out);
+        }
+        ErrLayout::Erl => {
+            out.push(d.field);
+            if error.location.is_some() {
+                write_location(error, d, out);
+            }
+            out.push(d.field);
+            write_code(error, d.component, d, out);
+            out.push(d.field);
+            out.push(error.severity.letter());
+            out.extend_from_slice(&[d.field; 4]); // ERR-5 .. ERR-7 empty.
+            encode_bounded(error.text.as_bytes(), d, ACK_TEXT_BYTES_MAX, out);
+        }
+    }
     out.push(b'\r');
 }
 
@@ -220,10 +224,10 @@ fn push_number(n: u32, out: &mut Vec<u8>) {
     out.extend(digits[..len].iter().rev());
 }
 
-/// Echoes a raw (already escaped) inbound field, cut to the echo limit
+/// Echoes a raw (already escaped) inbound field, cut to `max` bytes
 /// without splitting a UTF-8 character or an escape sequence.
-fn echo(raw: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
-    out.extend_from_slice(&raw[..safe_cut(raw, ACK_ECHO_FIELD_BYTES_MAX, d.escape)]);
+fn echo(raw: &[u8], d: &Delimiters, max: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&raw[..safe_cut(raw, max, d.escape)]);
 }
 
 fn safe_cut(raw: &[u8], max: usize, escape: u8) -> usize {
@@ -266,11 +270,12 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000; // 2023-11-14T22:13:20Z
 
-    fn ack(msg: &[u8], kind: AckKind, error: Option<&AckError<'_>>) -> String {
+    fn ack(msg: &[u8], mode: AckMode, kind: AckKind, error: Option<&AckError<'_>>) -> String {
         let header = parse_header(msg).ok();
         let mut out = Vec::new();
         build_ack(
             header.as_ref(),
+            mode,
             kind,
             error,
             b"ACK1",
@@ -280,32 +285,8 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    #[test]
-    fn original_mode_ack_swaps_parties_and_echoes_ids() {
-        let got = ack(
-            b"MSH|^~\\&|SA|SF|RA|RF|2024||ADT^A01^ADT_A01|MSG7|T|2.4\rPID|1",
-            AckKind::Accept,
-            None,
-        );
-        assert_eq!(
-            got,
-            "MSH|^~\\&|RA|RF|SA|SF|20231114221320||ACK^A01^ACK|ACK1|T|2.4\rMSA|AA|MSG7\r"
-        );
-    }
-
-    #[test]
-    fn enhanced_mode_when_msh15_present() {
-        let got = ack(
-            b"MSH|^~\\&|SA|SF|RA|RF|2024||ORU^R01|9|P|2.5|||AL|NE",
-            AckKind::Reject,
-            None,
-        );
-        assert!(got.contains("\rMSA|CR|9\r"), "{got}");
-    }
-
-    #[test]
-    fn error_text_is_escaped_in_msa_and_err() {
-        let error = AckError {
+    fn missing_pid3() -> AckError<'static> {
+        AckError {
             code: ErrorCode::RequiredFieldMissing,
             severity: Severity::Error,
             text: "PID-3 missing | see ^docs",
@@ -314,15 +295,71 @@ mod tests {
                 sequence: 1,
                 field: Some(3),
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn original_mode_ack_swaps_parties_and_echoes_ids() {
         let got = ack(
+            b"MSH|^~\\&|SA|SF|RA|RF|2024||ADT^A01^ADT_A01|MSG7|T|2.4\rPID|1",
+            AckMode::Original,
+            AckKind::Accept,
+            None,
+        );
+        assert_eq!(
+            got,
+            "MSH|^~\\&|RA|RF|SA|SF|20231114221320+0000||ACK^A01^ACK|ACK1|T|2.4\rMSA|AA|MSG7\r"
+        );
+    }
+
+    #[test]
+    fn before_2_4_the_type_has_no_structure_and_2_1_time_has_a_precision() {
+        let got = ack(
+            b"MSH|^~\\&|SA|SF|RA|RF|2024||ADT^A01|9|P|2.1",
+            AckMode::Original,
+            AckKind::Accept,
+            None,
+        );
+        assert!(
+            got.contains("|20231114221320+0000^S||ACK^A01|ACK1|P|2.1\r"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn error_text_is_escaped_and_err_follows_the_version() {
+        let error = missing_pid3();
+        let v25 = ack(
             b"MSH|^~\\&|SA|SF|RA|RF|2024||ADT^A01|M1|P|2.5",
+            AckMode::Original,
             AckKind::Error,
             Some(&error),
         );
-        let expected_tail = "MSA|AE|M1|PID-3 missing \\F\\ see \\S\\docs\r\
-ERR|PID^1^3^101&Required field missing&HL70357|PID^1^3|101^Required field missing^HL70357|E||||PID-3 missing \\F\\ see \\S\\docs\r";
-        assert!(got.ends_with(expected_tail), "{got}");
+        assert!(
+            v25.ends_with(
+                "MSA|AE|M1|PID-3 missing \\F\\ see \\S\\docs\r\
+ERR||PID^1^3|101^Required field missing^HL70357|E||||PID-3 missing \\F\\ see \\S\\docs\r"
+            ),
+            "{v25}"
+        );
+        let v23 = ack(
+            b"MSH|^~\\&|SA|SF|RA|RF|2024||ADT^A01|M1|P|2.3",
+            AckMode::Original,
+            AckKind::Error,
+            Some(&error),
+        );
+        assert!(
+            v23.ends_with("MSA|AE|M1|PID-3 missing \\F\\ see \\S\\docs\rERR|PID^1^3^101&Required field missing&HL70357\r"),
+            "{v23}"
+        );
+        let v28 = ack(
+            b"MSH|^~\\&#|SA|SF|RA|RF|2024||ADT^A01|M1|P|2.8",
+            AckMode::Enhanced,
+            AckKind::Error,
+            Some(&error),
+        );
+        assert!(v28.starts_with("MSH|^~\\&#|RA|"), "{v28}");
+        assert!(v28.contains("\rMSA|CE|M1\rERR||PID^1^3|"), "{v28}");
     }
 
     #[test]
@@ -333,13 +370,20 @@ ERR|PID^1^3^101&Required field missing&HL70357|PID^1^3|101^Required field missin
             text: "no MSH",
             location: None,
         };
-        let got = ack(b"garbage", AckKind::Reject, Some(&error));
-        assert!(
-            got.starts_with(
-                "MSH|^~\\&|||||20231114221320||ACK|ACK1|P|2.5\rMSA|AR||no MSH\rERR|^^^100&"
-            ),
-            "{got}"
+        let got = ack(b"garbage", AckMode::Original, AckKind::Error, Some(&error));
+        assert_eq!(
+            got,
+            "MSH|^~\\&|||||20231114221320+0000||ACK|ACK1|P|2.5\rMSA|AE||no MSH\r\
+ERR|||100^Segment sequence error^HL70357|E||||no MSH\r"
         );
+    }
+
+    #[test]
+    fn a_199_character_control_id_is_echoed_whole() {
+        let id = "C".repeat(199);
+        let msg = format!("MSH|^~\\&|A|B|C|D|2024||ADT^A01|{id}|P|2.7");
+        let got = ack(msg.as_bytes(), AckMode::Original, AckKind::Accept, None);
+        assert!(got.ends_with(&format!("\rMSA|AA|{id}\r")), "{got}");
     }
 
     #[test]

@@ -1,33 +1,46 @@
 //! HL7 acknowledgments: building ACK/NAK messages for the inbound side and
 //! parsing the ACKs downstream systems send back.
 //!
-//! The builder chooses original (AA/AE/AR) or enhanced (CA/CE/CR) mode from
-//! the inbound MSH-15, and keeps every ACK under [`ACK_BYTES_MAX`] so peers
-//! that read the answer with one small `recv` get all of it. The parser
-//! tolerates the deviations real systems produce. No I/O here.
+//! [`decide`] picks the answer (original AA/AE/AR or enhanced CA/CE/CR, or
+//! none) from a listener's policy and the inbound MSH-15/16; the builder
+//! spells it the way the inbound version expects and keeps every ACK under
+//! [`ACK_BYTES_MAX`] so peers that read the answer with one small `recv` get
+//! all of it. The parser tolerates the deviations real systems produce. No
+//! I/O here.
 
 mod build;
+mod dialect;
 mod parse;
+mod policy;
 mod time;
 
-pub use build::{ack_mode, build_ack, AckMode};
+pub use build::build_ack;
+pub(crate) use build::trim as trim_spaces;
+pub use dialect::{Dialect, ErrLayout};
 pub use parse::{parse_ack, AckErrorInfo, AckParseError, ParsedAck};
+pub use policy::{decide, AckMode, AckPolicy, Outcome};
 pub use time::Hl7Timestamp;
 
-/// Bytes of an inbound field echoed into the ACK (MSH-3..6, MSA-2, ...).
+/// Bytes of an inbound field echoed into the ACK (MSH-3..6, MSH-11, ...).
 pub const ACK_ECHO_FIELD_BYTES_MAX: usize = 128;
+/// Bytes of the inbound MSH-10 echoed into MSA-2. HL7 2.7 lets MSH-10 hold
+/// 199 characters; a sender can only match its ACK if MSA-2 is whole, so
+/// the limit is well above that.
+pub const CONTROL_ID_ECHO_BYTES_MAX: usize = 512;
 /// Bytes of escaped error text written into MSA-3 and ERR-8 each.
 pub const ACK_TEXT_BYTES_MAX: usize = 256;
 /// Upper bound of one built ACK: fixed parts plus every bounded field.
 /// python-hl7's `mllp_send` reads the answer with a single 4 KB `recv`.
-pub const ACK_BYTES_MAX: usize = 512 + 10 * ACK_ECHO_FIELD_BYTES_MAX + 2 * ACK_TEXT_BYTES_MAX;
+pub const ACK_BYTES_MAX: usize =
+    512 + 9 * ACK_ECHO_FIELD_BYTES_MAX + CONTROL_ID_ECHO_BYTES_MAX + 2 * ACK_TEXT_BYTES_MAX;
 
 const _: () = assert!(
     ACK_BYTES_MAX + 5 <= 4096,
     "an ACK plus MLLP framing must fit one 4 KB read"
 );
 
-/// What the receiver decided about a message.
+/// What the receiver decided about a message (HL7 table 0008); the
+/// [`AckMode`] turns it into a two-letter code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AckKind {

@@ -34,7 +34,8 @@ pub struct ParsedAck<'a> {
 /// What the first ERR segment says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckErrorInfo<'a> {
-    /// HL7 table 0357 code from ERR-3.1 (or ERR-1.4.1 in v2.3/2.4 style).
+    /// HL7 table 0357 code from ERR-3.1 (or ERR-1.4.1 in v2.2-2.4 style, or
+    /// ERR-1 itself in v2.1).
     pub code: Option<u16>,
     /// ERR-4 severity.
     pub severity: Option<Severity>,
@@ -164,10 +165,12 @@ fn non_empty(raw: &[u8], d: Delimiters) -> Option<Value<'_>> {
 }
 
 fn error_info(err: &[u8], d: Delimiters) -> AckErrorInfo<'_> {
-    let err1_code = piece(piece(err, d.field, 2), d.component, 4);
+    let err1 = piece(err, d.field, 2);
+    let err1_code = piece(err1, d.component, 4);
     let err3 = piece(err, d.field, 4);
     let code = parse_code(piece(err3, d.component, 1))
-        .or_else(|| parse_code(piece(err1_code, d.subcomponent, 1)));
+        .or_else(|| parse_code(piece(err1_code, d.subcomponent, 1)))
+        .or_else(|| parse_code(err1)); // v2.1: ERR-1 is the bare code.
     let severity = trim(piece(err, d.field, 5))
         .first()
         .and_then(|&b| Severity::from_letter(b));
