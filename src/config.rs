@@ -112,6 +112,9 @@ pub struct ListenerConfig {
     /// A frame must complete within this many seconds of its first byte
     /// (slow-drip peers are closed).
     pub frame_timeout_s: u64,
+    /// `frame_end_pause_ms`: how long a trailing `0x1C` waits for what
+    /// follows before it ends its frame.
+    pub frame_end_pause_ms: u64,
     /// Appends one connection may have waiting for fsync (pipelining window).
     pub max_inflight: usize,
     pub validation: ValidationLevel,
@@ -208,6 +211,7 @@ struct RawListener {
     max_connections: Option<usize>,
     idle_timeout_s: Option<u64>,
     frame_timeout_s: Option<u64>,
+    frame_end_pause_ms: Option<u64>,
     max_inflight: Option<usize>,
     validation: Option<String>,
     ack_mode: Option<String>,
@@ -382,6 +386,13 @@ fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConf
             return Err((key(k), "must be between 1 and 86400 seconds".into()));
         }
     }
+    let frame_end_pause_ms = l.frame_end_pause_ms.unwrap_or(FRAME_END_PAUSE_MS_DEFAULT);
+    if !(1..=FRAME_END_PAUSE_MS_MAX).contains(&frame_end_pause_ms) {
+        return Err((
+            key("frame_end_pause_ms"),
+            format!("must be between 1 and {FRAME_END_PAUSE_MS_MAX}"),
+        ));
+    }
     let max_inflight = l.max_inflight.unwrap_or(CONNECTION_INFLIGHT_DEFAULT);
     if !(1..=CONNECTION_INFLIGHT_MAX).contains(&max_inflight) {
         return Err((
@@ -419,6 +430,7 @@ fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConf
         max_connections,
         idle_timeout_s,
         frame_timeout_s,
+        frame_end_pause_ms,
         max_inflight,
         validation,
         ack_policy,

@@ -86,6 +86,13 @@ pub const LISTENER_CONNECTIONS_MAX: usize = 65_536;
 pub const IDLE_TIMEOUT_S_DEFAULT: u64 = 600;
 /// Seconds a frame may take from its first byte to its last (slow-drip peers).
 pub const FRAME_TIMEOUT_S_DEFAULT: u64 = 60;
+/// Milliseconds a `0x1C` that is the last byte received waits for a next
+/// byte before it counts as the end of its frame (senders that omit the
+/// trailing CR and wait for their ACK). A longer wait costs such senders
+/// latency; a shorter one risks cutting a payload whose free text holds a
+/// `0x1C` at a read boundary.
+pub const FRAME_END_PAUSE_MS_DEFAULT: u64 = 20;
+pub const FRAME_END_PAUSE_MS_MAX: u64 = 2000;
 /// Appends one connection may have waiting for their fsync (pipelining).
 pub const CONNECTION_INFLIGHT_DEFAULT: usize = 64;
 pub const CONNECTION_INFLIGHT_MAX: usize = 4096;

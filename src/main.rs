@@ -487,7 +487,7 @@ fn send(to: &str, timeout: Duration, files: &[PathBuf]) -> ExitCode {
     let _ = stream.set_read_timeout(Some(timeout));
     let mut all_positive = true;
     let mut buf = Vec::new();
-    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT);
+    let mut decoder = FrameDecoder::for_acks(FRAME_BYTES_MAX_DEFAULT);
     for file in files {
         let line = match send_one(&mut stream, file, &mut buf, &mut decoder) {
             Ok((positive, line)) => {

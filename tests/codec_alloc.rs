@@ -46,36 +46,41 @@ fn header_validation_framing_and_ack_building_do_not_allocate() {
     let count = allocations_during(|| {
         let mut decoder = FrameDecoder::new(1024);
         loop {
-            match decoder.decode(&stream) {
-                Decoded::Frame(range) => {
-                    frames += 1;
-                    let payload = &stream[range];
-                    let now = Hl7Timestamp::from_unix_seconds(1_700_000_000);
-                    match validate(payload, ValidationLevel::Minimal) {
-                        Ok(header) => {
-                            // MSH-15 AL: the default policy answers in enhanced mode.
-                            let (mode, kind) =
-                                decide(AckPolicy::Auto, Some(&header), Outcome::Stored).unwrap();
-                            build_ack(Some(&header), mode, kind, None, b"A1", now, &mut out)
-                        }
-                        Err(err) => {
-                            let header = parse_header(payload).ok();
-                            let (mode, kind) =
-                                decide(AckPolicy::Auto, header.as_ref(), err.outcome()).unwrap();
-                            build_ack(
-                                header.as_ref(),
-                                mode,
-                                kind,
-                                Some(&err.ack_error()),
-                                b"A2",
-                                now,
-                                &mut out,
-                            )
-                        }
+            // The stream ends in a 0x1C with no CR: the end of input ends it.
+            let next = match decoder.decode(&stream) {
+                Decoded::Frame(range) => Some(range),
+                Decoded::NeedMore => match decoder.finish_pending(&stream) {
+                    Some(range) => Some(range),
+                    None => break,
+                },
+                _ => None,
+            };
+            if let Some(range) = next {
+                frames += 1;
+                let payload = &stream[range];
+                let now = Hl7Timestamp::from_unix_seconds(1_700_000_000);
+                match validate(payload, ValidationLevel::Minimal) {
+                    Ok(header) => {
+                        // MSH-15 AL: the default policy answers in enhanced mode.
+                        let (mode, kind) =
+                            decide(AckPolicy::Auto, Some(&header), Outcome::Stored).unwrap();
+                        build_ack(Some(&header), mode, kind, None, b"A1", now, &mut out)
+                    }
+                    Err(err) => {
+                        let header = parse_header(payload).ok();
+                        let (mode, kind) =
+                            decide(AckPolicy::Auto, header.as_ref(), err.outcome()).unwrap();
+                        build_ack(
+                            header.as_ref(),
+                            mode,
+                            kind,
+                            Some(&err.ack_error()),
+                            b"A2",
+                            now,
+                            &mut out,
+                        )
                     }
                 }
-                Decoded::NeedMore => break,
-                _ => {}
             }
         }
     });

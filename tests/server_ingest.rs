@@ -177,16 +177,17 @@ fn real_sender_habits_junk_bom_and_missing_trailing_cr_all_work() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
     let mut c = Client::connect(broker.addr());
-    // Junk before a frame, no CR after 0x1C, junk between frames, a BOM before MSH.
+    // Junk before a frame; no CR after 0x1C but the next 0x0B right behind
+    // it (which ends the frame); a BOM before MSH; junk between frames.
     let mut bytes = b"\r\n  \r\n".to_vec();
     bytes.push(0x0b);
     bytes.extend_from_slice(&oru("J1", 150));
     bytes.push(0x1c);
-    bytes.extend_from_slice(b"\n\n garbage \r");
     bytes.push(0x0b);
     bytes.extend_from_slice(b"\xef\xbb\xbf");
     bytes.extend_from_slice(&oru("J2", 150));
     bytes.extend_from_slice(&[0x1c, 0x0d]);
+    bytes.extend_from_slice(b"\n\n garbage \r");
     c.send_raw(&bytes);
     assert_eq!(
         ack_of(&c.recv().unwrap()),
@@ -202,10 +203,129 @@ fn real_sender_habits_junk_bom_and_missing_trailing_cr_all_work() {
     );
     drop(c);
     let stored = stored(&broker.data_dir, "lab");
+    assert_eq!(stored[0], oru("J1", 150));
     assert!(
         stored[1].starts_with(b"\xef\xbb\xbfMSH"),
         "BOM kept: payload stored exactly"
     );
+}
+
+/// Free text pasted from word processors carries 0x1C and 0x0B. HAPI and
+/// NextGen Connect read both as data inside a frame (../shared/PEERS.md);
+/// cutting there stored a truncated head, answered AA, and dropped the
+/// rest as junk.
+#[test]
+fn control_bytes_inside_free_text_are_stored_as_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    let fs = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|FS1|P|2.5\rPID|1||M1\rNTE|1||see \x1c attached\r".to_vec();
+    let vt = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|VT1|P|2.5\rPID|1||M1\rNTE|1||line one\x0bline two\r".to_vec();
+    let both =
+        b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|FV1|P|2.5\rNTE|1||\x0b\x1c\x1c!\r".to_vec();
+    for (msg, id) in [(&fs, "FS1"), (&vt, "VT1"), (&both, "FV1")] {
+        assert_eq!(c.roundtrip(msg), (AckCode::ApplicationAccept, id.into()));
+    }
+    // The lone 0x1C as the last byte of one write, its data in the next.
+    let split = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|SP1|P|2.5\rNTE|1||a\x1c".to_vec();
+    c.send_raw(b"\x0b");
+    c.send_raw(&split);
+    c.send_raw(b"b\r\x1c\r");
+    assert_eq!(
+        ack_of(&c.recv().unwrap()),
+        (AckCode::ApplicationAccept, "SP1".into())
+    );
+    let mut split_whole = split.clone();
+    split_whole.extend_from_slice(b"b\r");
+    drop(c);
+    assert_eq!(
+        stored(&broker.data_dir, "lab"),
+        vec![fs, vt, both, split_whole]
+    );
+}
+
+#[test]
+fn a_sender_that_omits_the_trailer_and_waits_gets_its_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    for i in 0..3 {
+        let id = format!("W{i}");
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(&oru(&id, 200));
+        frame.push(0x1c);
+        c.send_raw(&frame);
+        // No more bytes: the pause after the 0x1C ends the frame.
+        assert_eq!(
+            ack_of(&c.recv().expect("ACK")),
+            (AckCode::ApplicationAccept, id)
+        );
+    }
+}
+
+#[test]
+fn blanks_between_start_block_and_msh_are_tolerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    let mut frame = b"\x0b\r\n \t".to_vec();
+    frame.extend_from_slice(&oru("B1", 120));
+    frame.extend_from_slice(b"\x1c\r");
+    c.send_raw(&frame);
+    assert_eq!(
+        ack_of(&c.recv().unwrap()),
+        (AckCode::ApplicationAccept, "B1".into())
+    );
+    drop(c);
+    assert_eq!(stored(&broker.data_dir, "lab"), vec![oru("B1", 120)]);
+}
+
+/// A frame with a readable MSH never ends in a closed connection without an
+/// answer: cut off by the peer's close (here a half-close, so the peer can
+/// still read) or by frame_timeout_s, it gets AR "NOT stored ... resend".
+#[test]
+fn a_frame_cut_off_mid_message_gets_a_nak_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab", "lab", "frame_timeout_s = 1")],
+    ));
+    let partial = |id: &str| {
+        let mut f = vec![0x0b];
+        f.extend_from_slice(&oru(id, 300)[..200]);
+        f
+    };
+    let mut c = Client::connect(broker.addr());
+    c.send_raw(&partial("CUT1"));
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let ack = c.recv().expect("a NAK before the close");
+    assert_eq!(ack_of(&ack), (AckCode::ApplicationReject, "CUT1".into()));
+    assert!(String::from_utf8_lossy(&ack).contains("NOT stored"));
+    assert!(c.is_closed_by_server());
+
+    // A trailing 0x1C then the close: the close ends the frame; stored.
+    let mut c = Client::connect(broker.addr());
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(&oru("EOF1", 200));
+    frame.push(0x1c);
+    c.send_raw(&frame);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        ack_of(&c.recv().expect("ACK")),
+        (AckCode::ApplicationAccept, "EOF1".into())
+    );
+
+    // Stalled past frame_timeout_s: the NAK, then the close.
+    let mut c = Client::connect(broker.addr());
+    c.send_raw(&partial("SLOW1"));
+    let ack = c.recv().expect("a NAK at the frame timeout");
+    assert_eq!(ack_of(&ack), (AckCode::ApplicationReject, "SLOW1".into()));
+    assert!(c.is_closed_by_server());
+    let ids: Vec<String> = inspect(&broker.data_dir, "lab")
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(ids, vec!["EOF1".to_string()]);
 }
 
 #[test]
@@ -248,9 +368,15 @@ fn idle_and_slow_drip_peers_are_closed_after_their_timeouts() {
     let mut idle = Client::connect(broker.addr());
     let mut slow = Client::connect(broker.addr());
     slow.send_raw(b"\x0bMSH|^~\\&|A|B|C|D|2026||ORU^R01|X|P|2.5\r");
+    let mut unreadable = Client::connect(broker.addr());
+    unreadable.send_raw(b"\x0bnot hl7 at all");
     let t = std::time::Instant::now();
     assert!(idle.is_closed_by_server());
+    // A readable MSH is answered before the close; anything else is not.
+    let nak = slow.recv().expect("a NAK for the readable partial frame");
+    assert_eq!(ack_of(&nak), (AckCode::ApplicationReject, "X".into()));
     assert!(slow.is_closed_by_server());
+    assert!(unreadable.is_closed_by_server());
     assert!(t.elapsed() < std::time::Duration::from_secs(20));
     let fresh = Client::connect(broker.addr()).roundtrip(&oru("after", 100));
     assert_eq!(

@@ -192,7 +192,7 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
     let mut inflight: std::collections::VecDeque<(String, Instant)> = Default::default();
     let (mut msg, mut frame, mut rbuf) = (Vec::new(), Vec::new(), Vec::new());
     let mut chunk = vec![0u8; 16 * 1024];
-    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut decoder = FrameDecoder::for_acks(1 << 20);
     let more = |r: &ConnResult| match args.count {
         Some(n) => r.sent < n,
         None => Instant::now() < deadline,

@@ -55,7 +55,7 @@ impl Link {
             target: target.to_string(),
             stream: None,
             buf: Vec::new(),
-            decoder: FrameDecoder::new(ACK_FRAME_BYTES_MAX),
+            decoder: FrameDecoder::for_acks(ACK_FRAME_BYTES_MAX),
             recent: VecDeque::new(),
             frame: Vec::new(),
             timeouts: SocketTimeouts::default(),
@@ -67,7 +67,7 @@ impl Link {
         self.stream = None;
         self.timeouts = SocketTimeouts::default();
         self.buf.clear();
-        self.decoder = FrameDecoder::new(ACK_FRAME_BYTES_MAX);
+        self.decoder = FrameDecoder::for_acks(ACK_FRAME_BYTES_MAX);
         self.recent.clear();
     }
 

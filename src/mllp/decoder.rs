@@ -18,16 +18,22 @@ use super::{END_BLOCK, JUNK_BYTES_MAX, START_BLOCK, TOO_LARGE_PREFIX_BYTES_MAX, 
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Decoded {
-    /// A complete payload (the bytes between `0x0B` and `0x1C`), as a range
-    /// of the buffer passed to `decode`. Valid until the next `compact`.
+    /// A complete payload (the bytes between `0x0B` and the closing `0x1C`,
+    /// without leading whitespace), as a range of the buffer passed to
+    /// `decode`. Valid until the next `compact`.
     Frame(Range<usize>),
-    /// `bytes` of junk were skipped: noise before a `0x0B`, or a partial
-    /// frame abandoned because a new `0x0B` started before its `0x1C`.
+    /// `bytes` of junk were skipped before a `0x0B`. Runs of only CR, LF,
+    /// space and tab (line ends after a trailer, keep-alive newlines) are
+    /// skipped without a report; they still count toward [`JUNK_BYTES_MAX`].
     Junk {
         /// Bytes skipped in this run (at most [`JUNK_BYTES_MAX`]).
         bytes: usize,
     },
-    /// Everything in the buffer has been scanned; read more bytes.
+    /// Everything in the buffer has been scanned; read more bytes. If
+    /// [`FrameDecoder::end_pending`] is true, the buffer ends in a `0x1C`
+    /// that ends the frame unless data follows: call
+    /// [`FrameDecoder::finish_pending`] when nothing arrives for a short
+    /// pause, or at end of stream.
     NeedMore,
     /// The stream broke a limit; see [`FrameError`] for what to do.
     Invalid(FrameError),
@@ -74,21 +80,31 @@ enum State {
     Idle,
     /// Inside a frame whose payload starts at `start`.
     InFrame { start: usize },
-    /// Just after `0x1C`; a `0x0D` here belongs to the frame trailer.
-    AfterEnd,
+    /// A `0x1C` at `end` is the last byte buffered: it ends the frame if
+    /// CR or `0x0B` follows, or nothing does; other bytes make it data.
+    EndPending { start: usize, end: usize },
     /// Skipping the rest of an oversized frame.
     Discarding,
+    /// As `EndPending`, for the oversized frame being skipped.
+    DiscardEndPending,
 }
 
-/// Streaming MLLP decoder. See the module docs for the buffer protocol:
+/// Streaming MLLP decoder. See the module docs for the buffer protocol.
+///
+/// A frame ends at a `0x1C` followed by `0x0D` (the standard trailer) or by
+/// `0x0B` (a sender that omits the trailer and pipelines), or at a `0x1C`
+/// that is the last byte received when nothing follows for a moment (a
+/// sender that omits the trailer and waits for its ACK). Any other `0x1C`,
+/// and every `0x0B` inside a frame, is data, as in HAPI's and NextGen
+/// Connect's decoders: both bytes turn up in free text pasted from word
+/// processors, and cutting the frame there would store a truncated message.
 ///
 /// ```
 /// use orderly::mllp::{Decoded, FrameDecoder};
-/// let mut buf = b"\r\n\x0bMSH|^~\\&|A\x1c\r".to_vec();
+/// let mut buf = b"\r\n\x0bMSH|^~\\&|A\x1cB\x1c\r".to_vec();
 /// let mut decoder = FrameDecoder::new(1024);
-/// assert_eq!(decoder.decode(&buf), Decoded::Junk { bytes: 2 });
 /// let Decoded::Frame(range) = decoder.decode(&buf) else { panic!() };
-/// assert_eq!(&buf[range], b"MSH|^~\\&|A");
+/// assert_eq!(&buf[range], b"MSH|^~\\&|A\x1cB");
 /// assert_eq!(decoder.decode(&buf), Decoded::NeedMore);
 /// decoder.compact(&mut buf);
 /// assert!(buf.is_empty());
@@ -96,13 +112,26 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max_frame_bytes: usize,
+    /// A `0x1C` that is the last byte buffered ends the frame at once (for
+    /// reading ACKs, which hold no free text).
+    end_at_buffer_end: bool,
     state: State,
     /// Next buffer index to examine.
     pos: usize,
     /// Leading bytes the caller may drop: everything before a frame start.
     consumed: usize,
-    /// Junk bytes in the current run, not yet reported.
+    /// Bytes skipped outside frames in the current run, not yet reported.
     junk: usize,
+    /// The current run holds something other than whitespace.
+    junk_is_noise: bool,
+}
+
+fn is_blank(b: u8) -> bool {
+    matches!(b, b'\r' | b'\n' | b' ' | b'\t')
+}
+
+fn find_end(bytes: &[u8]) -> Option<usize> {
+    find2(bytes, END_BLOCK, END_BLOCK)
 }
 
 impl FrameDecoder {
@@ -111,10 +140,21 @@ impl FrameDecoder {
     pub fn new(max_frame_bytes: usize) -> Self {
         FrameDecoder {
             max_frame_bytes,
+            end_at_buffer_end: false,
             state: State::Idle,
             pos: 0,
             consumed: 0,
             junk: 0,
+            junk_is_noise: false,
+        }
+    }
+
+    /// A decoder for acknowledgments: a `0x1C` that is the last byte
+    /// buffered ends the frame without waiting for what follows.
+    pub fn for_acks(max_frame_bytes: usize) -> Self {
+        FrameDecoder {
+            end_at_buffer_end: true,
+            ..Self::new(max_frame_bytes)
         }
     }
 
@@ -127,6 +167,43 @@ impl FrameDecoder {
     /// already returned lie inside this prefix: read them before dropping it.
     pub fn consumed(&self) -> usize {
         self.consumed
+    }
+
+    /// The buffer ends in a `0x1C` whose meaning depends on the next byte.
+    pub fn end_pending(&self) -> bool {
+        matches!(
+            self.state,
+            State::EndPending { .. } | State::DiscardEndPending
+        )
+    }
+
+    /// Takes a pending `0x1C` as the end of its frame (nothing followed it
+    /// for a pause, or the stream ended). Returns the payload, or `None`
+    /// when nothing was pending or the frame was an oversized one being
+    /// skipped.
+    pub fn finish_pending(&mut self, buf: &[u8]) -> Option<Range<usize>> {
+        match self.state {
+            State::EndPending { start, end } => {
+                self.close_frame(end + 1);
+                Some(self.payload(buf, start, end))
+            }
+            State::DiscardEndPending => {
+                self.close_frame(self.pos);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The payload received so far of a frame that has not ended (for a
+    /// NAK when the peer stops mid-frame), at most `max_frame_bytes` long.
+    pub fn partial_frame(&self, buf: &[u8]) -> Option<Range<usize>> {
+        let start = match self.state {
+            State::InFrame { start } | State::EndPending { start, .. } => start,
+            _ => return None,
+        };
+        let end = buf.len().min(start.saturating_add(self.max_frame_bytes));
+        (start <= end).then(|| self.payload(buf, start, end))
     }
 
     /// Drops the consumed prefix from `buf` and rebases the decoder onto it.
@@ -144,8 +221,14 @@ impl FrameDecoder {
         let dropped = dropped.min(self.consumed);
         self.consumed -= dropped;
         self.pos -= dropped; // pos >= consumed always holds.
-        if let State::InFrame { start } = &mut self.state {
-            *start -= dropped; // start > consumed always holds.
+        match &mut self.state {
+            // A frame's start and end lie after consumed, always.
+            State::InFrame { start } => *start -= dropped,
+            State::EndPending { start, end } => {
+                *start -= dropped;
+                *end -= dropped;
+            }
+            _ => {}
         }
     }
 
@@ -159,10 +242,11 @@ impl FrameDecoder {
         }
         loop {
             let step = match self.state {
-                State::AfterEnd => self.after_end(buf),
                 State::Idle => self.idle(buf),
                 State::InFrame { start } => self.in_frame(buf, start),
+                State::EndPending { start, end } => self.end_pending_step(buf, start, end),
                 State::Discarding => self.discarding(buf),
+                State::DiscardEndPending => self.discard_end_pending(buf),
             };
             if let Some(decoded) = step {
                 return decoded;
@@ -170,53 +254,50 @@ impl FrameDecoder {
         }
     }
 
-    fn after_end(&mut self, buf: &[u8]) -> Option<Decoded> {
-        match buf.get(self.pos) {
-            None => return Some(Decoded::NeedMore),
-            Some(&TRAILER) => {
-                self.pos += 1;
-                self.consumed = self.pos;
-            }
-            Some(_) => {} // Sender omitted the trailing 0x0D.
-        }
+    /// The payload `start..end` without leading whitespace (tolerated
+    /// between `0x0B` and `MSH`).
+    fn payload(&self, buf: &[u8], start: usize, end: usize) -> Range<usize> {
+        let blank = buf[start..end].iter().take_while(|&&b| is_blank(b)).count();
+        start + blank..end
+    }
+
+    /// The frame is over; scanning resumes at `next`.
+    fn close_frame(&mut self, next: usize) {
+        self.pos = next;
+        self.consumed = next;
         self.state = State::Idle;
-        None
     }
 
     fn idle(&mut self, buf: &[u8]) -> Option<Decoded> {
         let rest = &buf[self.pos..];
         let Some(at) = rest.iter().position(|&b| b == START_BLOCK) else {
-            self.junk += rest.len();
+            self.skip(rest);
             self.pos = buf.len();
             self.consumed = self.pos;
             return Some(self.junk_over_limit().unwrap_or(Decoded::NeedMore));
         };
-        self.junk += at;
+        self.skip(&rest[..at]);
         self.consumed = self.pos + at;
         self.pos += at + 1;
         self.state = State::InFrame { start: self.pos };
         self.report_junk()
     }
 
+    fn skip(&mut self, bytes: &[u8]) {
+        self.junk += bytes.len();
+        self.junk_is_noise |= bytes.iter().any(|&b| !is_blank(b));
+    }
+
     fn in_frame(&mut self, buf: &[u8], start: usize) -> Option<Decoded> {
         let window_end = buf
             .len()
             .min(start.saturating_add(self.max_frame_bytes).saturating_add(1));
-        let window = &buf[self.pos.min(window_end)..window_end];
-        match find2(window, END_BLOCK, START_BLOCK).map(|i| self.pos + i) {
-            Some(end) if buf[end] == END_BLOCK => {
+        let from = self.pos.min(window_end);
+        match find_end(&buf[from..window_end]).map(|i| from + i) {
+            Some(end) => {
                 self.pos = end + 1;
-                self.consumed = self.pos;
-                self.state = State::AfterEnd;
-                Some(Decoded::Frame(start..end))
-            }
-            Some(restart) => {
-                // A new 0x0B before 0x1C: the sender gave up on the old frame.
-                self.junk += restart - start + 1;
-                self.consumed = restart;
-                self.pos = restart + 1;
-                self.state = State::InFrame { start: self.pos };
-                self.report_junk()
+                self.state = State::EndPending { start, end };
+                None
             }
             None if window_end - start > self.max_frame_bytes => Some(self.too_large(buf, start)),
             None => {
@@ -224,6 +305,23 @@ impl FrameDecoder {
                 Some(Decoded::NeedMore)
             }
         }
+    }
+
+    /// `pos` is just past the `0x1C` at `end`.
+    fn end_pending_step(&mut self, buf: &[u8], start: usize, end: usize) -> Option<Decoded> {
+        debug_assert_eq!(self.pos, end + 1);
+        match buf.get(self.pos) {
+            None if self.end_at_buffer_end => self.close_frame(self.pos),
+            None => return Some(Decoded::NeedMore),
+            Some(&TRAILER) => self.close_frame(self.pos + 1),
+            Some(&START_BLOCK) => self.close_frame(self.pos),
+            Some(_) => {
+                // Data: keep scanning the same frame.
+                self.state = State::InFrame { start };
+                return None;
+            }
+        }
+        Some(Decoded::Frame(self.payload(buf, start, end)))
     }
 
     fn too_large(&mut self, buf: &[u8], start: usize) -> Decoded {
@@ -239,17 +337,11 @@ impl FrameDecoder {
     }
 
     fn discarding(&mut self, buf: &[u8]) -> Option<Decoded> {
-        match find2(&buf[self.pos..], END_BLOCK, START_BLOCK).map(|i| self.pos + i) {
-            Some(end) if buf[end] == END_BLOCK => {
+        match find_end(&buf[self.pos..]).map(|i| self.pos + i) {
+            Some(end) => {
                 self.pos = end + 1;
                 self.consumed = self.pos;
-                self.state = State::AfterEnd;
-                None
-            }
-            Some(restart) => {
-                self.consumed = restart;
-                self.pos = restart + 1;
-                self.state = State::InFrame { start: self.pos };
+                self.state = State::DiscardEndPending;
                 None
             }
             None => {
@@ -260,6 +352,17 @@ impl FrameDecoder {
         }
     }
 
+    fn discard_end_pending(&mut self, buf: &[u8]) -> Option<Decoded> {
+        match buf.get(self.pos) {
+            None if self.end_at_buffer_end => self.close_frame(self.pos),
+            None => return Some(Decoded::NeedMore),
+            Some(&TRAILER) => self.close_frame(self.pos + 1),
+            Some(&START_BLOCK) => self.close_frame(self.pos),
+            Some(_) => self.state = State::Discarding,
+        }
+        None
+    }
+
     fn report_junk(&mut self) -> Option<Decoded> {
         if self.junk == 0 {
             return None;
@@ -268,7 +371,7 @@ impl FrameDecoder {
             return Some(err);
         }
         let bytes = std::mem::take(&mut self.junk);
-        Some(Decoded::Junk { bytes })
+        std::mem::take(&mut self.junk_is_noise).then_some(Decoded::Junk { bytes })
     }
 
     fn junk_over_limit(&mut self) -> Option<Decoded> {
@@ -276,6 +379,7 @@ impl FrameDecoder {
             return None;
         }
         let bytes = std::mem::take(&mut self.junk);
+        self.junk_is_noise = false;
         Some(Decoded::Invalid(FrameError::TooMuchJunk {
             bytes,
             limit_bytes: JUNK_BYTES_MAX,
@@ -297,24 +401,77 @@ mod tests {
         }
     }
 
+    // Expected results below are the framing rules of ../shared/PEERS.md
+    // (HAPI's and NextGen Connect's decoders), not this decoder's output.
+
     #[test]
-    fn frame_without_trailing_cr_is_yielded_at_end_block() {
+    fn a_trailing_end_block_waits_for_the_next_byte_or_a_pause() {
         let mut d = FrameDecoder::new(64);
-        assert_eq!(drain(&mut d, b"\x0bABC\x1c"), vec![Decoded::Frame(1..4)]);
+        assert_eq!(drain(&mut d, b"\x0bABC\x1c"), vec![]);
+        assert!(d.end_pending());
+        assert_eq!(d.finish_pending(b"\x0bABC\x1c"), Some(1..4));
+        assert!(!d.end_pending());
+        assert_eq!(d.consumed(), 5);
     }
 
     #[test]
-    fn two_frames_in_one_read_both_come_out() {
+    fn an_end_block_followed_by_a_start_block_ends_the_frame() {
         let mut d = FrameDecoder::new(64);
-        let got = drain(&mut d, b"\x0bA\x1c\r\x0bBC\x1c\r");
-        assert_eq!(got, vec![Decoded::Frame(1..2), Decoded::Frame(5..7)]);
-        assert_eq!(d.consumed(), 9);
+        let got = drain(&mut d, b"\x0bA\x1c\x0bB\x1c\r");
+        assert_eq!(got, vec![Decoded::Frame(1..2), Decoded::Frame(4..5)]);
+    }
+
+    #[test]
+    fn a_lone_end_block_inside_a_payload_is_data() {
+        let mut d = FrameDecoder::new(64);
+        let got = drain(&mut d, b"\x0bNTE|1||a\x1cb\x1c\r");
+        assert_eq!(got, vec![Decoded::Frame(1..11)]);
+        // Split right after the lone 0x1C: the next read decides.
+        let mut d = FrameDecoder::new(64);
+        let mut buf = b"\x0bNTE|1||a\x1c".to_vec();
+        assert_eq!(drain(&mut d, &buf), vec![]);
+        assert!(d.end_pending());
+        buf.extend_from_slice(b"b\x1c\r");
+        assert_eq!(drain(&mut d, &buf), vec![Decoded::Frame(1..11)]);
+    }
+
+    #[test]
+    fn a_start_block_inside_a_frame_is_data() {
+        let mut d = FrameDecoder::new(64);
+        let got = drain(&mut d, b"\x0bhalf\x0bwhole\x1c\r");
+        assert_eq!(got, vec![Decoded::Frame(1..11)]);
+    }
+
+    #[test]
+    fn whitespace_between_start_block_and_msh_is_not_payload() {
+        let mut d = FrameDecoder::new(64);
+        let buf = b"\x0b\r\n \tMSH|\x1c\r";
+        assert_eq!(drain(&mut d, buf), vec![Decoded::Frame(5..9)]);
+    }
+
+    #[test]
+    fn line_ends_between_frames_are_skipped_quietly_and_noise_is_reported() {
+        let mut d = FrameDecoder::new(64);
+        let got = drain(&mut d, b"\r\n\x0bA\x1c\r\r\n\x0bB\x1c\r");
+        assert_eq!(got, vec![Decoded::Frame(3..4), Decoded::Frame(9..10)]);
+        let mut d = FrameDecoder::new(64);
+        let got = drain(&mut d, b"\r\nxx\x0bA\x1c\r");
+        assert_eq!(got, vec![Decoded::Junk { bytes: 4 }, Decoded::Frame(5..6)]);
+    }
+
+    #[test]
+    fn an_ack_decoder_ends_at_a_trailing_end_block_at_once() {
+        let mut d = FrameDecoder::for_acks(64);
+        assert_eq!(
+            drain(&mut d, b"\x0bMSA|AA|1\x1c"),
+            vec![Decoded::Frame(1..9)]
+        );
     }
 
     #[test]
     fn oversized_frame_reports_prefix_then_resyncs() {
         let mut d = FrameDecoder::new(4);
-        let buf = b"\x0b123456789\x1c\r\x0bok\x1c\r";
+        let buf = b"\x0b12\x1c456789\x1c\r\x0bok\x1c\r";
         let got = drain(&mut d, buf);
         let too_large = FrameError::TooLarge {
             limit_bytes: 4,
@@ -344,21 +501,23 @@ mod tests {
     }
 
     #[test]
-    fn restart_inside_frame_abandons_the_partial_frame() {
+    fn compact_keeps_a_partial_frame_and_its_scan_state() {
         let mut d = FrameDecoder::new(64);
-        let got = drain(&mut d, b"\x0bhalf\x0bwhole\x1c\r");
-        assert_eq!(got, vec![Decoded::Junk { bytes: 5 }, Decoded::Frame(6..11)]);
+        let mut buf = b"\x0bA\x1c\r\x0bpart\x1c".to_vec();
+        assert_eq!(drain(&mut d, &buf), vec![Decoded::Frame(1..2)]);
+        d.compact(&mut buf);
+        assert_eq!(buf, b"\x0bpart\x1c");
+        assert!(d.end_pending());
+        buf.extend_from_slice(b"ial\x1c\r");
+        assert_eq!(drain(&mut d, &buf), vec![Decoded::Frame(1..9)]);
     }
 
     #[test]
-    fn compact_keeps_a_partial_frame_and_its_scan_state() {
+    fn a_partial_frame_is_visible_for_a_nak() {
         let mut d = FrameDecoder::new(64);
-        let mut buf = b"\x0bA\x1c\r\x0bpart".to_vec();
-        assert_eq!(drain(&mut d, &buf), vec![Decoded::Frame(1..2)]);
-        d.compact(&mut buf);
-        assert_eq!(buf, b"\x0bpart");
-        buf.extend_from_slice(b"ial\x1c");
-        assert_eq!(drain(&mut d, &buf), vec![Decoded::Frame(1..8)]);
+        let buf = b"\x0b MSH|^~\\&|A";
+        assert_eq!(drain(&mut d, buf), vec![]);
+        assert_eq!(d.partial_frame(buf), Some(2..buf.len()));
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct Conn {
     /// Appends submitted and not yet completed.
     pub inflight: usize,
     pub last_read: Instant,
+    /// When the last bytes arrived: a trailing `0x1C` ends its frame once
+    /// nothing more came for the listener's `frame_end_pause_ms`.
+    pub last_bytes_at: Instant,
+    /// A timer is queued for this connection's trailing `0x1C`.
+    pub end_timer_armed: bool,
     /// When the currently buffered partial frame began.
     pub frame_started: Option<Instant>,
     pub state: ConnState,
@@ -79,6 +84,8 @@ impl Conn {
             acks: VecDeque::new(),
             inflight: 0,
             last_read: Instant::now(),
+            last_bytes_at: Instant::now(),
+            end_timer_armed: false,
             frame_started: None,
             state: ConnState::Open,
             writable_registered: false,

@@ -85,6 +85,9 @@ pub struct EventLoop {
     drain_deadline: Option<Instant>,
     dirty: Vec<usize>,
     chunk: Box<[u8]>,
+    /// When to look again at a connection whose buffer ends in a `0x1C`
+    /// (deadline, slot, generation). At most one entry per connection.
+    end_timers: Vec<(Instant, usize, u32)>,
 }
 
 impl EventLoop {
@@ -121,6 +124,7 @@ impl EventLoop {
             drain_deadline: None,
             dirty: Vec::new(),
             chunk: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+            end_timers: Vec::new(),
         })
     }
 
@@ -141,6 +145,14 @@ impl EventLoop {
             } else {
                 Duration::from_secs(1)
             };
+            let timeout = self
+                .end_timers
+                .iter()
+                .map(|t| t.0)
+                .min()
+                .map_or(timeout, |due| {
+                    timeout.min(due.saturating_duration_since(Instant::now()))
+                });
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -163,6 +175,7 @@ impl EventLoop {
                     }
                 }
             }
+            self.expire_end_timers();
             let blocked_before = self.globally_blocked();
             self.handle_completions();
             self.retry_stalled();
@@ -300,10 +313,12 @@ impl EventLoop {
             match conn.stream.read(&mut self.chunk) {
                 Ok(0) => {
                     conn.state = ConnState::PeerClosed;
+                    self.end_of_input(slot, conn, "the peer closed the connection");
                     break;
                 }
                 Ok(n) => {
                     Metrics::add(&self.metrics.bytes_received, n as u64);
+                    conn.last_bytes_at = Instant::now();
                     conn.rbuf.extend_from_slice(&self.chunk[..n]);
                     // A short read emptied the socket (see `Conn::read_ready`).
                     conn.read_ready = n == self.chunk.len() || conn.read_closed;
@@ -334,6 +349,16 @@ impl EventLoop {
         while self.wants_read(conn) {
             match conn.decoder.decode(&conn.rbuf) {
                 Decoded::Frame(range) => self.on_frame(slot, conn, range),
+                Decoded::NeedMore if conn.decoder.end_pending() => {
+                    if !self.pause_ended(conn) {
+                        self.arm_end_timer(slot, conn);
+                        break;
+                    }
+                    Metrics::inc(&self.metrics.frames_ended_by_pause);
+                    if let Some(range) = conn.decoder.finish_pending(&conn.rbuf) {
+                        self.on_frame(slot, conn, range);
+                    }
+                }
                 Decoded::Junk { bytes } => {
                     Metrics::inc(&self.metrics.junk_events);
                     Metrics::add(&self.metrics.junk_bytes, bytes as u64);
@@ -519,6 +544,83 @@ impl EventLoop {
         }
     }
 
+    /// A trailing `0x1C` ends its frame once the socket is drained and
+    /// nothing arrived for the listener's pause.
+    fn pause_ended(&self, conn: &Conn) -> bool {
+        let pause = self.listeners[conn.listener].config.frame_end_pause_ms;
+        !conn.read_ready && conn.last_bytes_at.elapsed() >= Duration::from_millis(pause)
+    }
+
+    fn arm_end_timer(&mut self, slot: usize, conn: &mut Conn) {
+        if conn.end_timer_armed {
+            return;
+        }
+        let pause = Duration::from_millis(self.listeners[conn.listener].config.frame_end_pause_ms);
+        conn.end_timer_armed = true;
+        self.end_timers
+            .push((conn.last_bytes_at + pause, slot, conn.generation));
+    }
+
+    /// Drives connections whose pause may be over; `take_frames` decides.
+    fn expire_end_timers(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.end_timers.len() {
+            let (due, slot, generation) = self.end_timers[i];
+            if due > now {
+                i += 1;
+                continue;
+            }
+            self.end_timers.swap_remove(i);
+            if let Some(conn) = self.conns[slot]
+                .as_mut()
+                .filter(|c| c.generation == generation)
+            {
+                conn.end_timer_armed = false;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// The peer sent its last byte, or stalled past `frame_timeout_s`:
+    /// frames still buffered are taken, a trailing `0x1C` ends its frame,
+    /// and a partial frame whose MSH is readable gets a NAK, never silence.
+    fn end_of_input(&mut self, slot: usize, conn: &mut Conn, why: &'static str) {
+        loop {
+            match conn.decoder.decode(&conn.rbuf) {
+                Decoded::Frame(range) => self.on_frame(slot, conn, range),
+                Decoded::Junk { .. } => {}
+                Decoded::Invalid(FrameError::TooLarge {
+                    limit_bytes,
+                    prefix,
+                }) => self.on_too_large(conn, prefix, limit_bytes),
+                _ => break,
+            }
+        }
+        if let Some(range) = conn.decoder.finish_pending(&conn.rbuf) {
+            self.on_frame(slot, conn, range);
+        } else if let Some(range) = conn.decoder.partial_frame(&conn.rbuf) {
+            self.on_incomplete(conn, range, why);
+        }
+        conn.decoder.compact(&mut conn.rbuf);
+    }
+
+    fn on_incomplete(&mut self, conn: &mut Conn, range: Range<usize>, why: &'static str) {
+        Metrics::inc(&self.metrics.frames_incomplete);
+        let head = &conn.rbuf[range];
+        let Ok(h) = parse_header(head) else {
+            tracing::info!(peer = %conn.peer, reason = why, bytes = head.len(), "partial frame without a readable MSH discarded");
+            return;
+        };
+        tracing::warn!(peer = %conn.peer, control_id = %String::from_utf8_lossy(h.control_id()), reason = why, "frame incomplete (no 0x1C end block); not stored");
+        let err = ingest::incomplete_error();
+        let ids = &mut self.ids;
+        let policy = self.listeners[conn.listener].config.ack_policy;
+        push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
+            ingest::write_framed_ack(Some(&h), policy, Outcome::NotStored, Some(&err), ids, out)
+        });
+    }
+
     fn sweep_timeouts(&mut self) {
         for slot in 0..self.conns.len() {
             let Some(conn) = &self.conns[slot] else {
@@ -548,7 +650,13 @@ impl EventLoop {
             };
             Metrics::inc(counter);
             tracing::info!(listener = %cfg.name, peer = %conn.peer, reason = what, "closing connection");
-            if let Some(conn) = self.conns[slot].take() {
+            if let Some(mut conn) = self.conns[slot].take() {
+                if slow {
+                    // The NAK is small and nothing else is queued (no append
+                    // is in flight), so one write normally delivers it.
+                    self.end_of_input(slot, &mut conn, "frame_timeout_s passed mid-frame");
+                    let _ = conn.flush();
+                }
                 self.close(slot, conn);
             }
         }

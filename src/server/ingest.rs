@@ -200,6 +200,17 @@ pub fn too_large_error() -> AckError<'static> {
     }
 }
 
+/// The NAK for a frame the peer never finished (closed, or stalled past
+/// `frame_timeout_s`): nothing was stored, so the sender should resend.
+pub fn incomplete_error() -> AckError<'static> {
+    AckError {
+        code: ErrorCode::ApplicationInternalError,
+        severity: Severity::Error,
+        text: "message NOT stored: the frame ended without its 0x1C end block; resend",
+        location: None,
+    }
+}
+
 /// Printable control id for logs (never the body).
 pub fn control_id_text(msg: &[u8]) -> String {
     frame_header(msg, ValidationLevel::None, &Acceptance::default())

@@ -193,7 +193,7 @@ impl Client {
         Client {
             stream,
             buf: Vec::new(),
-            decoder: FrameDecoder::new(1 << 24),
+            decoder: FrameDecoder::for_acks(1 << 24),
         }
     }
 
