@@ -4,6 +4,7 @@
 //! The keys under `[[listener]]` and `data_dir` are a contract with
 //! operators' scripts: extend, never rename.
 use crate::constants::*;
+use crate::delivery::verdict::AckCodes;
 use crate::hl7::ack::AckPolicy;
 use crate::hl7::{Acceptance, FieldPath, ValidationLevel};
 use crate::wal::{FsyncMode, LogConfig, RetentionPolicy};
@@ -84,6 +85,10 @@ pub struct DestinationConfig {
     pub ack_timeout_ms: u64,
     pub on_reject: FailurePolicy,
     pub on_exhausted: FailurePolicy,
+    /// `[destination.ack_codes]`: which MSA-1 codes mean success, retry, reject.
+    pub ack_codes: AckCodes,
+    /// `mllp_r2`: the downstream answers with MLLP release 2 commit blocks.
+    pub mllp_r2: bool,
     pub rate_limit_per_s: u32,
     /// Least time between two cursor fsyncs of this destination (0 = back to back).
     pub cursor_sync_interval_ms: u64,
@@ -173,6 +178,16 @@ struct RawDestination {
     filter: Option<RawFilter>,
     retry: Option<RawRetry>,
     circuit_breaker: Option<RawBreaker>,
+    ack_codes: Option<RawAckCodes>,
+    mllp_r2: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAckCodes {
+    success: Option<Vec<String>>,
+    retry: Option<Vec<String>>,
+    reject: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -553,6 +568,13 @@ fn destination(
     };
     let on_reject = policy("on_reject", d.on_reject, FailurePolicy::DeadLetter)?;
     let on_exhausted = policy("on_exhausted", d.on_exhausted, FailurePolicy::Block)?;
+    let raw_codes = d.ack_codes.unwrap_or_default();
+    let ack_codes = AckCodes::from_lists(
+        raw_codes.success.as_deref(),
+        raw_codes.retry.as_deref(),
+        raw_codes.reject.as_deref(),
+    )
+    .map_err(|e| (key("ack_codes"), e))?;
     let ack_timeout_ms = d.ack_timeout_ms.unwrap_or(30_000);
     if !(10..=600_000).contains(&ack_timeout_ms) {
         return Err((
@@ -618,6 +640,8 @@ fn destination(
         ack_timeout_ms,
         on_reject,
         on_exhausted,
+        ack_codes,
+        mllp_r2: d.mllp_r2.unwrap_or(false),
         rate_limit_per_s: d.rate_limit_per_s.unwrap_or(0),
         cursor_sync_interval_ms,
         filter: FilterConfig {

@@ -45,9 +45,9 @@ fn u64_meta(meta: &[u8], key: MetaKey) -> u64 {
 #[test]
 fn transient_errors_are_retried_with_growing_intervals_then_delivered_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    // M2 fails three times (AE, dropped connection, AE), then is accepted.
+    // M2 fails three times (AR, dropped connection, AR), then is accepted.
     let sink = Sink::start(Arc::new(|id, n| match (id, n) {
-        ("M2", 1) | ("M2", 3) => Reply::Error,
+        ("M2", 1) | ("M2", 3) => Reply::Reject,
         ("M2", 2) => Reply::Drop,
         _ => Reply::Accept,
     }));
@@ -114,8 +114,8 @@ fn reject_with_dead_letter_moves_on_and_the_dlq_record_has_its_context() {
         u64_meta(meta, MetaKey::FirstFailureMs) > 0
             && u64_meta(meta, MetaKey::LastFailureMs) >= u64_meta(meta, MetaKey::FirstFailureMs)
     );
-    assert!(String::from_utf8_lossy(m.get(MetaKey::LastAck).unwrap()).contains("MSA|AR|BAD"));
-    assert!(String::from_utf8_lossy(m.get(MetaKey::ErrorText).unwrap()).starts_with("AR"));
+    assert!(String::from_utf8_lossy(m.get(MetaKey::LastAck).unwrap()).contains("MSA|AE|BAD"));
+    assert!(String::from_utf8_lossy(m.get(MetaKey::ErrorText).unwrap()).starts_with("AE"));
 }
 
 #[test]

@@ -32,7 +32,8 @@ fn seq_of(id: &str) -> (String, u64) {
     (c.to_string(), s.parse().unwrap())
 }
 
-/// Rejected downstream (AR) on every receipt: these end in the DLQ.
+/// Refused downstream (AE: an error in the message) on every receipt:
+/// these end in the DLQ.
 fn rejected(id: &str) -> bool {
     seq_of(id).1 % 17 == 5
 }
@@ -45,7 +46,7 @@ fn dropped_once(id: &str) -> bool {
 fn script() -> Script {
     Arc::new(|id, n| {
         if rejected(id) {
-            Reply::Reject
+            Reply::Error
         } else if dropped_once(id) && n == 1 {
             Reply::Drop
         } else {

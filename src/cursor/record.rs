@@ -71,15 +71,17 @@ const _: () = assert!(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ErrorClass {
-    /// AE/CE: the downstream accepted the message in error; retried.
-    ApplicationError = 1,
+    /// A negative ACK whose code is in the destination's `ack_codes.retry`
+    /// (default AR/CR), or an MLLP release 2 negative commit; retried.
+    NegativeAck = 1,
     /// No ACK within `ack_timeout_ms`; retried.
     Timeout = 2,
     /// Could not connect; retried.
     ConnectFailed = 3,
     /// Reset or closed while sending or waiting; retried.
     ConnectionLost = 4,
-    /// AR/CR: the downstream refused it; `on_reject`.
+    /// A negative ACK whose code is in `ack_codes.reject` (default AE/CE,
+    /// and any code in no list); `on_reject`.
     Rejected = 5,
     /// An ACK naming a control id we never sent; `on_reject`.
     MismatchedAck = 6,
@@ -95,7 +97,7 @@ impl ErrorClass {
     pub fn from_u8(v: u8) -> Option<ErrorClass> {
         use ErrorClass::*;
         [
-            ApplicationError,
+            NegativeAck,
             Timeout,
             ConnectFailed,
             ConnectionLost,
@@ -112,7 +114,7 @@ impl ErrorClass {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            ErrorClass::ApplicationError
+            ErrorClass::NegativeAck
                 | ErrorClass::Timeout
                 | ErrorClass::ConnectFailed
                 | ErrorClass::ConnectionLost
@@ -121,7 +123,7 @@ impl ErrorClass {
 
     pub fn name(self) -> &'static str {
         match self {
-            ErrorClass::ApplicationError => "application-error",
+            ErrorClass::NegativeAck => "negative-ack",
             ErrorClass::Timeout => "timeout",
             ErrorClass::ConnectFailed => "connect-failed",
             ErrorClass::ConnectionLost => "connection-lost",

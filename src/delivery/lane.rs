@@ -52,7 +52,11 @@ impl Lane {
         let head = start.head.filter(|h| h.offset == next);
         let reader = dest.log.reader(next);
         let seed = now_ms() ^ (u64::from(lane) << 32) ^ dest.config.name.len() as u64;
-        let link = Link::new(&dest.config.connect);
+        let link = Link::new(
+            &dest.config.connect,
+            dest.config.ack_codes,
+            dest.config.mllp_r2,
+        );
         let l = Lane {
             dest,
             lane,

@@ -1,42 +1,42 @@
-//! One MLLP connection to a downstream, and what its answer means.
+//! One MLLP connection to a downstream: send, drain, read the answer.
 //!
-//! Sends the payload bytes unchanged, waits for the ACK whose MSA-2 names
-//! the control id just sent, and classifies the outcome. ACKs naming a
-//! message sent earlier on this connection are stale duplicates (some
-//! servers repeat old ACKs) and are ignored; an ACK naming anything else is
-//! a mismatch.
+//! Sends the payload bytes unchanged and reads frames until one is an
+//! answer to the message just sent (`verdict::classify` decides). Bytes the
+//! downstream sent beyond its last answer (late or duplicate ACKs) are
+//! drained before each send, so they can never be read as the answer to
+//! the next message; a timeout drops the connection for the same reason.
 use crate::constants::DELIVERY_POLL_MS;
 use crate::cursor::ErrorClass;
-use crate::hl7::ack::{parse_ack, AckCode};
 use crate::mllp::{encode_frame, Decoded, FrameDecoder};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use super::verdict::Outcome;
+use super::verdict::{classify, failed, fingerprint, AckCodes, Context};
+
 /// Largest ACK frame read from a downstream.
 const ACK_FRAME_BYTES_MAX: usize = 1024 * 1024;
-/// Control ids remembered per connection to recognise stale duplicate ACKs.
+/// Control ids and consumed ACKs remembered per connection, to recognise
+/// stale duplicate ACKs.
 const RECENT_IDS_MAX: usize = 32;
-
-/// How one delivery attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    Failed {
-        class: ErrorClass,
-        text: String,
-        ack: Option<Vec<u8>>,
-    },
-}
+/// Bytes drained before a send, at most (a downstream flooding us is cut off).
+const DRAIN_BYTES_MAX: usize = 1024 * 1024;
 
 pub struct Link {
     target: String,
+    codes: AckCodes,
+    mllp_r2: bool,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
     decoder: FrameDecoder,
+    /// Control ids sent on this connection, oldest first.
     recent: VecDeque<Vec<u8>>,
+    /// Fingerprints of the ACK frames consumed on this connection.
+    consumed: VecDeque<u64>,
     frame: Vec<u8>,
     /// Socket timeouts currently set on `stream`, so the per-message path
     /// makes no `setsockopt` call when they have not changed.
@@ -50,13 +50,16 @@ struct SocketTimeouts {
 }
 
 impl Link {
-    pub fn new(target: &str) -> Link {
+    pub fn new(target: &str, codes: AckCodes, mllp_r2: bool) -> Link {
         Link {
             target: target.to_string(),
+            codes,
+            mllp_r2,
             stream: None,
             buf: Vec::new(),
             decoder: FrameDecoder::for_acks(ACK_FRAME_BYTES_MAX),
             recent: VecDeque::new(),
+            consumed: VecDeque::new(),
             frame: Vec::new(),
             timeouts: SocketTimeouts::default(),
         }
@@ -69,6 +72,7 @@ impl Link {
         self.buf.clear();
         self.decoder = FrameDecoder::for_acks(ACK_FRAME_BYTES_MAX);
         self.recent.clear();
+        self.consumed.clear();
     }
 
     /// Delivers one message and waits up to `timeout` for its ACK. `stop`
@@ -83,7 +87,7 @@ impl Link {
     ) -> Outcome {
         let outcome = self.try_deliver(payload, control_id, timeout, stop);
         if let Outcome::Failed { class, .. } = &outcome {
-            if *class != ErrorClass::ApplicationError && *class != ErrorClass::Rejected {
+            if *class != ErrorClass::NegativeAck && *class != ErrorClass::Rejected {
                 self.reset();
             }
         }
@@ -98,6 +102,12 @@ impl Link {
         stop: &AtomicBool,
     ) -> Outcome {
         let deadline = Instant::now() + timeout;
+        if let Err(e) = self.drain() {
+            // Closed by the downstream since the last answer (some close
+            // after every message): reconnect now rather than fail a send.
+            tracing::debug!(target = %self.target, error = %e, "connection gone before the send; reconnecting");
+            self.reset();
+        }
         if self.stream.is_none() {
             match self.connect(timeout) {
                 Ok(s) => self.stream = Some(s),
@@ -126,17 +136,71 @@ impl Link {
                 None,
             );
         }
-        self.remember(control_id);
         loop {
             let ack = match self.next_frame(deadline, stop) {
                 Ok(a) => a,
                 Err(outcome) => return outcome,
             };
-            match classify(&ack, control_id, &self.recent) {
-                Some(outcome) => return outcome,
-                None => tracing::debug!(target = %self.target, "ignoring a stale duplicate ACK"),
+            let ctx = Context {
+                codes: &self.codes,
+                mllp_r2: self.mllp_r2,
+                earlier_ids: &self.recent,
+                consumed: &self.consumed,
+            };
+            match classify(&ack, control_id, &ctx) {
+                Some(outcome) => {
+                    push_bounded(&mut self.consumed, fingerprint(&ack));
+                    push_bounded(&mut self.recent, control_id.to_vec());
+                    return outcome;
+                }
+                None => {
+                    tracing::debug!(target = %self.target, "ignoring a frame that does not answer this message (stale duplicate ACK)")
+                }
             }
         }
+    }
+
+    /// Discards whatever the downstream sent after its last answer: frames
+    /// already buffered and bytes waiting in the socket. One non-blocking
+    /// `recv` when the socket is empty, the usual case.
+    fn drain(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            tracing::debug!(target = %self.target, bytes = self.buf.len(), "discarding buffered bytes after the last ACK");
+            self.buf.clear();
+            self.decoder = FrameDecoder::for_acks(ACK_FRAME_BYTES_MAX);
+        }
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let mut chunk = [0u8; 4096];
+        let mut drained = 0;
+        while drained < DRAIN_BYTES_MAX {
+            // SAFETY: `chunk` is a live, writable buffer of the length given.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n if n > 0 => drained += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
+        if drained > 0 {
+            tracing::info!(target = %self.target, bytes = drained, "discarded late or duplicate bytes from the downstream before sending");
+        }
+        Ok(())
     }
 
     fn connect(&self, timeout: Duration) -> io::Result<TcpStream> {
@@ -152,13 +216,6 @@ impl Link {
             }
         }
         Err(last)
-    }
-
-    fn remember(&mut self, control_id: &[u8]) {
-        if self.recent.len() == RECENT_IDS_MAX {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(control_id.to_vec());
     }
 
     /// The next ACK frame, reading in short slices so `stop` is honoured.
@@ -238,111 +295,9 @@ impl Link {
     }
 }
 
-fn failed(class: ErrorClass, text: String, ack: Option<Vec<u8>>) -> Outcome {
-    Outcome::Failed { class, text, ack }
-}
-
-/// What an ACK frame means for the message `sent`; `None` for a stale
-/// duplicate of an earlier message's ACK.
-pub fn classify(ack: &[u8], sent: &[u8], recent: &VecDeque<Vec<u8>>) -> Option<Outcome> {
-    let parsed = match parse_ack(ack) {
-        Ok(p) => p,
-        Err(e) => {
-            return Some(failed(
-                ErrorClass::UnparseableAck,
-                e.to_string(),
-                Some(bounded(ack)),
-            ))
-        }
-    };
-    let commit_block = matches!(
-        parsed.code,
-        AckCode::MllpCommit | AckCode::MllpNegativeCommit
-    );
-    if !commit_block && !parsed.acknowledges(sent) {
-        if recent
-            .iter()
-            .rev()
-            .skip(1)
-            .any(|id| parsed.acknowledges(id))
-        {
-            return None;
-        }
-        let text = format!(
-            "ACK names control id '{}' but '{}' was sent",
-            String::from_utf8_lossy(parsed.control_id),
-            String::from_utf8_lossy(sent)
-        );
-        return Some(failed(ErrorClass::MismatchedAck, text, Some(bounded(ack))));
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() == RECENT_IDS_MAX {
+        queue.pop_front();
     }
-    let detail = || {
-        let text = parsed
-            .text
-            .or(parsed.error.and_then(|e| e.text))
-            .map(|t| String::from_utf8_lossy(&t.decoded()).into_owned())
-            .unwrap_or_default();
-        format!("{}: {text}", parsed.code.as_str())
-    };
-    Some(match parsed.code {
-        AckCode::ApplicationAccept | AckCode::CommitAccept | AckCode::MllpCommit => {
-            Outcome::Delivered
-        }
-        AckCode::ApplicationReject | AckCode::CommitReject => {
-            failed(ErrorClass::Rejected, detail(), Some(bounded(ack)))
-        }
-        _ => failed(ErrorClass::ApplicationError, detail(), Some(bounded(ack))),
-    })
-}
-
-/// ACK bytes kept for a dead-letter record, bounded.
-fn bounded(ack: &[u8]) -> Vec<u8> {
-    ack[..ack.len().min(1024)].to_vec()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ack(code: &str, id: &str) -> Vec<u8> {
-        format!("MSH|^~\\&|R|R|S|S|20260101||ACK^R01^ACK|A1|P|2.5\rMSA|{code}|{id}|text\r")
-            .into_bytes()
-    }
-
-    #[test]
-    fn classification_follows_msa_1_and_msa_2() {
-        let recent: VecDeque<Vec<u8>> = [b"OLD".to_vec(), b"C1".to_vec()].into_iter().collect();
-        assert_eq!(
-            classify(&ack("AA", "C1"), b"C1", &recent),
-            Some(Outcome::Delivered)
-        );
-        assert_eq!(
-            classify(&ack("CA", "C1"), b"C1", &recent),
-            Some(Outcome::Delivered)
-        );
-        let class = |o: Option<Outcome>| match o {
-            Some(Outcome::Failed { class, .. }) => Some(class),
-            _ => None,
-        };
-        assert_eq!(
-            class(classify(&ack("AE", "C1"), b"C1", &recent)),
-            Some(ErrorClass::ApplicationError)
-        );
-        assert_eq!(
-            class(classify(&ack("CR", "C1"), b"C1", &recent)),
-            Some(ErrorClass::Rejected)
-        );
-        assert_eq!(
-            classify(&ack("AA", "OLD"), b"C1", &recent),
-            None,
-            "stale duplicate ignored"
-        );
-        assert_eq!(
-            class(classify(&ack("AA", "OTHER"), b"C1", &recent)),
-            Some(ErrorClass::MismatchedAck)
-        );
-        assert_eq!(
-            class(classify(b"garbage", b"C1", &recent)),
-            Some(ErrorClass::UnparseableAck)
-        );
-    }
+    queue.push_back(item);
 }

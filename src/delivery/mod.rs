@@ -11,6 +11,7 @@ mod lane;
 pub mod link;
 pub mod policy;
 pub mod route;
+pub mod verdict;
 
 use crate::config::{Config, DestinationConfig, Ordering as OrderingConfig};
 use crate::cursor::{CursorError, CursorStore, HeadState};

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
+    /// AA.
     Accept,
+    /// AE: an error in the message (table 0008); dead-lettered by default.
     Error,
+    /// AR: not processed, may be resent (table 0008); retried by default.
     Reject,
     /// Close the connection without answering.
     Drop,
@@ -44,10 +47,12 @@ pub fn accept_all() -> Script {
 }
 
 /// Rejects (AR) every message whose control id is `poisoned`, accepts the rest.
+/// AA for everything but `poisoned`, which gets AE every time (the
+/// downstream finds an error in that message: `on_reject` applies).
 pub fn reject_only(poisoned: &'static str) -> Script {
     Arc::new(move |id, _| {
         if id == poisoned {
-            Reply::Reject
+            Reply::Error
         } else {
             Reply::Accept
         }
@@ -177,12 +182,18 @@ fn serve(
                 Reply::Reject => AckKind::Reject,
             };
             out.push(START_BLOCK);
+            // Each ACK its own MSH-10, as real receivers do.
+            static ACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let ack_id = format!(
+                "SINK{}",
+                ACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
             build_ack(
                 header.as_ref(),
                 AckMode::Original,
                 kind,
                 None,
-                b"SINK",
+                ack_id.as_bytes(),
                 Hl7Timestamp::from_unix_seconds(0),
                 &mut out,
             );
