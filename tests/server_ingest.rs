@@ -44,6 +44,42 @@ fn stored(data_dir: &Path, queue: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// The messages of a batch file by the Chapter 2 rule, independently of
+/// the broker's splitter: a message starts at a line beginning `MSH` and
+/// runs up to the next `MSH`, `BHS`, `BTS`, `FHS` or `FTS` line.
+fn batch_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let starts: Vec<usize> = (0..bytes.len())
+        .filter(|&i| i == 0 || bytes[i - 1] == b'\r' || bytes[i - 1] == b'\n')
+        .filter(|&i| i == 0 || !(bytes[i - 1] == b'\r' && bytes[i] == b'\n'))
+        .collect();
+    let name = |i: usize| {
+        let at = if i == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {
+            3
+        } else {
+            i
+        };
+        bytes.get(at..at + 3).unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let mut open: Option<usize> = None;
+    for &i in &starts {
+        let n = name(i);
+        let boundary = [&b"MSH"[..], b"BHS", b"BTS", b"FHS", b"FTS"].contains(&n);
+        if boundary {
+            if let Some(s) = open.take() {
+                out.push(bytes[s..i].to_vec());
+            }
+        }
+        if n == b"MSH" {
+            open = Some(i);
+        }
+    }
+    if let Some(s) = open {
+        out.push(bytes[s..].to_vec());
+    }
+    out
+}
+
 #[test]
 fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
@@ -60,7 +96,29 @@ fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for
             .unwrap_or_else(|| panic!("{file}: connection closed instead of an ACK"));
         let (code, _) = ack_of(&ack);
         match expect.as_str() {
-            "accept" | "batch" => {
+            "batch" => {
+                // Chapter 2 batch protocol: each message is processed on its
+                // own and the answer is a batch of ACKs, one MSA each.
+                let messages = batch_messages(&bytes);
+                let text = String::from_utf8_lossy(&ack).into_owned();
+                assert!(
+                    text.starts_with("BHS") || text.starts_with("FHS"),
+                    "{file}: {text}"
+                );
+                let msas: Vec<&str> = text.split('\r').filter(|l| l.starts_with("MSA|")).collect();
+                assert_eq!(
+                    msas.len(),
+                    messages.len(),
+                    "{file}: one MSA per message: {text}"
+                );
+                assert!(
+                    msas.iter()
+                        .all(|m| m.starts_with("MSA|AA|") || m.starts_with("MSA|CA|")),
+                    "{file}: {text}"
+                );
+                expected_stored.extend(messages);
+            }
+            "accept" => {
                 assert!(
                     code.is_positive(),
                     "{file}: expected a positive ACK, got {}",
@@ -591,5 +649,118 @@ fn sigterm_exits_cleanly_even_if_the_control_socket_file_was_removed() {
     assert_eq!(
         stored(&broker.data_dir, "lab"),
         vec![oru("before-stop", 300)]
+    );
+}
+
+/// (payload, metadata) of every record in a queue.
+fn records(data_dir: &Path, queue: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    inspect::for_each_record(
+        &FsStorage,
+        &data_dir.join("queues").join(queue),
+        Offset(0),
+        u64::MAX,
+        orderly::wal::Writer::Running,
+        |item| match item {
+            inspect::Item::Record(r) => out.push((r.payload.to_vec(), r.meta.to_vec())),
+            inspect::Item::Corrupt { offset, .. } => panic!("record {offset} damaged"),
+        },
+    )
+    .unwrap();
+    out
+}
+
+/// `MSA|<MSA-1>|<MSA-2>` of each ACK message in a batch ACK.
+fn msa_lines(ack: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(ack)
+        .split('\r')
+        .filter(|l| l.starts_with("MSA|"))
+        .map(|l| l.split('|').take(3).collect::<Vec<_>>().join("|"))
+        .collect()
+}
+
+/// HL7 v2 Chapter 2 batch protocol: each message of a batch is processed on
+/// its own; the answer is a batch of ACKs whose BHS-12 is the original
+/// BHS-11. Before, the batch was one record answered from its first MSH:
+/// the invalid second message was stored and acknowledged with the rest.
+#[test]
+fn a_batch_is_stored_per_message_and_answered_with_a_batch_ack() {
+    use orderly::wal::meta::{MetaKey, MetaView};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    let m1 = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|B-1|P|2.5\rPID|1||M1\r".to_vec();
+    let m2 = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01||P|2.5\rPID|1||M2\r".to_vec();
+    let m3 = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|B-3|P|2.5\rPID|1||M3\r".to_vec();
+    let mut batch = b"BHS|^~\\&|LAB|HOSP|EHR|HOSP|20261127||||BATCH42\r".to_vec();
+    for m in [&m1, &m2, &m3] {
+        batch.extend_from_slice(m);
+    }
+    batch.extend_from_slice(b"BTS|3\r");
+    c.send(&batch);
+    let ack = c.recv().expect("a batch ACK");
+    let text = String::from_utf8_lossy(&ack).into_owned();
+    let bhs: Vec<&str> = text.split('\r').next().unwrap().split('|').collect();
+    assert_eq!(bhs[0], "BHS", "{text}");
+    assert_eq!(
+        (bhs[2], bhs[3], bhs[4], bhs[5]),
+        ("EHR", "HOSP", "LAB", "HOSP"),
+        "parties swapped: {text}"
+    );
+    assert_eq!(
+        bhs.get(11),
+        Some(&"BATCH42"),
+        "BHS-12 = the original BHS-11: {text}"
+    );
+    assert_eq!(
+        msa_lines(&ack),
+        vec![
+            "MSA|AA|B-1".to_string(),
+            "MSA|AE|".to_string(),
+            "MSA|AA|B-3".to_string()
+        ],
+        "{text}"
+    );
+    assert!(text.contains("\rBTS|3\r"), "{text}");
+    drop(c);
+    let stored = records(&broker.data_dir, "lab");
+    assert_eq!(
+        stored.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        vec![m1, m3]
+    );
+    for ((_, meta), index) in stored.iter().zip([0u32, 2]) {
+        let m = MetaView::new(meta);
+        assert_eq!(m.get(MetaKey::BatchControlId), Some(&b"BATCH42"[..]));
+        assert_eq!(m.get(MetaKey::BatchIndex), Some(&index.to_le_bytes()[..]));
+        assert_eq!(m.get(MetaKey::BatchCount), Some(&3u32.to_le_bytes()[..]));
+    }
+}
+
+#[test]
+fn back_to_back_messages_in_one_frame_are_stored_and_answered_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(dir.path(), &[("lab", "lab", "")]));
+    let mut c = Client::connect(broker.addr());
+    let (a, b) = (oru("BB-1", 150), oru("BB-2", 180));
+    c.send(&[a.clone(), b.clone()].concat());
+    let ack = c.recv().expect("a batch ACK");
+    assert!(
+        ack.starts_with(b"BHS|"),
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+    assert_eq!(
+        msa_lines(&ack),
+        vec!["MSA|AA|BB-1".to_string(), "MSA|AA|BB-2".to_string()]
+    );
+    assert_eq!(
+        c.roundtrip(&oru("after", 100)),
+        (AckCode::ApplicationAccept, "after".into()),
+        "the connection goes on with single messages"
+    );
+    drop(c);
+    assert_eq!(
+        stored(&broker.data_dir, "lab"),
+        vec![a, b, oru("after", 100)]
     );
 }

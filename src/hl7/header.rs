@@ -181,6 +181,11 @@ impl<'a> MshHeader<'a> {
     pub fn field(&self, n: usize) -> &'a [u8] {
         self.fields.get(n).copied().unwrap_or(b"")
     }
+    /// MSH-1 and MSH-2 as received (`|^~\&`), the message's delimiters.
+    pub fn field_separator_and_encoding(&self) -> &'a [u8] {
+        let end = 4 + self.field(2).len();
+        self.segment.get(3..end).unwrap_or_default()
+    }
     /// The whole MSH segment, without its terminator.
     pub fn segment(&self) -> &'a [u8] {
         self.segment

@@ -26,7 +26,9 @@ pub use delimiters::Delimiters;
 pub use header::{parse_header, HeaderError, MshHeader};
 pub use message::{Message, ParseError, Segment, Value};
 pub use path::{FieldPath, FieldPathError};
-pub use validate::{validate, validate_for, Acceptance, ValidationError, ValidationLevel};
+pub use validate::{
+    check_header, validate, validate_for, Acceptance, ValidationError, ValidationLevel,
+};
 
 /// UTF-8 byte order mark some senders put before `MSH`; skipped, never stored
 /// twice.

@@ -161,16 +161,25 @@ pub fn validate_for<'a>(
     level: ValidationLevel,
     acceptance: &Acceptance,
 ) -> Result<MshHeader<'a>, ValidationError> {
-    let header = validate(msg, level)?;
-    acceptance.check(&header)?;
+    let header = parse_header(msg)?;
+    check_header(&header, level, acceptance)?;
     Ok(header)
 }
 
 /// Checks `msg` at `level` and returns its header.
 pub fn validate(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>, ValidationError> {
-    let header = parse_header(msg)?;
+    validate_for(msg, level, &Acceptance::default())
+}
+
+/// The checks of [`validate_for`] on a header already parsed, so a caller
+/// that needs the header for its answer either way parses it once.
+pub fn check_header(
+    header: &MshHeader<'_>,
+    level: ValidationLevel,
+    acceptance: &Acceptance,
+) -> Result<(), ValidationError> {
     if level == ValidationLevel::None {
-        return Ok(header);
+        return acceptance.check(header);
     }
     if is_blank(header.message_type_component(1)) {
         return Err(ValidationError::MissingField {
@@ -184,7 +193,7 @@ pub fn validate(msg: &[u8], level: ValidationLevel) -> Result<MshHeader<'_>, Val
             name: "message control id",
         });
     }
-    Ok(header)
+    acceptance.check(header)
 }
 
 fn is_blank(bytes: &[u8]) -> bool {

@@ -8,14 +8,13 @@
 //! resumes when completions drain it. mio is edge-triggered, so whenever a
 //! connection may want to read again the loop drives it proactively instead
 //! of waiting for a readiness event.
-use super::conn::{push_ready, AckSlot, Conn, ConnState};
+use super::conn::{Conn, ConnState};
 use super::ingest::{self, AckIds};
+use super::session::{Appender as SessionAppender, Ingest, Session, Step};
 use crate::config::ListenerConfig;
 use crate::constants::{INFLIGHT_BYTES_MAX, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S};
-use crate::hl7::ack::Outcome;
-use crate::hl7::parse_header;
 use crate::metrics::Metrics;
-use crate::mllp::{Decoded, FrameError};
+
 use crate::wal::TrySubmitError;
 use crate::wal::{now_ms, AppendDone, AppendError, AppendRequest, Appender, Notify};
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -23,7 +22,6 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +86,8 @@ pub struct EventLoop {
     /// When to look again at a connection whose buffer ends in a `0x1C`
     /// (deadline, slot, generation). At most one entry per connection.
     end_timers: Vec<(Instant, usize, u32)>,
+    /// Appends a session asked for, before they are submitted (reused).
+    asked: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EventLoop {
@@ -125,6 +125,7 @@ impl EventLoop {
             dirty: Vec::new(),
             chunk: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             end_timers: Vec::new(),
+            asked: Vec::new(),
         })
     }
 
@@ -276,13 +277,15 @@ impl EventLoop {
             return;
         };
         let alive = self.pump(slot, &mut conn);
-        let done =
-            !alive || (conn.state != ConnState::Open && conn.inflight == 0 && conn.is_quiet());
+        let done = !alive
+            || (conn.state != ConnState::Open
+                && conn.session.inflight() == 0
+                && conn.session.is_quiet());
         if done {
             self.close(slot, conn);
             return;
         }
-        let want_write = conn.pending_write() > 0;
+        let want_write = conn.session.pending_write() > 0;
         if want_write != conn.writable_registered {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE
@@ -319,7 +322,7 @@ impl EventLoop {
                 Ok(n) => {
                     Metrics::add(&self.metrics.bytes_received, n as u64);
                     conn.last_bytes_at = Instant::now();
-                    conn.rbuf.extend_from_slice(&self.chunk[..n]);
+                    conn.session.rbuf.extend_from_slice(&self.chunk[..n]);
                     // A short read emptied the socket (see `Conn::read_ready`).
                     conn.read_ready = n == self.chunk.len() || conn.read_closed;
                 }
@@ -347,105 +350,79 @@ impl EventLoop {
     /// Decodes and handles complete frames while the connection may take them.
     fn take_frames(&mut self, slot: usize, conn: &mut Conn) {
         while self.wants_read(conn) {
-            match conn.decoder.decode(&conn.rbuf) {
-                Decoded::Frame(range) => self.on_frame(slot, conn, range),
-                Decoded::NeedMore if conn.decoder.end_pending() => {
+            match self.with_session(slot, conn, |s, ing, app| s.step(ing, app)) {
+                Step::Frame => conn.last_read = Instant::now(),
+                Step::Junk => {}
+                Step::NeedMore => {
+                    if !conn.session.decoder.end_pending() {
+                        break;
+                    }
                     if !self.pause_ended(conn) {
                         self.arm_end_timer(slot, conn);
                         break;
                     }
-                    Metrics::inc(&self.metrics.frames_ended_by_pause);
-                    if let Some(range) = conn.decoder.finish_pending(&conn.rbuf) {
-                        self.on_frame(slot, conn, range);
-                    }
+                    self.with_session(slot, conn, |s, ing, app| s.finish_pending(ing, app));
+                    conn.last_read = Instant::now();
                 }
-                Decoded::Junk { bytes } => {
-                    Metrics::inc(&self.metrics.junk_events);
-                    Metrics::add(&self.metrics.junk_bytes, bytes as u64);
-                    tracing::info!(peer = %conn.peer, bytes, "discarded bytes outside MLLP frames");
-                }
-                Decoded::NeedMore => break,
-                Decoded::Invalid(FrameError::TooLarge {
-                    limit_bytes,
-                    prefix,
-                }) => self.on_too_large(conn, prefix, limit_bytes),
-                Decoded::Invalid(e) => {
-                    Metrics::inc(&self.metrics.connections_closed_protocol);
-                    tracing::warn!(peer = %conn.peer, error = %e, "closing connection");
+                Step::Close(_) => {
                     conn.state = ConnState::Closing;
                     break;
                 }
             }
         }
-        conn.decoder.compact(&mut conn.rbuf);
-        conn.frame_started = if conn.rbuf.is_empty() {
+        conn.session.compact();
+        conn.frame_started = if conn.session.rbuf.is_empty() {
             None
         } else {
             conn.frame_started.or(Some(Instant::now()))
         };
     }
 
-    fn on_frame(&mut self, slot: usize, conn: &mut Conn, range: Range<usize>) {
-        Metrics::inc(&self.metrics.frames_received);
-        conn.last_read = Instant::now();
-        let msg = &conn.rbuf[range];
+    /// Runs `f` on a connection's session with its listener's context,
+    /// then submits the appends it asked for (payloads copied into pooled
+    /// buffers, tagged with the connection).
+    fn with_session<R>(
+        &mut self,
+        slot: usize,
+        conn: &mut Conn,
+        f: impl FnOnce(&mut Session, &mut Ingest<'_>, &mut dyn SessionAppender) -> R,
+    ) -> R {
+        let mut pool = std::mem::take(&mut self.pool);
+        let mut asked = std::mem::take(&mut self.asked);
         let listener = &self.listeners[conn.listener];
-        if let Some(reason) = listener.appender.failure() {
-            Metrics::inc(&self.metrics.messages_storage_failed);
-            tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), %reason, "message refused: storage failed");
-            let header = ingest::readable_header(msg);
-            let err = ingest::storage_error(&AppendError::Failed(reason));
-            let ids = &mut self.ids;
-            let policy = listener.config.ack_policy;
-            push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
-                ingest::write_framed_ack(
-                    header.as_ref(),
-                    policy,
-                    Outcome::NotStored,
-                    Some(&err),
-                    ids,
-                    out,
-                )
-            });
-            return;
+        let refused = listener.appender.failure();
+        let result = {
+            let mut ing = Ingest {
+                listener: &listener.config,
+                peer: &conn.peer_text,
+                ids: &mut self.ids,
+                metrics: &self.metrics,
+                now_ms: now_ms(),
+                refused: refused.as_deref(),
+            };
+            let mut append = |payload: &[u8], meta: Vec<u8>| {
+                let mut buf = pool.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(payload);
+                asked.push((buf, meta));
+            };
+            f(&mut conn.session, &mut ing, &mut append)
+        };
+        self.pool = pool;
+        let tag = (slot as u64) << 32 | u64::from(conn.generation);
+        for (payload, meta) in asked.drain(..) {
+            self.inflight_bytes += payload.len();
+            let req = AppendRequest {
+                payload,
+                meta,
+                tag,
+                reply: self.done_tx.clone(),
+                notify: Some(self.notify.clone()),
+            };
+            self.submit(conn.listener, req);
         }
-        match ingest::check_frame(msg, &listener.config) {
-            Err(rej) => {
-                Metrics::inc(&self.metrics.messages_rejected);
-                tracing::warn!(listener = %listener.config.name, peer = %conn.peer, control_id = %ingest::control_id_text(msg), reason = %rej.reason, "message rejected");
-                let header = ingest::readable_header(msg);
-                let ids = &mut self.ids;
-                push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
-                    ingest::write_framed_ack(
-                        header.as_ref(),
-                        listener.config.ack_policy,
-                        rej.outcome,
-                        Some(&rej.error),
-                        ids,
-                        out,
-                    )
-                });
-            }
-            Ok(header) => {
-                let meta =
-                    ingest::record_meta(&header, &listener.config, &conn.peer_text, now_ms());
-                let mut payload = self.pool.pop().unwrap_or_default();
-                payload.clear();
-                payload.extend_from_slice(msg);
-                self.inflight_bytes += payload.len();
-                let tag = (slot as u64) << 32 | u64::from(conn.generation);
-                let req = AppendRequest {
-                    payload,
-                    meta,
-                    tag,
-                    reply: self.done_tx.clone(),
-                    notify: Some(self.notify.clone()),
-                };
-                conn.acks.push_back(AckSlot::Waiting);
-                conn.inflight += 1;
-                self.submit(conn.listener, req);
-            }
-        }
+        self.asked = asked;
+        result
     }
 
     fn submit(&mut self, listener: usize, req: AppendRequest) {
@@ -482,34 +459,6 @@ impl EventLoop {
         let _ = self.done_tx.send(done);
     }
 
-    fn on_too_large(&mut self, conn: &mut Conn, prefix: Range<usize>, limit_bytes: usize) {
-        Metrics::inc(&self.metrics.frames_too_large);
-        let head = &conn.rbuf[prefix];
-        match parse_header(head) {
-            Ok(h) => {
-                tracing::warn!(peer = %conn.peer, control_id = %String::from_utf8_lossy(h.control_id()), limit_bytes, "frame over max_frame_bytes refused");
-                let err = ingest::too_large_error();
-                let ids = &mut self.ids;
-                let policy = self.listeners[conn.listener].config.ack_policy;
-                push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
-                    ingest::write_framed_ack(
-                        Some(&h),
-                        policy,
-                        Outcome::ContentError,
-                        Some(&err),
-                        ids,
-                        out,
-                    )
-                });
-            }
-            Err(_) => {
-                Metrics::inc(&self.metrics.connections_closed_protocol);
-                tracing::warn!(peer = %conn.peer, limit_bytes, "frame over max_frame_bytes with unreadable header; closing connection");
-                conn.state = ConnState::Closing;
-            }
-        }
-    }
-
     fn handle_completions(&mut self) {
         while let Ok(done) = self.done_rx.try_recv() {
             self.inflight_bytes -= done.payload.len();
@@ -528,12 +477,17 @@ impl EventLoop {
                 .and_then(Option::as_mut)
                 .filter(|c| c.generation == generation)
             {
-                conn.inflight -= 1;
-                let ids = &mut self.ids;
-                let policy = self.listeners[conn.listener].config.ack_policy;
-                conn.fill_oldest_waiting(|out| {
-                    ingest::write_completion_ack(&done.payload, &done.result, policy, ids, out)
-                });
+                let listener = &self.listeners[conn.listener];
+                let mut ing = Ingest {
+                    listener: &listener.config,
+                    peer: &conn.peer_text,
+                    ids: &mut self.ids,
+                    metrics: &self.metrics,
+                    now_ms: now_ms(),
+                    refused: None,
+                };
+                let result = done.result.as_ref().map(|_| ());
+                conn.session.complete(result, &done.payload, &mut ing);
                 self.dirty.push(slot);
             }
             let mut payload = done.payload;
@@ -582,43 +536,9 @@ impl EventLoop {
         }
     }
 
-    /// The peer sent its last byte, or stalled past `frame_timeout_s`:
-    /// frames still buffered are taken, a trailing `0x1C` ends its frame,
-    /// and a partial frame whose MSH is readable gets a NAK, never silence.
+    /// The peer sent its last byte, or stalled past `frame_timeout_s`.
     fn end_of_input(&mut self, slot: usize, conn: &mut Conn, why: &'static str) {
-        loop {
-            match conn.decoder.decode(&conn.rbuf) {
-                Decoded::Frame(range) => self.on_frame(slot, conn, range),
-                Decoded::Junk { .. } => {}
-                Decoded::Invalid(FrameError::TooLarge {
-                    limit_bytes,
-                    prefix,
-                }) => self.on_too_large(conn, prefix, limit_bytes),
-                _ => break,
-            }
-        }
-        if let Some(range) = conn.decoder.finish_pending(&conn.rbuf) {
-            self.on_frame(slot, conn, range);
-        } else if let Some(range) = conn.decoder.partial_frame(&conn.rbuf) {
-            self.on_incomplete(conn, range, why);
-        }
-        conn.decoder.compact(&mut conn.rbuf);
-    }
-
-    fn on_incomplete(&mut self, conn: &mut Conn, range: Range<usize>, why: &'static str) {
-        Metrics::inc(&self.metrics.frames_incomplete);
-        let head = &conn.rbuf[range];
-        let Ok(h) = parse_header(head) else {
-            tracing::info!(peer = %conn.peer, reason = why, bytes = head.len(), "partial frame without a readable MSH discarded");
-            return;
-        };
-        tracing::warn!(peer = %conn.peer, control_id = %String::from_utf8_lossy(h.control_id()), reason = why, "frame incomplete (no 0x1C end block); not stored");
-        let err = ingest::incomplete_error();
-        let ids = &mut self.ids;
-        let policy = self.listeners[conn.listener].config.ack_policy;
-        push_ready(&mut conn.acks, &mut conn.wbuf, |out| {
-            ingest::write_framed_ack(Some(&h), policy, Outcome::NotStored, Some(&err), ids, out)
-        });
+        self.with_session(slot, conn, |s, ing, app| s.end_of_input(why, ing, app));
     }
 
     fn sweep_timeouts(&mut self) {
@@ -627,10 +547,10 @@ impl EventLoop {
                 continue;
             };
             let cfg = &self.listeners[conn.listener].config;
-            let idle = conn.inflight == 0
-                && conn.is_quiet()
+            let idle = conn.session.inflight() == 0
+                && conn.session.is_quiet()
                 && conn.last_read.elapsed() > Duration::from_secs(cfg.idle_timeout_s);
-            let slow = conn.inflight == 0
+            let slow = conn.session.inflight() == 0
                 && conn
                     .frame_started
                     .is_some_and(|t| t.elapsed() > Duration::from_secs(cfg.frame_timeout_s));
@@ -690,7 +610,7 @@ impl EventLoop {
                 .conns
                 .iter()
                 .flatten()
-                .any(|c| c.inflight > 0 || c.pending_write() > 0);
+                .any(|c| c.session.inflight() > 0 || c.session.pending_write() > 0);
         if busy && Instant::now() >= deadline {
             tracing::warn!("shutdown grace period over with work still pending; unanswered messages were not acknowledged and will be resent by their senders");
             return true;

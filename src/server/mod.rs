@@ -7,6 +7,7 @@
 mod conn;
 mod event_loop;
 pub mod ingest;
+pub mod session;
 
 pub use event_loop::ShutdownHandle;
 

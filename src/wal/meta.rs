@@ -32,6 +32,18 @@ pub enum MetaKey {
     Version = 10,
     /// Receive time at the listener, u64 LE milliseconds since the epoch.
     ReceivedAtMs = 11,
+    /// BHS-11 of the batch the message came in (empty for back-to-back
+    /// messages without a BHS).
+    BatchControlId = 12,
+    /// FHS-11 of the file the batch came in, when it had one.
+    FileControlId = 13,
+    /// The message's position in its batch, u32 LE, from 0.
+    BatchIndex = 14,
+    /// Messages in that batch, u32 LE.
+    BatchCount = 15,
+    /// MSH-1 and MSH-2 as received: the delimiters, so readers of the
+    /// metadata need not parse the payload.
+    Delimiters = 16,
     // Dead-letter context (records in `dlq/<destination>/`).
     /// Destination that gave up on the message.
     Destination = 20,
@@ -81,6 +93,12 @@ impl MetaBuilder {
             self.bytes.extend_from_slice(value);
         }
         self
+    }
+
+    /// Continues an area built earlier.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        debug_assert!(bytes.len() <= RECORD_META_BYTES_MAX);
+        Self { bytes }
     }
 
     pub fn finish(self) -> Vec<u8> {

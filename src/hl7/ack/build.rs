@@ -17,6 +17,7 @@ use super::{
     AckError, AckKind, AckMode, Hl7Timestamp, ACK_ECHO_FIELD_BYTES_MAX, ACK_TEXT_BYTES_MAX,
     CONTROL_ID_ECHO_BYTES_MAX,
 };
+use crate::mllp::{END_BLOCK, START_BLOCK};
 
 /// Version written when the inbound message gives none.
 pub const ACK_VERSION_DEFAULT: &[u8] = b"2.5";
@@ -25,7 +26,7 @@ pub const ACK_PROCESSING_ID_DEFAULT: &[u8] = b"P";
 /// Longest trigger event echoed into MSH-9.2 (HL7 trigger codes are 3).
 const TRIGGER_BYTES_MAX: usize = 8;
 /// The broker writes MSH-7 in UTC and says so.
-const UTC_OFFSET: &[u8] = b"+0000";
+pub(super) const UTC_OFFSET: &[u8] = b"+0000";
 
 /// Appends an unframed ACK for `header` (or a NAK with defaults when the
 /// inbound MSH was unreadable) to `out`. `mode` and `kind` pick MSA-1 (see
@@ -224,10 +225,24 @@ fn push_number(n: u32, out: &mut Vec<u8>) {
     out.extend(digits[..len].iter().rev());
 }
 
+/// Echoes a raw inbound field into an ACK, cut at the echo bound.
+pub(super) fn echo_field(raw: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
+    echo(raw, d, ACK_ECHO_FIELD_BYTES_MAX, out);
+}
+
 /// Echoes a raw (already escaped) inbound field, cut to `max` bytes
 /// without splitting a UTF-8 character or an escape sequence.
+/// MLLP's block bytes (0x0B, 0x1C) are left out: a sender's field may hold
+/// them as data, but in an answer a 0x1C before the segment's CR would end
+/// the frame early (found by the `session` fuzz target).
 fn echo(raw: &[u8], d: &Delimiters, max: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(&raw[..safe_cut(raw, max, d.escape)]);
+    let kept = &raw[..safe_cut(raw, max, d.escape)];
+    let is_block_byte = |b: &u8| *b == START_BLOCK || *b == END_BLOCK;
+    if kept.iter().any(is_block_byte) {
+        out.extend(kept.iter().filter(|b| !is_block_byte(b)));
+    } else {
+        out.extend_from_slice(kept);
+    }
 }
 
 fn safe_cut(raw: &[u8], max: usize, escape: u8) -> usize {
@@ -360,6 +375,34 @@ ERR||PID^1^3|101^Required field missing^HL70357|E||||PID-3 missing \\F\\ see \\S
         );
         assert!(v28.starts_with("MSH|^~\\&#|RA|"), "{v28}");
         assert!(v28.contains("\rMSA|CE|M1\rERR||PID^1^3|"), "{v28}");
+    }
+
+    /// Found by the `session` fuzz target: a 0x1C inside an inbound field
+    /// (data, by the framing rules) was echoed before the ACK's segment CR,
+    /// and `0x1C 0x0D` ended the answer's frame in the middle.
+    #[test]
+    fn block_bytes_in_echoed_fields_never_reach_the_answer() {
+        let msg = b"MSH|^~\\&|A\x1cB|F|R|G|2024||ORU^R01|C\x0b1|P|2.5\x1c\rPID|1\r";
+        let header = parse_header(msg).unwrap();
+        let mut out = Vec::new();
+        let now = Hl7Timestamp::from_unix_seconds(0);
+        build_ack(
+            Some(&header),
+            AckMode::Original,
+            AckKind::Accept,
+            None,
+            b"X",
+            now,
+            &mut out,
+        );
+        assert!(
+            !out.contains(&0x1c) && !out.contains(&0x0b),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("MSH|^~\\&|R|G|AB|F|"), "{text}");
+        assert!(text.contains("\rMSA|AA|C1\r"), "{text}");
     }
 
     #[test]

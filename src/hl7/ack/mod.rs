@@ -8,12 +8,14 @@
 //! all of it. The parser tolerates the deviations real systems produce. No
 //! I/O here.
 
+mod batch;
 mod build;
 mod dialect;
 mod parse;
 mod policy;
 mod time;
 
+pub use batch::{write_batch_ack, BatchEcho, Envelope};
 pub use build::build_ack;
 pub(crate) use build::trim as trim_spaces;
 pub use dialect::{Dialect, ErrLayout};

@@ -1,0 +1,641 @@
+//! One connection's ingest session, without sockets or threads: bytes in;
+//! appends to make and answer bytes out, in frame order.
+//!
+//! Each frame is parsed once: its MSH (or each message's, for a batch) is
+//! read, checked, turned into the record metadata and into the positive
+//! answer the sender gets if the append succeeds, all before the append is
+//! asked for. Completions come back in submission order (`complete`); an
+//! answer leaves only when every frame before it has its answer, so ACKs
+//! keep frame order whatever the disk does.
+//!
+//! Architecture Invariant: a positive ACK (AA/CA) is written only for a
+//! message whose append completed `Ok`; a batch answer lists each message
+//! with its own outcome.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use super::ingest::{self, AckIds};
+use crate::config::ListenerConfig;
+use crate::hl7::ack::{
+    build_ack, decide, write_batch_ack, AckError, BatchEcho, ErrorCode, Hl7Timestamp, Outcome,
+    Severity,
+};
+use crate::hl7::batch::{is_batch, split_batch};
+use crate::hl7::{check_header, parse_header, Delimiters, MshHeader};
+use crate::metrics::Metrics;
+use crate::mllp::{Decoded, FrameDecoder, FrameError, END_BLOCK, START_BLOCK, TRAILER};
+use crate::wal::AppendError;
+
+/// Spare answer buffers kept per connection, and the largest kept.
+const SPARE_BUFFERS_MAX: usize = 64;
+const SPARE_BUFFER_BYTES_MAX: usize = 4096;
+
+/// What the session needs from its listener while handling bytes.
+pub struct Ingest<'a> {
+    pub listener: &'a ListenerConfig,
+    /// The peer's address as text (stored with each record).
+    pub peer: &'a str,
+    pub ids: &'a mut AckIds,
+    pub metrics: &'a Metrics,
+    pub now_ms: u64,
+    /// Why the queue refuses appends right now (a latched fsync failure).
+    pub refused: Option<&'a str>,
+}
+
+impl Ingest<'_> {
+    fn timestamp(&self) -> Hl7Timestamp {
+        Hl7Timestamp::from_unix_seconds(self.now_ms / 1000)
+    }
+}
+
+/// Receives the appends a session asks for: the payload (borrowed from the
+/// session's buffer; copy it) and its metadata.
+pub trait Appender {
+    fn append(&mut self, payload: &[u8], meta: Vec<u8>);
+}
+
+impl<F: FnMut(&[u8], Vec<u8>)> Appender for F {
+    fn append(&mut self, payload: &[u8], meta: Vec<u8>) {
+        self(payload, meta)
+    }
+}
+
+/// What one [`Session::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A frame was handled (stored, refused or answered).
+    Frame,
+    /// Bytes outside frames were skipped.
+    Junk,
+    /// Nothing more in the buffer.
+    NeedMore,
+    /// The stream broke a limit: answer what is pending, then close.
+    Close(FrameError),
+}
+
+/// One position in the answer order.
+enum Slot {
+    /// Framed answer bytes (empty: no answer is due, e.g. `strict` + NE).
+    Ready(Vec<u8>),
+    /// One message waiting for its append; on `Ok` its framed positive
+    /// answer (possibly empty) is sent.
+    Single(Vec<u8>),
+    /// A batch (or back-to-back messages) waiting for some appends.
+    Batch(Box<BatchSlot>),
+}
+
+struct BatchSlot {
+    echo: BatchEcho,
+    delimiters: Delimiters,
+    entries: Vec<Entry>,
+    waiting: usize,
+}
+
+/// One message of a batch.
+enum Entry {
+    /// Its unframed ACK message (empty: none due).
+    Answered(Vec<u8>),
+    /// Waiting for its append; holds the positive ACK message.
+    Waiting(Vec<u8>),
+}
+
+/// A connection's decoder, read buffer, answer queue and write buffer.
+pub struct Session {
+    pub rbuf: Vec<u8>,
+    pub decoder: FrameDecoder,
+    slots: VecDeque<Slot>,
+    /// Answer bytes to write; `written` of them are gone.
+    pub out: Vec<u8>,
+    pub written: usize,
+    /// Appends asked for and not yet completed.
+    inflight: usize,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Session {
+    pub fn new(max_frame_bytes: usize) -> Session {
+        Session {
+            rbuf: Vec::new(),
+            decoder: FrameDecoder::new(max_frame_bytes),
+            slots: VecDeque::new(),
+            out: Vec::new(),
+            written: 0,
+            inflight: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Frames taken and not yet answered (each holds a place in the order).
+    pub fn unanswered(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    pub fn pending_write(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Nothing left to answer or send.
+    pub fn is_quiet(&self) -> bool {
+        self.slots.is_empty() && self.pending_write() == 0
+    }
+
+    /// Bytes were written to the peer.
+    pub fn wrote(&mut self, n: usize) {
+        self.written += n;
+        debug_assert!(self.written <= self.out.len());
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+        }
+    }
+
+    /// Decodes the next event in the buffer and handles it.
+    pub fn step(&mut self, ing: &mut Ingest<'_>, appender: &mut dyn Appender) -> Step {
+        match self.decoder.decode(&self.rbuf) {
+            Decoded::Frame(range) => {
+                self.handle_frame(range, ing, appender);
+                Step::Frame
+            }
+            Decoded::Junk { bytes } => {
+                Metrics::inc(&ing.metrics.junk_events);
+                Metrics::add(&ing.metrics.junk_bytes, bytes as u64);
+                tracing::info!(peer = %ing.peer, bytes, "discarded bytes outside MLLP frames");
+                Step::Junk
+            }
+            Decoded::Invalid(FrameError::TooLarge {
+                limit_bytes,
+                prefix,
+            }) => match self.handle_too_large(prefix, limit_bytes, ing) {
+                Ok(()) => Step::Frame,
+                Err(e) => Step::Close(e),
+            },
+            Decoded::Invalid(e) => {
+                Metrics::inc(&ing.metrics.connections_closed_protocol);
+                tracing::warn!(peer = %ing.peer, error = %e, "closing connection");
+                Step::Close(e)
+            }
+            _ => Step::NeedMore,
+        }
+    }
+
+    /// Ends a frame whose trailing `0x1C` saw no more bytes for the pause.
+    pub fn finish_pending(&mut self, ing: &mut Ingest<'_>, appender: &mut dyn Appender) -> bool {
+        match self.decoder.finish_pending(&self.rbuf) {
+            Some(range) => {
+                Metrics::inc(&ing.metrics.frames_ended_by_pause);
+                self.handle_frame(range, ing, appender);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The peer sent its last byte, or stalled past `frame_timeout_s`:
+    /// frames still buffered are taken, a trailing `0x1C` ends its frame,
+    /// and a partial frame whose MSH is readable gets a NAK, never silence.
+    pub fn end_of_input(&mut self, why: &str, ing: &mut Ingest<'_>, appender: &mut dyn Appender) {
+        while let Step::Frame | Step::Junk = self.step(ing, appender) {}
+        if let Some(range) = self.decoder.finish_pending(&self.rbuf) {
+            self.handle_frame(range, ing, appender);
+        } else if let Some(range) = self.decoder.partial_frame(&self.rbuf) {
+            self.handle_incomplete(range, why, ing);
+        }
+        self.compact();
+    }
+
+    /// Drops consumed input.
+    pub fn compact(&mut self) {
+        self.decoder.compact(&mut self.rbuf);
+    }
+
+    fn handle_frame(
+        &mut self,
+        range: Range<usize>,
+        ing: &mut Ingest<'_>,
+        appender: &mut dyn Appender,
+    ) {
+        Metrics::inc(&ing.metrics.frames_received);
+        let msg = &self.rbuf[range.clone()];
+        if is_batch(msg) || holds_second_msh(msg) {
+            self.handle_batch(range, ing, appender);
+            return;
+        }
+        let mut framed = self.spare.pop().unwrap_or_default();
+        framed.push(START_BLOCK);
+        match plan_message(msg, ing, &mut framed) {
+            Plan::Store { meta } => {
+                close_frame(&mut framed);
+                appender.append(msg, meta);
+                self.inflight += 1;
+                self.slots.push_back(Slot::Single(framed));
+            }
+            Plan::Answer(unframed) => {
+                framed.clear();
+                frame_into(&unframed, &mut framed);
+                self.push_ready(framed);
+            }
+        }
+    }
+
+    fn handle_batch(
+        &mut self,
+        range: Range<usize>,
+        ing: &mut Ingest<'_>,
+        appender: &mut dyn Appender,
+    ) {
+        let bytes = &self.rbuf[range];
+        let batch = match split_batch(bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                Metrics::inc(&ing.metrics.messages_rejected);
+                tracing::warn!(peer = %ing.peer, reason = %e, "batch rejected");
+                let error = AckError {
+                    code: ErrorCode::SegmentSequenceError,
+                    severity: Severity::Error,
+                    text: "batch holds no readable message",
+                    location: None,
+                };
+                let header = parse_header(first_msh(bytes)).ok();
+                let mut unframed = Vec::new();
+                write_answer(
+                    header.as_ref(),
+                    Outcome::ContentError,
+                    Some(&error),
+                    ing,
+                    &mut unframed,
+                );
+                let mut framed = Vec::new();
+                frame_into(&unframed, &mut framed);
+                self.push_ready(framed);
+                return;
+            }
+        };
+        let echo = BatchEcho::of(&batch);
+        let delimiters = parse_header(batch.messages[0])
+            .map(|h| h.delimiters())
+            .unwrap_or_default();
+        let (count, batch_id, file_id) = (
+            batch.messages.len(),
+            echo.batch.as_ref().map_or(&[][..], |e| &e.control_id[..]),
+            echo.file.as_ref().map_or(&[][..], |e| &e.control_id[..]),
+        );
+        let mut entries = Vec::with_capacity(count);
+        let mut waiting = 0;
+        for (i, msg) in batch.messages.iter().enumerate() {
+            let mut positive = Vec::new();
+            match plan_message(msg, ing, &mut positive) {
+                Plan::Store { meta } => {
+                    let meta = with_batch_position(meta, batch_id, file_id, i, count);
+                    appender.append(msg, meta);
+                    self.inflight += 1;
+                    waiting += 1;
+                    entries.push(Entry::Waiting(positive));
+                }
+                Plan::Answer(answer) => entries.push(Entry::Answered(answer)),
+            }
+        }
+        let slot = BatchSlot {
+            echo,
+            delimiters,
+            entries,
+            waiting,
+        };
+        if waiting == 0 {
+            let framed = slot.finish(ing);
+            self.push_ready(framed);
+        } else {
+            self.slots.push_back(Slot::Batch(Box::new(slot)));
+        }
+    }
+
+    fn handle_too_large(
+        &mut self,
+        prefix: Range<usize>,
+        limit_bytes: usize,
+        ing: &mut Ingest<'_>,
+    ) -> Result<(), FrameError> {
+        Metrics::inc(&ing.metrics.frames_too_large);
+        let head = &self.rbuf[prefix.clone()];
+        let Ok(h) = parse_header(head) else {
+            Metrics::inc(&ing.metrics.connections_closed_protocol);
+            tracing::warn!(peer = %ing.peer, limit_bytes, "frame over max_frame_bytes with unreadable header; closing connection");
+            return Err(FrameError::TooLarge {
+                limit_bytes,
+                prefix,
+            });
+        };
+        tracing::warn!(peer = %ing.peer, control_id = %String::from_utf8_lossy(h.control_id()), limit_bytes, "frame over max_frame_bytes refused");
+        let mut unframed = Vec::new();
+        write_answer(
+            Some(&h),
+            Outcome::ContentError,
+            Some(&ingest::too_large_error()),
+            ing,
+            &mut unframed,
+        );
+        let mut framed = Vec::new();
+        frame_into(&unframed, &mut framed);
+        self.push_ready(framed);
+        Ok(())
+    }
+
+    fn handle_incomplete(&mut self, range: Range<usize>, why: &str, ing: &mut Ingest<'_>) {
+        Metrics::inc(&ing.metrics.frames_incomplete);
+        let head = &self.rbuf[range];
+        let Ok(h) = parse_header(head) else {
+            tracing::info!(peer = %ing.peer, reason = why, bytes = head.len(), "partial frame without a readable MSH discarded");
+            return;
+        };
+        tracing::warn!(peer = %ing.peer, control_id = %String::from_utf8_lossy(h.control_id()), reason = why, "frame incomplete (no 0x1C end block); not stored");
+        let mut unframed = Vec::new();
+        write_answer(
+            Some(&h),
+            Outcome::NotStored,
+            Some(&ingest::incomplete_error()),
+            ing,
+            &mut unframed,
+        );
+        let mut framed = Vec::new();
+        frame_into(&unframed, &mut framed);
+        self.push_ready(framed);
+    }
+
+    /// An append finished. Completions arrive in the order appends were
+    /// asked for, so this one belongs to the oldest waiting message.
+    /// `payload` is the stored (or refused) message, for a NAK's header.
+    pub fn complete(
+        &mut self,
+        result: Result<(), &AppendError>,
+        payload: &[u8],
+        ing: &mut Ingest<'_>,
+    ) {
+        debug_assert!(
+            self.inflight > 0,
+            "a completion for an append never asked for"
+        );
+        self.inflight = self.inflight.saturating_sub(1);
+        let Some(i) = self.slots.iter().position(|s| !matches!(s, Slot::Ready(_))) else {
+            debug_assert!(false, "a completion always has a waiting slot");
+            return;
+        };
+        let refusal = |ing: &mut Ingest<'_>, e: &AppendError, out: &mut Vec<u8>| {
+            let header = parse_header(payload).ok();
+            let error = ingest::storage_error(e);
+            write_answer(
+                header.as_ref(),
+                ingest::storage_outcome(e),
+                Some(&error),
+                ing,
+                out,
+            );
+        };
+        match &mut self.slots[i] {
+            Slot::Single(positive) => {
+                let framed = match result {
+                    Ok(()) => std::mem::take(positive),
+                    Err(e) => {
+                        let mut unframed = Vec::new();
+                        refusal(ing, e, &mut unframed);
+                        let mut framed = std::mem::take(positive);
+                        framed.clear();
+                        frame_into(&unframed, &mut framed);
+                        framed
+                    }
+                };
+                self.slots[i] = Slot::Ready(framed);
+            }
+            Slot::Batch(batch) => {
+                let entry = batch
+                    .entries
+                    .iter_mut()
+                    .find(|e| matches!(e, Entry::Waiting(_)));
+                if let Some(entry) = entry {
+                    let answer = match (
+                        result,
+                        std::mem::replace(entry, Entry::Answered(Vec::new())),
+                    ) {
+                        (Ok(()), Entry::Waiting(positive)) => positive,
+                        (Err(e), _) => {
+                            let mut unframed = Vec::new();
+                            refusal(ing, e, &mut unframed);
+                            unframed
+                        }
+                        (Ok(()), Entry::Answered(a)) => a,
+                    };
+                    *entry = Entry::Answered(answer);
+                    batch.waiting -= 1;
+                }
+                if batch.waiting == 0 {
+                    let framed = batch.finish(ing);
+                    self.slots[i] = Slot::Ready(framed);
+                }
+            }
+            Slot::Ready(_) => unreachable!("position() skipped ready slots"),
+        }
+        self.release_ready();
+    }
+
+    fn push_ready(&mut self, framed: Vec<u8>) {
+        self.slots.push_back(Slot::Ready(framed));
+        self.release_ready();
+    }
+
+    /// Moves answers at the front of the order into the write buffer.
+    fn release_ready(&mut self) {
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            if let Some(Slot::Ready(mut bytes)) = self.slots.pop_front() {
+                self.out.extend_from_slice(&bytes);
+                if bytes.capacity() <= SPARE_BUFFER_BYTES_MAX
+                    && self.spare.len() < SPARE_BUFFERS_MAX
+                {
+                    bytes.clear();
+                    self.spare.push(bytes);
+                }
+            }
+        }
+    }
+}
+
+impl BatchSlot {
+    /// The framed batch acknowledgment, once every message has its answer.
+    fn finish(&self, ing: &mut Ingest<'_>) -> Vec<u8> {
+        let mut acks = Vec::new();
+        let mut count = 0;
+        for entry in &self.entries {
+            if let Entry::Answered(a) = entry {
+                if !a.is_empty() {
+                    acks.extend_from_slice(a);
+                    count += 1;
+                }
+            }
+        }
+        let mut id = [0u8; 24];
+        let id_len = ing.ids.next(&mut id);
+        let mut unframed = Vec::with_capacity(acks.len() + 512);
+        write_batch_ack(
+            &self.echo,
+            &self.delimiters,
+            &acks,
+            count,
+            &id[..id_len],
+            ing.timestamp(),
+            &mut unframed,
+        );
+        let mut framed = Vec::with_capacity(unframed.len() + 3);
+        frame_into(&unframed, &mut framed);
+        framed
+    }
+}
+
+/// What to do with one message.
+enum Plan {
+    /// Append it with this metadata; its positive answer was written.
+    Store { meta: Vec<u8> },
+    /// Answer this now (an unframed ACK message, empty when none is due).
+    Answer(Vec<u8>),
+}
+
+/// Reads one message's MSH once and decides: store it (its metadata
+/// returned, the unframed answer it gets if the append succeeds appended
+/// to `positive`, nothing when none is due), or answer it now.
+fn plan_message(msg: &[u8], ing: &mut Ingest<'_>, positive: &mut Vec<u8>) -> Plan {
+    let config = ing.listener;
+    let header = match parse_header(msg) {
+        Ok(h) => h,
+        Err(e) => {
+            let e = crate::hl7::ValidationError::from(e);
+            return refuse(msg, None, e.outcome(), &e.ack_error(), &e.to_string(), ing);
+        }
+    };
+    if let Err(e) = check_header(&header, config.validation, &config.acceptance) {
+        return refuse(
+            msg,
+            Some(&header),
+            e.outcome(),
+            &e.ack_error(),
+            &e.to_string(),
+            ing,
+        );
+    }
+    if let Some(reason) = ing.refused {
+        Metrics::inc(&ing.metrics.messages_storage_failed);
+        tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %String::from_utf8_lossy(header.control_id()), %reason, "message refused: storage failed");
+        let error = ingest::storage_error(&AppendError::Failed(reason.to_string()));
+        let mut unframed = Vec::new();
+        write_answer(
+            Some(&header),
+            Outcome::NotStored,
+            Some(&error),
+            ing,
+            &mut unframed,
+        );
+        return Plan::Answer(unframed);
+    }
+    let meta = ingest::record_meta(&header, config, ing.peer, ing.now_ms);
+    write_answer(Some(&header), Outcome::Stored, None, ing, positive);
+    Plan::Store { meta }
+}
+
+fn refuse(
+    msg: &[u8],
+    header: Option<&MshHeader<'_>>,
+    outcome: Outcome,
+    error: &AckError<'_>,
+    reason: &str,
+    ing: &mut Ingest<'_>,
+) -> Plan {
+    Metrics::inc(&ing.metrics.messages_rejected);
+    let control_id = header.map_or_else(
+        || "-".into(),
+        |h| String::from_utf8_lossy(h.control_id()).into_owned(),
+    );
+    tracing::warn!(listener = %ing.listener.name, peer = %ing.peer, %control_id, bytes = msg.len(), %reason, "message rejected");
+    let mut unframed = Vec::new();
+    write_answer(header, outcome, Some(error), ing, &mut unframed);
+    Plan::Answer(unframed)
+}
+
+/// Appends the unframed ACK message the listener's policy chooses for
+/// `outcome` (nothing when none is due).
+fn write_answer(
+    header: Option<&MshHeader<'_>>,
+    outcome: Outcome,
+    error: Option<&AckError<'_>>,
+    ing: &mut Ingest<'_>,
+    out: &mut Vec<u8>,
+) {
+    let Some((mode, kind)) = decide(ing.listener.ack_policy, header, outcome) else {
+        return;
+    };
+    let mut id = [0u8; 24];
+    let id_len = ing.ids.next(&mut id);
+    build_ack(
+        header,
+        mode,
+        kind,
+        error,
+        &id[..id_len],
+        ing.timestamp(),
+        out,
+    );
+}
+
+/// Ends a frame begun with `START_BLOCK`; a frame with nothing in it (no
+/// answer due) becomes empty.
+fn close_frame(framed: &mut Vec<u8>) {
+    if framed.len() == 1 {
+        framed.clear();
+    } else {
+        framed.push(END_BLOCK);
+        framed.push(TRAILER);
+    }
+}
+
+/// MLLP-frames `unframed` into `out`; an empty answer stays empty.
+fn frame_into(unframed: &[u8], out: &mut Vec<u8>) {
+    if unframed.is_empty() {
+        return;
+    }
+    out.reserve(unframed.len() + 3);
+    out.push(START_BLOCK);
+    out.extend_from_slice(unframed);
+    out.push(END_BLOCK);
+    out.push(TRAILER);
+}
+
+/// Another `MSH` segment after the first: back-to-back messages in one
+/// frame, each stored on its own.
+fn holds_second_msh(msg: &[u8]) -> bool {
+    msg.windows(5)
+        .any(|w| matches!(w[0], b'\r' | b'\n') && &w[1..4] == b"MSH" && w[4].is_ascii_punctuation())
+}
+
+/// The first MSH line of a batch that could not be split, for its NAK.
+fn first_msh(bytes: &[u8]) -> &[u8] {
+    (0..bytes.len())
+        .find(|&i| {
+            bytes[i..].starts_with(b"MSH") && (i == 0 || matches!(bytes[i - 1], b'\r' | b'\n'))
+        })
+        .map_or(&[][..], |i| &bytes[i..])
+}
+
+fn with_batch_position(
+    meta: Vec<u8>,
+    batch_id: &[u8],
+    file_id: &[u8],
+    i: usize,
+    count: usize,
+) -> Vec<u8> {
+    use crate::wal::meta::{MetaBuilder, MetaKey};
+    let mut m = MetaBuilder::from_bytes(meta);
+    m.push(MetaKey::BatchControlId, batch_id)
+        .push(MetaKey::FileControlId, file_id)
+        .push(MetaKey::BatchIndex, &(i as u32).to_le_bytes())
+        .push(MetaKey::BatchCount, &(count as u32).to_le_bytes());
+    m.finish()
+}
