@@ -32,6 +32,9 @@ pub struct Config {
     pub wal: LogConfig,
     pub retention: RetentionPolicy,
     pub destinations: Vec<DestinationConfig>,
+    /// `read_buffer_budget_bytes`: all connections' read buffers together,
+    /// beyond each one's small allowance.
+    pub read_buffer_budget_bytes: usize,
 }
 
 /// How a destination orders deliveries.
@@ -153,6 +156,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: Option<PathBuf>,
+    read_buffer_budget_bytes: Option<usize>,
     #[serde(default)]
     listener: Vec<RawListener>,
     wal: Option<RawWal>,
@@ -322,6 +326,15 @@ impl Config {
         if data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir".into(), "must not be empty".into()));
         }
+        let read_buffer_budget_bytes = raw
+            .read_buffer_budget_bytes
+            .unwrap_or(READ_BUFFER_BUDGET_BYTES_DEFAULT);
+        if read_buffer_budget_bytes < READ_BUFFER_BUDGET_BYTES_MIN {
+            return Err(invalid(
+                "read_buffer_budget_bytes".into(),
+                format!("must be at least {READ_BUFFER_BUDGET_BYTES_MIN}"),
+            ));
+        }
         let mut destinations = Vec::new();
         let mut dest_names = BTreeSet::new();
         for (i, d) in raw.destination.into_iter().enumerate() {
@@ -342,6 +355,7 @@ impl Config {
             wal,
             retention,
             destinations,
+            read_buffer_budget_bytes,
         })
     }
 

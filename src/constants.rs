@@ -16,9 +16,11 @@ pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// retention can free old data even on a quiet queue (7 days).
 pub const SEGMENT_AGE_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
-/// Largest payload one record may carry. Equal to the default MLLP frame
-/// limit: nothing larger can arrive.
-pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest payload one record may carry, and the highest `max_frame_bytes`
+/// a listener may set (PDFs and images as base64 in OBX-5 exceed 16 MiB in
+/// real feeds). A record larger than `segment_bytes` gets a segment of its
+/// own.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// Largest typed metadata area of one record (listener, peer, MSH fields).
 pub const RECORD_META_BYTES_MAX: usize = 8 * 1024;
 /// Largest value of one metadata field; longer header fields are truncated
@@ -101,6 +103,17 @@ pub const CONNECTION_INFLIGHT_MAX: usize = 4096;
 pub const CONNECTION_WRITE_BUFFER_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes read from a socket per read call.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes a connection may buffer without drawing on the global read
+/// budget (a lockstep message or a few pipelined ones never wait for it).
+pub const READ_BUFFER_ALLOWANCE_BYTES: usize = 128 * 1024;
+/// Default of `read_buffer_budget_bytes`: all connections' read buffers
+/// together, beyond their allowance. One connection at a time may exceed it
+/// (the overdraft) so a frame larger than what is left always completes.
+pub const READ_BUFFER_BUDGET_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+pub const READ_BUFFER_BUDGET_BYTES_MIN: usize = 1024 * 1024;
+/// A buffer above this capacity is shrunk once it holds less than a
+/// quarter of it, so one large frame does not pin its memory.
+pub const BUFFER_SHRINK_ABOVE_BYTES: usize = 256 * 1024;
 /// Payload bytes waiting for the WAL across all connections; above this the
 /// server stops reading sockets (backpressure instead of unbounded buffering).
 pub const INFLIGHT_BYTES_MAX: usize = 256 * 1024 * 1024;

@@ -33,6 +33,8 @@ counters! {
     frames_too_large: "frames over max_frame_bytes",
     frames_incomplete: "frames cut off by the peer's close or frame_timeout_s (answered AR/CE when MSH was readable)",
     frames_ended_by_pause: "frames whose 0x1C had no trailer and ended after frame_end_pause_ms",
+    read_budget_waits: "times a connection waited to read because read_buffer_budget_bytes was spent",
+    read_budget_overdrafts: "times one connection was let past the spent read budget (one at a time) so its frame could complete",
     junk_events: "runs of bytes outside MLLP frames that were discarded",
     junk_bytes: "bytes outside MLLP frames that were discarded",
 }

@@ -32,6 +32,8 @@ pub struct Conn {
     pub last_bytes_at: Instant,
     /// A timer is queued for this connection's trailing `0x1C`.
     pub end_timer_armed: bool,
+    /// Queued to read again once the read budget has room.
+    pub waiting_budget: bool,
     /// When the currently buffered partial frame began.
     pub frame_started: Option<Instant>,
     pub state: ConnState,
@@ -65,6 +67,7 @@ impl Conn {
             last_read: Instant::now(),
             last_bytes_at: Instant::now(),
             end_timer_armed: false,
+            waiting_budget: false,
             frame_started: None,
             state: ConnState::Open,
             writable_registered: false,

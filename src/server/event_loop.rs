@@ -12,7 +12,9 @@ use super::conn::{Conn, ConnState};
 use super::ingest::{self, AckIds};
 use super::session::{Appender as SessionAppender, Ingest, Session, Step};
 use crate::config::ListenerConfig;
-use crate::constants::{INFLIGHT_BYTES_MAX, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S};
+use crate::constants::{
+    INFLIGHT_BYTES_MAX, READ_BUFFER_ALLOWANCE_BYTES, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S,
+};
 use crate::metrics::Metrics;
 
 use crate::wal::TrySubmitError;
@@ -88,10 +90,21 @@ pub struct EventLoop {
     end_timers: Vec<(Instant, usize, u32)>,
     /// Appends a session asked for, before they are submitted (reused).
     asked: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bytes in all connections' read buffers, and the budget for them.
+    buffered: usize,
+    budget: usize,
+    /// The one connection allowed past the spent budget (slot, generation).
+    overdraft: Option<(usize, u32)>,
+    /// Connections waiting for budget, to drive again when some frees.
+    budget_waiters: Vec<(usize, u32)>,
 }
 
 impl EventLoop {
-    pub fn new(listeners: Vec<ListenerSlot>, metrics: Arc<Metrics>) -> io::Result<Self> {
+    pub fn new(
+        listeners: Vec<ListenerSlot>,
+        metrics: Arc<Metrics>,
+        read_buffer_budget_bytes: usize,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = listeners;
@@ -126,6 +139,10 @@ impl EventLoop {
             chunk: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             end_timers: Vec::new(),
             asked: Vec::new(),
+            buffered: 0,
+            budget: read_buffer_budget_bytes,
+            overdraft: None,
+            budget_waiters: Vec::new(),
         })
     }
 
@@ -276,7 +293,9 @@ impl EventLoop {
         let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        let before = conn.session.rbuf.len();
         let alive = self.pump(slot, &mut conn);
+        self.account(slot, &conn, before);
         let done = !alive
             || (conn.state != ConnState::Open
                 && conn.session.inflight() == 0
@@ -310,7 +329,7 @@ impl EventLoop {
     fn pump(&mut self, slot: usize, conn: &mut Conn) -> bool {
         loop {
             self.take_frames(slot, conn);
-            if !conn.read_ready || !self.wants_read(conn) {
+            if !conn.read_ready || !self.wants_read(conn) || !self.may_buffer(slot, conn) {
                 break;
             }
             match conn.stream.read(&mut self.chunk) {
@@ -541,6 +560,57 @@ impl EventLoop {
         self.with_session(slot, conn, |s, ing, app| s.end_of_input(why, ing, app));
     }
 
+    /// Whether this connection may read more now. Small buffers always
+    /// may; beyond its allowance a connection draws on the shared budget,
+    /// and when that is spent one connection at a time (the overdraft) may
+    /// go on, so a frame larger than what is left still completes and the
+    /// budget can never deadlock. Memory stays within the allowances, the
+    /// budget and one `max_frame_bytes`.
+    fn may_buffer(&mut self, slot: usize, conn: &mut Conn) -> bool {
+        let len = conn.session.rbuf.len();
+        if len + READ_CHUNK_BYTES <= READ_BUFFER_ALLOWANCE_BYTES
+            || self.buffered + READ_CHUNK_BYTES <= self.budget
+            || self.overdraft == Some((slot, conn.generation))
+        {
+            return true;
+        }
+        if self.overdraft.is_none() {
+            Metrics::inc(&self.metrics.read_budget_overdrafts);
+            self.overdraft = Some((slot, conn.generation));
+            return true;
+        }
+        if !conn.waiting_budget {
+            Metrics::inc(&self.metrics.read_budget_waits);
+            conn.waiting_budget = true;
+            self.budget_waiters.push((slot, conn.generation));
+        }
+        false
+    }
+
+    /// Books the change of one connection's buffer since `before`.
+    fn account(&mut self, slot: usize, conn: &Conn, before: usize) {
+        let after = conn.session.rbuf.len();
+        self.buffered = self.buffered + after - before;
+        if self.overdraft == Some((slot, conn.generation)) && after < READ_BUFFER_ALLOWANCE_BYTES {
+            self.overdraft = None;
+        }
+        if after < before || self.overdraft.is_none() {
+            self.wake_budget_waiters();
+        }
+    }
+
+    fn wake_budget_waiters(&mut self) {
+        for (slot, generation) in self.budget_waiters.drain(..) {
+            if let Some(conn) = self.conns[slot]
+                .as_mut()
+                .filter(|c| c.generation == generation)
+            {
+                conn.waiting_budget = false;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
     fn sweep_timeouts(&mut self) {
         for slot in 0..self.conns.len() {
             let Some(conn) = &self.conns[slot] else {
@@ -574,7 +644,9 @@ impl EventLoop {
                 if slow {
                     // The NAK is small and nothing else is queued (no append
                     // is in flight), so one write normally delivers it.
+                    let before = conn.session.rbuf.len();
                     self.end_of_input(slot, &mut conn, "frame_timeout_s passed mid-frame");
+                    self.account(slot, &conn, before);
                     let _ = conn.flush();
                 }
                 self.close(slot, conn);
@@ -583,6 +655,11 @@ impl EventLoop {
     }
 
     fn close(&mut self, slot: usize, mut conn: Conn) {
+        self.buffered -= conn.session.rbuf.len();
+        if self.overdraft == Some((slot, conn.generation)) {
+            self.overdraft = None;
+        }
+        self.wake_budget_waiters();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.listeners[conn.listener].active -= 1;
         self.free.push(slot);

@@ -149,7 +149,7 @@ impl Server {
             });
         }
         let metrics = Arc::new(Metrics::default());
-        let event_loop = EventLoop::new(slots, metrics.clone())?;
+        let event_loop = EventLoop::new(slots, metrics.clone(), config.read_buffer_budget_bytes)?;
         let audit =
             AuditLog::open(storage.clone(), &config.layout().audit_log()).map_err(|source| {
                 ServeError::DataDir {

@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::ingest::{self, AckIds};
 use crate::config::ListenerConfig;
+use crate::constants::{BUFFER_SHRINK_ABOVE_BYTES, READ_CHUNK_BYTES};
 use crate::hl7::ack::{
     build_ack, decide, write_batch_ack, AckError, BatchEcho, ErrorCode, Hl7Timestamp, Outcome,
     Severity,
@@ -151,6 +152,7 @@ impl Session {
         if self.written == self.out.len() {
             self.out.clear();
             self.written = 0;
+            shrink(&mut self.out);
         }
     }
 
@@ -208,9 +210,11 @@ impl Session {
         self.compact();
     }
 
-    /// Drops consumed input.
+    /// Drops consumed input; gives back the memory of a large frame once
+    /// it is gone.
     pub fn compact(&mut self) {
         self.decoder.compact(&mut self.rbuf);
+        shrink(&mut self.rbuf);
     }
 
     fn handle_frame(
@@ -583,6 +587,12 @@ fn write_answer(
         ing.timestamp(),
         out,
     );
+}
+
+fn shrink(buf: &mut Vec<u8>) {
+    if buf.capacity() > BUFFER_SHRINK_ABOVE_BYTES && buf.len() < buf.capacity() / 4 {
+        buf.shrink_to((2 * buf.len()).max(READ_CHUNK_BYTES));
+    }
 }
 
 /// Ends a frame begun with `START_BLOCK`; a frame with nothing in it (no

@@ -155,7 +155,7 @@ fn serve(
     script: Arc<Mutex<Script>>,
 ) {
     let (mut buf, mut out) = (Vec::new(), Vec::new());
-    let mut dec = FrameDecoder::new(1 << 24);
+    let mut dec = FrameDecoder::new(1 << 27);
     let mut chunk = vec![0u8; 65536];
     loop {
         while let Decoded::Frame(r) = dec.decode(&buf) {
