@@ -5,6 +5,7 @@
 //! to every downstream. See `docs/ARCHITECTURE.md` for the codemap.
 pub mod audit;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod constants;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod index;
 pub mod layout;
 pub mod metrics;
 pub mod mllp;
+pub mod report;
 pub mod server;
 pub mod storage;
 pub mod wal;

@@ -1,16 +1,14 @@
-//! The `orderly` command line: parses arguments and calls into the library.
+//! The `orderly` command line: parses arguments and dispatches to the
+//! library (`server`, `report`, `client`, `control`). Nothing else lives here.
 use clap::{Parser, Subcommand};
-use orderly::check::{self, Outcome};
+use orderly::client::{normalize_segment_ends, Client, ClientError};
 use orderly::config::Config;
 use orderly::hl7::ack::parse_ack;
 use orderly::layout::DataDir;
-use orderly::mllp::{encode_frame, Decoded, FrameDecoder, FRAME_BYTES_MAX_DEFAULT};
+use orderly::report::{inspect_queue, verify_all};
 use orderly::server::Server;
-use orderly::storage::FsStorage;
-use orderly::wal::meta::{MetaKey, MetaView};
-use orderly::wal::{inspect, Offset, Writer};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use orderly::wal::Offset;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -306,190 +304,21 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     }
 }
 
-fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitCode {
-    if !dir.is_dir() {
-        eprintln!("orderly: no log for `{queue}` at {}", dir.display());
-        return ExitCode::from(1);
-    }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut corrupt = 0u64;
-    let writer = writer_of(&DataDir::new(data_dir_of(dir)));
-    let result =
-        inspect::for_each_record(&FsStorage, dir, from, limit, writer, |item| match item {
-            inspect::Item::Record(r) => {
-                let meta = MetaView::new(r.meta);
-                let field = |k| {
-                    meta.get(k)
-                        .filter(|v: &&[u8]| !v.is_empty())
-                        .map(|v| String::from_utf8_lossy(v).replace(char::is_whitespace, "_"))
-                        .unwrap_or_else(|| "-".into())
-                };
-                let _ = writeln!(
-                    out,
-                    "{} {} {} {} {}",
-                    r.offset,
-                    r.timestamp_ms,
-                    r.payload.len(),
-                    field(MetaKey::ControlId),
-                    field(MetaKey::MessageType)
-                );
-            }
-            inspect::Item::Corrupt {
-                offset,
-                segment,
-                position,
-                reason,
-            } => {
-                corrupt += 1;
-                let _ = writeln!(
-                    out,
-                    "{offset} CORRUPT segment={} position={position} reason={}",
-                    segment.display(),
-                    reason.replace(' ', "_")
-                );
-            }
-        });
-    let _ = out.flush();
-    match result {
-        Ok(_) if corrupt == 0 => ExitCode::SUCCESS,
-        Ok(_) => {
-            eprintln!(
-                "orderly: {corrupt} unreadable record(s); run `orderly verify` for a full report"
-            );
-            ExitCode::from(1)
+fn send(to: &str, timeout: Duration, files: &[PathBuf]) -> ExitCode {
+    let mut client = match Client::connect(to, timeout) {
+        Ok(c) => c,
+        Err(e @ ClientError::Resolve(_)) => {
+            eprintln!("orderly: {e}");
+            return ExitCode::from(2);
         }
         Err(e) => {
             eprintln!("orderly: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Whether a broker is writing the data directory (it holds the lock); the
-/// active segments' tails may then be in flight.
-fn writer_of(layout: &DataDir) -> Writer {
-    if check::broker_running(layout) {
-        eprintln!(
-            "orderly: a broker is running on {}: the newest records may still be being written",
-            layout.root().display()
-        );
-        Writer::Running
-    } else {
-        Writer::Stopped
-    }
-}
-
-/// The data directory a queue or dead-letter log directory lives in.
-fn data_dir_of(log_dir: &Path) -> &Path {
-    log_dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."))
-}
-
-fn verify_all(data_dir: &Path) -> ExitCode {
-    let layout = DataDir::new(data_dir);
-    let writer = writer_of(&layout);
-    let checked = match check::data_dir(&FsStorage, &layout, writer) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("orderly: cannot read {}: {e}", data_dir.display());
             return ExitCode::from(1);
         }
     };
-    if checked.is_empty() {
-        println!("nothing to verify under {}", data_dir.display());
-    }
-    let mut damaged = false;
-    for c in &checked {
-        print_checked(c);
-        damaged |= !c.is_clean();
-    }
-    if damaged {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-fn print_checked(c: &check::Checked) {
-    let label = c.kind.label();
-    let name = &c.name;
-    match &c.outcome {
-        Outcome::Log(report) => {
-            let range = match (report.first_offset, report.next_offset) {
-                (Some(a), Some(b)) => format!("offsets {a}..{b}"),
-                _ => "empty".into(),
-            };
-            let verdict = if report.is_clean() { "OK" } else { "CORRUPT" };
-            println!(
-                "{label} {name}: {verdict}: {} segment(s), {} record(s), {} unreadable record(s), {range}",
-                report.segments, report.records, report.unreadable
-            );
-            for p in &report.problems {
-                println!(
-                    "  problem: {} at byte {}: {}",
-                    p.file.display(),
-                    p.position,
-                    p.what
-                );
-            }
-            for n in &report.notes {
-                println!("  note: {n}");
-            }
-        }
-        Outcome::Cursors(r) => {
-            let lanes: Vec<String> = r
-                .cursors
-                .iter()
-                .map(|c| match &c.head {
-                    None => c.next_offset.to_string(),
-                    Some(h) => format!("{}({})", c.next_offset, h.class.name()),
-                })
-                .collect();
-            println!(
-                "{label} {name}: OK: {} lane(s) at [{}], routing {}",
-                r.lanes,
-                lanes.join(", "),
-                r.routing
-                    .as_deref()
-                    .unwrap_or("(version 1 file: not recorded)")
-            );
-            if r.torn_bytes > 0 {
-                println!(
-                    "  note: {} byte(s) of a torn last commit (its deliveries repeat)",
-                    r.torn_bytes
-                );
-            }
-        }
-        Outcome::Unusable(reason) => {
-            println!("{label} {name}: CORRUPT: {}: {reason}", c.path.display());
-        }
-    }
-}
-
-fn send(to: &str, timeout: Duration, files: &[PathBuf]) -> ExitCode {
-    let addr = match to.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-        Some(a) => a,
-        None => {
-            eprintln!("orderly: cannot resolve `{to}` (expected HOST:PORT)");
-            return ExitCode::from(2);
-        }
-    };
-    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("orderly: cannot connect to {addr}: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
     let mut all_positive = true;
-    let mut buf = Vec::new();
-    let mut decoder = FrameDecoder::for_acks(FRAME_BYTES_MAX_DEFAULT);
     for file in files {
-        let line = match send_one(&mut stream, file, &mut buf, &mut decoder) {
+        let line = match send_one(&mut client, file) {
             Ok((positive, line)) => {
                 all_positive &= positive;
                 line
@@ -509,19 +338,11 @@ fn send(to: &str, timeout: Duration, files: &[PathBuf]) -> ExitCode {
 }
 
 /// Sends one file and returns (positive?, "MSA-1 MSA-2 text").
-fn send_one(
-    stream: &mut TcpStream,
-    file: &Path,
-    buf: &mut Vec<u8>,
-    decoder: &mut FrameDecoder,
-) -> Result<(bool, String), String> {
+fn send_one(client: &mut Client, file: &Path) -> Result<(bool, String), String> {
     let raw = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    let mut framed = Vec::with_capacity(raw.len() + 3);
-    encode_frame(&normalize_segment_ends(&raw), &mut framed);
-    stream
-        .write_all(&framed)
-        .map_err(|e| format!("send failed: {e}"))?;
-    let ack = read_frame(stream, buf, decoder)?;
+    let ack = client
+        .exchange(&normalize_segment_ends(&raw))
+        .map_err(|e| e.to_string())?;
     let parsed = parse_ack(&ack).map_err(|e| format!("unreadable ACK: {e}"))?;
     let text = parsed
         .text
@@ -535,50 +356,4 @@ fn send_one(
         text
     );
     Ok((parsed.code.is_positive(), line.trim_end().to_string()))
-}
-
-fn read_frame(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    decoder: &mut FrameDecoder,
-) -> Result<Vec<u8>, String> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match decoder.decode(buf) {
-            Decoded::Frame(r) => {
-                let frame = buf[r].to_vec();
-                decoder.compact(buf);
-                return Ok(frame);
-            }
-            Decoded::NeedMore | Decoded::Junk { .. } => {}
-            Decoded::Invalid(e) => return Err(format!("bad ACK framing: {e}")),
-            _ => {}
-        }
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|e| format!("no ACK: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before the ACK".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// CRLF and LF segment ends become CR, as HL7 requires; a trailing newline
-/// becomes the last segment's CR.
-fn normalize_segment_ends(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                out.push(b'\r');
-                i += 1;
-            }
-            b'\n' => out.push(b'\r'),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
 }

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end ingest benchmarks, all in one run on this machine:
 #   fio 1500 B + fdatasync baseline, Orderly at 1 and 32 lockstep connections,
-#   the non-durable orderly-ackd at 1 and 32, RSS with 1,000 idle connections
-#   and after 1 M messages. Each load figure is the median of $RUNS runs.
-#   usage: tools/bench-ingest.sh [seconds-per-run] [runs]   (needs fio)
+#   Redis (XADD, appendonly with appendfsync always: durable before it
+#   answers) at 1 and 32 with the same load tool and message shape, the
+#   non-durable orderly-ackd at 1 and 32, CPU time per message of Orderly and
+#   Redis, RSS with 1,000 idle connections and after 1 M messages.
+#   Orderly and Redis runs alternate, round by round; each figure is the
+#   median of $RUNS runs.
+#   usage: tools/bench-ingest.sh [seconds-per-run] [runs]
+#   (needs fio and redis-server: apt-get install fio redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -30,12 +35,28 @@ trap cleanup EXIT
 opid=$!; pids+=($opid)
 "$bin/orderly-ackd" --listen 127.0.0.1:0 > "$work/ackd.out" &
 pids+=($!)
-for _ in $(seq 100); do grep -q ready "$work/orderly.out" 2>/dev/null && grep -q listening "$work/ackd.out" 2>/dev/null && break; sleep 0.1; done
+rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/redis"
+redis-server --port "$rport" --bind 127.0.0.1 --dir "$work/redis" --appendonly yes \
+  --appendfsync always --save "" --protected-mode yes > "$work/redis.out" 2>&1 &
+rpid=$!; pids+=($rpid)
+raddr=127.0.0.1:$rport
+for _ in $(seq 100); do grep -q ready "$work/orderly.out" 2>/dev/null && grep -q listening "$work/ackd.out" 2>/dev/null && grep -q "Ready to accept" "$work/redis.out" 2>/dev/null && break; sleep 0.1; done
 oaddr=$(sed -n 's/^orderly: listener bench on \([^ ]*\).*/\1/p' "$work/orderly.out")
 aaddr=$(sed -n 's/^orderly-ackd: listening on //p' "$work/ackd.out")
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-load() { "$bin/orderly-load" --to "$1" --connections "$2" --duration-s "$secs" --json; }
+load() { "$bin/orderly-load" --to "$1" --connections "$2" --duration-s "$secs" --json ${3:+--protocol "$3"}; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# addr conns protocol pid -> JSON line with cpu_us_per_msg of that server
+load_cpu() {
+  local t0 t1 line
+  t0=$(cpu_ticks "$4"); line=$(load "$1" "$2" "$3"); t1=$(cpu_ticks "$4")
+  python3 -c 'import sys, json, os
+r = json.loads(sys.argv[1]); hz = os.sysconf("SC_CLK_TCK")
+r["cpu_us_per_msg"] = (int(sys.argv[3]) - int(sys.argv[2])) / hz * 1e6 / max(r["acked"], 1)
+print(json.dumps(r))' "$line" "$t0" "$t1"
+}
 median_run() { # addr conns -> median JSON line by msgs_per_s
   for _ in $(seq "$RUNS"); do load "$1" "$2"; done | python3 -c '
 import sys, json
@@ -51,8 +72,21 @@ fio_iops() {
 
 echo "running (each figure: median of $RUNS x ${secs}s) ..." >&2
 fio1=$(for _ in $(seq "$RUNS"); do fio_iops; done | sort -n | sed -n "$(( (RUNS+1)/2 ))p")
-o1=$(median_run "$oaddr" 1)
-o32=$(median_run "$oaddr" 32)
+# Orderly and Redis alternate within each round, so drift in the host's
+# disk or CPU hits both alike.
+: > "$work/o1.jsonl"; : > "$work/r1.jsonl"; : > "$work/o32.jsonl"; : > "$work/r32.jsonl"
+for _ in $(seq "$RUNS"); do
+  load_cpu "$oaddr" 1 mllp "$opid" >> "$work/o1.jsonl"
+  load_cpu "$raddr" 1 redis "$rpid" >> "$work/r1.jsonl"
+  load_cpu "$oaddr" 32 mllp "$opid" >> "$work/o32.jsonl"
+  load_cpu "$raddr" 32 redis "$rpid" >> "$work/r32.jsonl"
+done
+median_of() { python3 -c '
+import sys, json
+rows = sorted((json.loads(l) for l in open(sys.argv[1])), key=lambda r: r["msgs_per_s"])
+print(json.dumps(rows[len(rows)//2]))' "$1"; }
+o1=$(median_of "$work/o1.jsonl"); r1=$(median_of "$work/r1.jsonl")
+o32=$(median_of "$work/o32.jsonl"); r32=$(median_of "$work/r32.jsonl")
 a1=$(median_run "$aaddr" 1)
 a32=$(median_run "$aaddr" 32)
 
@@ -66,14 +100,23 @@ rss_before=$(rss_kb "$opid")
 "$bin/orderly-load" --to "$oaddr" --connections 32 --count 31250 --json > "$work/million.json"
 rss_after=$(rss_kb "$opid")
 
-python3 - "$fio1" "$o1" "$o32" "$a1" "$a32" "$rss_idle" "$rss_before" "$rss_after" "$work/million.json" <<'PY'
+python3 - "$fio1" "$o1" "$o32" "$a1" "$a32" "$rss_idle" "$rss_before" "$rss_after" "$work/million.json" "$r1" "$r32" <<'PY'
 import sys, json
 fio1 = float(sys.argv[1]); o1, o32, a1, a32 = (json.loads(x) for x in sys.argv[2:6])
 rss_idle, rss_before, rss_after = (int(x) for x in sys.argv[6:9])
 million = json.load(open(sys.argv[9]))
+r1, r32 = json.loads(sys.argv[10]), json.loads(sys.argv[11])
 print(f"fio bs=1500 fdatasync=1:         {fio1:9.0f} writes/s")
 for name, r in [("orderly 1 conn lockstep", o1), ("orderly 32 conn lockstep", o32), ("ackd (non-durable) 1 conn", a1), ("ackd (non-durable) 32 conn", a32)]:
     print(f"{name:32s} {r['msgs_per_s']:9.0f} msgs/s  p50={r['p50_us']}us p99={r['p99_us']}us p999={r['p999_us']}us  negative={r['negative']} mismatched={r['mismatched']}")
+for name, r in [("redis XADD always 1 conn", r1), ("redis XADD always 32 conn", r32)]:
+    print(f"{name:32s} {r['msgs_per_s']:9.0f} msgs/s  p50={r['p50_us']}us p99={r['p99_us']}us p999={r['p999_us']}us  errors={r['negative']}")
+for name, o, r in [("1 conn", o1, r1), ("32 conn", o32, r32)]:
+    print(f"CPU per message {name:8s}          orderly {o['cpu_us_per_msg']:.1f} us, redis {r['cpu_us_per_msg']:.1f} us")
+bound1 = 1e6 / (1e6 / fio1 + a1['p50_us'])
+print(f"ratio 1 conn vs redis:            {o1['msgs_per_s']/r1['msgs_per_s']:.2f}  (target >= 1.3)")
+print(f"ratio 1 conn vs bound:            {o1['msgs_per_s']/bound1:.2f}  (target >= 0.9; bound 1/(fio fdatasync latency + ackd p50) = {bound1:.0f}/s)")
+print(f"ratio 32 conn vs redis:           {o32['msgs_per_s']/r32['msgs_per_s']:.2f}  (target >= 1.8)")
 print(f"ratio 1 conn vs fio:              {o1['msgs_per_s']/fio1:.2f}  (target >= 0.85)")
 # A lockstep message costs at least one fdatasync plus one loopback round trip
 # through the same load tool (the non-durable server's p50 at 1 connection).

@@ -6,6 +6,11 @@
 //! positive or whose MSA-2 is not the control id just sent.
 //!
 //!   orderly-load --to 127.0.0.1:2575 --connections 32 --window 1 --size 1500 --duration-s 10
+//!
+//! With `--protocol redis` the same messages, in the same lockstep shape,
+//! go to a Redis server as `XADD <stream> * m <message>` (RESP), each
+//! answered with the new entry's id: the baseline Orderly's ingest is
+//! compared with (Redis with `appendfsync always` syncs before answering).
 use clap::Parser;
 use orderly::hl7::ack::parse_ack;
 use orderly::mllp::{encode_frame, Decoded, FrameDecoder};
@@ -47,6 +52,15 @@ struct Args {
     /// Distinct patient ids (PID-3.1) to cycle through, for partitioned lanes.
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// `mllp` (Orderly, any MLLP server) or `redis` (XADD to a Redis stream).
+    #[arg(long, default_value = "mllp")]
+    protocol: Protocol,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Mllp,
+    Redis,
 }
 
 #[derive(Default)]
@@ -207,7 +221,10 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
                 &mut msg,
             );
             frame.clear();
-            encode_frame(&msg, &mut frame);
+            match args.protocol {
+                Protocol::Mllp => encode_frame(&msg, &mut frame),
+                Protocol::Redis => resp_xadd(&msg, conn, &mut frame),
+            }
             let sent_at = Instant::now();
             stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
             inflight.push_back((id, sent_at));
@@ -216,6 +233,17 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
         let Some((id, sent_at)) = inflight.pop_front() else {
             return Ok(());
         };
+        if args.protocol == Protocol::Redis {
+            let ok = read_resp(&mut stream, &mut rbuf, &mut chunk)?;
+            r.latencies_us
+                .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            if ok {
+                r.positive += 1;
+            } else {
+                r.negative += 1;
+            }
+            continue;
+        }
         let ack = read_ack(&mut stream, &mut rbuf, &mut chunk, &mut decoder)?;
         r.latencies_us
             .push(sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -223,6 +251,48 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
             Ok(a) if !a.acknowledges(id.as_bytes()) => r.mismatched += 1,
             Ok(a) if a.code.is_positive() => r.positive += 1,
             _ => r.negative += 1,
+        }
+    }
+}
+
+/// `XADD orderly-load-<conn> * m <message>` as a RESP array.
+fn resp_xadd(msg: &[u8], conn: usize, out: &mut Vec<u8>) {
+    let stream = format!("orderly-load-{conn}");
+    let parts: [&[u8]; 5] = [b"XADD", stream.as_bytes(), b"*", b"m", msg];
+    out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for p in parts {
+        out.extend_from_slice(format!("${}\r\n", p.len()).as_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Reads one RESP reply: a bulk string (the new entry id) is success, an
+/// error reply (`-ERR ...`) is not.
+fn read_resp(stream: &mut TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> Result<bool, String> {
+    loop {
+        if let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let kind = buf[0];
+            let line = String::from_utf8_lossy(&buf[1..line_end]).into_owned();
+            let total = match kind {
+                b'$' => {
+                    let n: i64 = line
+                        .parse()
+                        .map_err(|_| format!("bad RESP length {line}"))?;
+                    line_end + 2 + if n < 0 { 0 } else { n as usize + 2 }
+                }
+                b'+' | b'-' | b':' => line_end + 2,
+                other => return Err(format!("unexpected RESP reply type {:?}", other as char)),
+            };
+            if buf.len() >= total {
+                buf.drain(..total);
+                return Ok(kind == b'$' || kind == b'+');
+            }
+        }
+        match stream.read(chunk) {
+            Ok(0) => return Err("server closed the connection".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("waiting for the reply: {e}")),
         }
     }
 }
