@@ -25,6 +25,7 @@ use crate::hl7::ack::{
 use crate::hl7::batch::{is_batch, split_batch};
 use crate::hl7::{check_header, parse_header, Delimiters, MshHeader};
 use crate::metrics::Metrics;
+use crate::mllp::scan::find2;
 use crate::mllp::{Decoded, FrameDecoder, FrameError, END_BLOCK, START_BLOCK, TRAILER};
 use crate::wal::AppendError;
 
@@ -619,10 +620,20 @@ fn frame_into(unframed: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Another `MSH` segment after the first: back-to-back messages in one
-/// frame, each stored on its own.
+/// frame, each stored on its own. Jumps from line end to line end (eight
+/// bytes at a time), so a message costs a few probes, not a byte loop.
 fn holds_second_msh(msg: &[u8]) -> bool {
-    msg.windows(5)
-        .any(|w| matches!(w[0], b'\r' | b'\n') && &w[1..4] == b"MSH" && w[4].is_ascii_punctuation())
+    let mut at = 0;
+    while let Some(i) = find2(&msg[at..], b'\r', b'\n') {
+        let next = at + i + 1;
+        if msg[next..].starts_with(b"MSH")
+            && msg.get(next + 3).is_some_and(u8::is_ascii_punctuation)
+        {
+            return true;
+        }
+        at = next;
+    }
+    false
 }
 
 /// The first MSH line of a batch that could not be split, for its NAK.
@@ -648,4 +659,18 @@ fn with_batch_position(
         .push(MetaKey::BatchIndex, &(i as u32).to_le_bytes())
         .push(MetaKey::BatchCount, &(count as u32).to_le_bytes());
     m.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_second_msh;
+
+    #[test]
+    fn a_second_msh_is_found_after_any_line_end() {
+        assert!(!holds_second_msh(b"MSH|^~\\&|A\rPID|1\r"));
+        assert!(holds_second_msh(b"MSH|^~\\&|A\rMSH|^~\\&|B\r"));
+        assert!(holds_second_msh(b"MSH|^~\\&|A\r\nMSH|^~\\&|B"));
+        assert!(!holds_second_msh(b"MSH|^~\\&|A\rMSHX\rOBX|MSH|\r"));
+        assert!(!holds_second_msh(b"MSH|^~\\&|A\rMSH"));
+    }
 }
