@@ -131,6 +131,10 @@ pub struct ListenerConfig {
     /// `accept_message_types`, `accept_processing_ids`, `accept_versions`:
     /// anything else is answered AR/CR (empty lists take everything).
     pub acceptance: Acceptance,
+    /// The partition keys of the destinations reading this listener's
+    /// queue (derived, not a key): read once at ingest into each record's
+    /// metadata, so lanes never parse payloads to route.
+    pub partition_keys: Vec<FieldPath>,
 }
 
 /// A configuration problem; `Display` says file, key and reason.
@@ -348,6 +352,15 @@ impl Config {
             }
             destinations.push(parsed);
         }
+        for l in &mut listeners {
+            for d in destinations.iter().filter(|d| d.queue == l.queue) {
+                if let Ordering::Partitioned { key, .. } = &d.ordering {
+                    if !l.partition_keys.contains(key) {
+                        l.partition_keys.push(*key);
+                    }
+                }
+            }
+        }
         Ok(Config {
             source: file.into(),
             data_dir,
@@ -464,6 +477,7 @@ fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConf
         validation,
         ack_policy,
         acceptance,
+        partition_keys: Vec::new(),
     })
 }
 

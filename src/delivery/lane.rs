@@ -118,7 +118,7 @@ impl Lane {
                 }
                 Err(e) => return Err(e),
             };
-            if self.dest.router.lane_of(rec.offset, rec.payload) == Some(self.lane) {
+            if self.dest.router.lane_of(rec.offset, rec.meta, rec.payload) == Some(self.lane) {
                 self.current = Some(OwnedRecord::from(rec));
                 return Ok(true);
             }

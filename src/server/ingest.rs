@@ -3,7 +3,7 @@
 //! failures. No sockets here.
 use crate::config::ListenerConfig;
 use crate::hl7::ack::{AckError, ErrorCode, Outcome, Severity};
-use crate::hl7::{parse_header, MshHeader};
+use crate::hl7::{parse_header, FieldPath, Message, MshHeader};
 use crate::wal::meta::{MetaBuilder, MetaKey};
 use crate::wal::AppendError;
 use std::io::Write;
@@ -40,6 +40,7 @@ impl Default for AckIds {
 
 /// The metadata area stored with a record.
 pub fn record_meta(
+    msg: &[u8],
     h: &MshHeader<'_>,
     listener: &ListenerConfig,
     peer: &str,
@@ -58,7 +59,26 @@ pub fn record_meta(
         .push(MetaKey::EventTime, h.date_time())
         .push(MetaKey::Version, h.version())
         .push(MetaKey::Delimiters, h.field_separator_and_encoding());
+    if !listener.partition_keys.is_empty() {
+        push_partition_keys(msg, &listener.partition_keys, &mut m);
+    }
     m.finish()
+}
+
+/// One `PartitionKey` entry per key: the path, 0x00, the raw value. The
+/// message is indexed once for all of them.
+fn push_partition_keys(msg: &[u8], keys: &[FieldPath], m: &mut MetaBuilder) {
+    let parsed = Message::parse(msg).ok();
+    let mut entry = Vec::with_capacity(64);
+    for key in keys {
+        entry.clear();
+        entry.extend_from_slice(key.to_string().as_bytes());
+        entry.push(0);
+        if let Some(v) = parsed.as_ref().and_then(|p| p.get(key)) {
+            entry.extend_from_slice(v.raw());
+        }
+        m.push(MetaKey::PartitionKey, &entry);
+    }
 }
 
 /// A message too large for the log is a content problem (resending it

@@ -541,7 +541,7 @@ fn plan_message(msg: &[u8], ing: &mut Ingest<'_>, positive: &mut Vec<u8>) -> Pla
         );
         return Plan::Answer(unframed);
     }
-    let meta = ingest::record_meta(&header, config, ing.peer, ing.now_ms);
+    let meta = ingest::record_meta(msg, &header, config, ing.peer, ing.now_ms);
     write_answer(Some(&header), Outcome::Stored, None, ing, positive);
     Plan::Store { meta }
 }

@@ -44,6 +44,10 @@ pub enum MetaKey {
     /// MSH-1 and MSH-2 as received: the delimiters, so readers of the
     /// metadata need not parse the payload.
     Delimiters = 16,
+    /// A destination's partition key, read at ingest: the field path as
+    /// text, 0x00, then the raw value (empty when the message has none).
+    /// One entry per distinct key of the destinations on the queue.
+    PartitionKey = 17,
     // Dead-letter context (records in `dlq/<destination>/`).
     /// Destination that gave up on the message.
     Destination = 20,
