@@ -148,7 +148,14 @@ pub fn record_at<S: SegmentBytes + ?Sized>(src: &mut S, pos: u64) -> At {
         Err(u) => return At::Unreadable(u),
         Ok(head) => match record::check(head) {
             Check::Incomplete if head.len() == record::RECORD_HEADER_BYTES => {
-                record::claimed_len(head).expect("Incomplete means a plausible length")
+                let total = record::claimed_len(head).expect("Incomplete means a plausible length");
+                // Lengths up to 1 GiB are plausible; one that runs past the
+                // readable end cannot be a whole record, and reading it to
+                // find out would make a resync over damage quadratic.
+                if pos.saturating_add(total as u64) > end {
+                    return At::Invalid("record cut short by end of file");
+                }
+                total
             }
             Check::Incomplete => return At::Invalid("record cut short by end of file"),
             Check::Invalid(reason) => return At::Invalid(reason),
