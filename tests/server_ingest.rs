@@ -28,20 +28,7 @@ fn manifest() -> Vec<(String, String)> {
 
 /// Every stored payload of `queue`, in log order.
 fn stored(data_dir: &Path, queue: &str) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    inspect::for_each_record(
-        &FsStorage,
-        &data_dir.join("queues").join(queue),
-        Offset(0),
-        u64::MAX,
-        orderly::wal::Writer::Running,
-        |item| match item {
-            inspect::Item::Record(r) => out.push(r.payload.to_vec()),
-            inspect::Item::Corrupt { offset, .. } => panic!("record {offset} damaged"),
-        },
-    )
-    .expect("read log");
-    out
+    records(data_dir, queue).into_iter().map(|r| r.0).collect()
 }
 
 /// The messages of a batch file by the Chapter 2 rule, independently of

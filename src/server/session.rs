@@ -266,16 +266,8 @@ impl Session {
                     location: None,
                 };
                 let header = parse_header(first_msh(bytes)).ok();
-                let mut unframed = Vec::new();
-                write_answer(
-                    header.as_ref(),
-                    Outcome::ContentError,
-                    Some(&error),
-                    ing,
-                    &mut unframed,
-                );
-                let mut framed = Vec::new();
-                frame_into(&unframed, &mut framed);
+                let framed =
+                    framed_answer(header.as_ref(), Outcome::ContentError, Some(&error), ing);
                 self.push_ready(framed);
                 return;
             }
@@ -335,16 +327,12 @@ impl Session {
             });
         };
         tracing::warn!(peer = %ing.peer, control_id = %String::from_utf8_lossy(h.control_id()), limit_bytes, "frame over max_frame_bytes refused");
-        let mut unframed = Vec::new();
-        write_answer(
+        let framed = framed_answer(
             Some(&h),
             Outcome::ContentError,
             Some(&ingest::too_large_error()),
             ing,
-            &mut unframed,
         );
-        let mut framed = Vec::new();
-        frame_into(&unframed, &mut framed);
         self.push_ready(framed);
         Ok(())
     }
@@ -357,16 +345,12 @@ impl Session {
             return;
         };
         tracing::warn!(peer = %ing.peer, control_id = %String::from_utf8_lossy(h.control_id()), reason = why, "frame incomplete (no 0x1C end block); not stored");
-        let mut unframed = Vec::new();
-        write_answer(
+        let framed = framed_answer(
             Some(&h),
             Outcome::NotStored,
             Some(&ingest::incomplete_error()),
             ing,
-            &mut unframed,
         );
-        let mut framed = Vec::new();
-        frame_into(&unframed, &mut framed);
         self.push_ready(framed);
     }
 
@@ -605,6 +589,21 @@ fn close_frame(framed: &mut Vec<u8>) {
         framed.push(END_BLOCK);
         framed.push(TRAILER);
     }
+}
+
+/// The framed answer the listener's policy gives `outcome` now (empty
+/// when none is due).
+fn framed_answer(
+    header: Option<&MshHeader<'_>>,
+    outcome: Outcome,
+    error: Option<&AckError<'_>>,
+    ing: &mut Ingest<'_>,
+) -> Vec<u8> {
+    let mut unframed = Vec::new();
+    write_answer(header, outcome, error, ing, &mut unframed);
+    let mut framed = Vec::new();
+    frame_into(&unframed, &mut framed);
+    framed
 }
 
 /// MLLP-frames `unframed` into `out`; an empty answer stays empty.
