@@ -30,9 +30,32 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CONNECTIONS: usize = 3;
-const PER_CONNECTION: u64 = 48;
-const WINDOW: u64 = 6;
+/// How the clients send: connections, messages each, frames in flight.
+#[derive(Clone, Copy)]
+struct Shape {
+    connections: usize,
+    per_connection: u64,
+    window: u64,
+}
+
+/// Pipelining clients: the writer thread commits their group batches.
+const PIPELINED: Shape = Shape {
+    connections: 3,
+    per_connection: 48,
+    window: 6,
+};
+
+/// One lockstep sender: the event loop commits each append itself
+/// (`Appender::try_commit_inline`), with no writer-thread hand-off.
+const LONE: Shape = Shape {
+    connections: 1,
+    per_connection: 40,
+    window: 1,
+};
+
+/// The test names the broker's event-loop thread, so a sync hook can tell
+/// an inline commit from the writer thread's.
+const EVENT_LOOP_THREAD: &str = "test-event-loop";
 
 fn config_text(root: &Path, sink: std::net::SocketAddr, fsync: &str) -> String {
     format!(
@@ -65,7 +88,10 @@ fn start(storage: &SimStorage, config: &Config) -> Running {
     let addr = server.bound()[0].1;
     let stop = server.shutdown_handle();
     let engine = server.engine();
-    let thread = std::thread::spawn(move || server.run().expect("run"));
+    let thread = std::thread::Builder::new()
+        .name(EVENT_LOOP_THREAD.into())
+        .spawn(move || server.run().expect("run"))
+        .unwrap();
     Running {
         addr,
         stop,
@@ -92,6 +118,8 @@ struct Seen {
 struct Capture {
     storage: SimStorage,
     seen: Seen,
+    /// The sync ran on the event-loop thread (an inline commit).
+    inline: bool,
 }
 
 /// Installs a hook capturing the storage (and, first, what was seen: it
@@ -108,9 +136,11 @@ fn capture_every_sync(
             acked: a.lock().clone(),
             delivered: s.accepted_ids().len(),
         };
+        let inline = std::thread::current().name() == Some(EVENT_LOOP_THREAD);
         c.lock().push(Capture {
             storage: storage.fork(),
             seen,
+            inline,
         });
     });
     sim.set_sync_hook(Some(hook));
@@ -118,16 +148,21 @@ fn capture_every_sync(
 }
 
 /// Pipelining clients: each sends a window of frames, then reads their ACKs.
-fn send_all(addr: std::net::SocketAddr, acked: &Arc<Mutex<Vec<Vec<String>>>>) {
-    let threads: Vec<_> = (0..CONNECTIONS)
+fn send_all(addr: std::net::SocketAddr, acked: &Arc<Mutex<Vec<Vec<String>>>>, shape: Shape) {
+    let Shape {
+        connections,
+        per_connection,
+        window,
+    } = shape;
+    let threads: Vec<_> = (0..connections)
         .map(|c| {
             let acked = acked.clone();
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
                 let mut seq = 0;
-                while seq < PER_CONNECTION {
+                while seq < per_connection {
                     let ids: Vec<String> =
-                        (seq..seq + WINDOW).map(|s| format!("c{c}-{s}")).collect();
+                        (seq..seq + window).map(|s| format!("c{c}-{s}")).collect();
                     for id in &ids {
                         client.send(&message(id));
                     }
@@ -138,7 +173,7 @@ fn send_all(addr: std::net::SocketAddr, acked: &Arc<Mutex<Vec<Vec<String>>>>) {
                             acked.lock()[c].push(id.clone());
                         }
                     }
-                    seq += WINDOW;
+                    seq += window;
                 }
             })
         })
@@ -246,15 +281,15 @@ struct Run {
 }
 
 /// The first broker: all messages sent, all delivered, captured at every sync.
-fn first_incarnation(fsync: &str) -> Run {
+fn first_incarnation(fsync: &str, shape: Shape) -> Run {
     let root = tempfile::tempdir().unwrap();
     let sim = SimStorage::with_root(root.path());
     let sink = Arc::new(Sink::start(accept_all()));
     let config = Config::parse(&config_text(root.path(), sink.addr, fsync), "test.toml").unwrap();
-    let acked = Arc::new(Mutex::new(vec![Vec::new(); CONNECTIONS]));
+    let acked = Arc::new(Mutex::new(vec![Vec::new(); shape.connections]));
     let caps = capture_every_sync(&sim, &acked, &sink);
     let broker = start(&sim, &config);
-    send_all(broker.addr, &acked);
+    send_all(broker.addr, &acked, shape);
     let all: Vec<String> = acked.lock().iter().flatten().cloned().collect();
     sink.wait_accepted(&all, Duration::from_secs(60));
     broker.stop();
@@ -398,7 +433,7 @@ fn power_loss_everywhere(run: &Run) -> Vec<String> {
 
 #[test]
 fn acknowledged_and_delivered_messages_survive_power_loss_at_every_flush_point() {
-    let run = first_incarnation("always");
+    let run = first_incarnation("always", PIPELINED);
     assert!(
         run.captures.len() > 50,
         "{} flush points",
@@ -406,8 +441,30 @@ fn acknowledged_and_delivered_messages_survive_power_loss_at_every_flush_point()
     );
     assert_eq!(
         run.delivered.len() as u64,
-        CONNECTIONS as u64 * PER_CONNECTION
+        PIPELINED.connections as u64 * PIPELINED.per_connection
     );
+    let failures = power_loss_everywhere(&run);
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A lone lockstep sender is committed on the event-loop thread itself
+/// (no hand-off to the writer thread): the same guarantees at every flush
+/// point, and the captures show the inline path was the one taken.
+#[test]
+fn a_lone_sender_committed_inline_survives_power_loss_at_every_flush_point() {
+    let run = first_incarnation("always", LONE);
+    let inline = run.captures.iter().filter(|c| c.inline).count();
+    assert!(
+        inline * 2 > LONE.per_connection as usize,
+        "only {inline} of {} messages were committed inline",
+        LONE.per_connection
+    );
+    assert_eq!(run.delivered.len() as u64, LONE.per_connection);
     let failures = power_loss_everywhere(&run);
     assert!(
         failures.is_empty(),
@@ -421,7 +478,7 @@ fn acknowledged_and_delivered_messages_survive_power_loss_at_every_flush_point()
 /// power loss costs acknowledged messages and the checks above say so.
 #[test]
 fn the_harness_catches_acknowledgements_that_do_not_wait_for_fsync() {
-    let run = first_incarnation("never");
+    let run = first_incarnation("never", PIPELINED);
     let failures = power_loss_everywhere(&run);
     assert!(
         failures

@@ -90,6 +90,9 @@ pub struct EventLoop {
     end_timers: Vec<(Instant, usize, u32)>,
     /// Appends a session asked for, before they are submitted (reused).
     asked: Vec<(Vec<u8>, Vec<u8>)>,
+    /// This loop turn serves one connection only: a lone append may be
+    /// committed inline (see `Appender::try_commit_inline`).
+    lone: bool,
     /// Bytes in all connections' read buffers, and the budget for them.
     buffered: usize,
     budget: usize,
@@ -139,6 +142,7 @@ impl EventLoop {
             chunk: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
             end_timers: Vec::new(),
             asked: Vec::new(),
+            lone: false,
             buffered: 0,
             budget: read_buffer_budget_bytes,
             overdraft: None,
@@ -176,11 +180,13 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let mut conn_events = 0;
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
                     Token(t) if t < CONN_BASE => self.accept_all(t),
                     Token(t) => {
+                        conn_events += 1;
                         let slot = t - CONN_BASE;
                         let closed = ev.is_read_closed() || ev.is_error();
                         if ev.is_readable() || closed {
@@ -206,7 +212,15 @@ impl EventLoop {
                         .map(|(i, _)| i),
                 );
             }
+            self.lone = conn_events == 1 && self.dirty.len() == 1;
             self.drive_dirty();
+            self.lone = false;
+            if !self.done_rx.is_empty() {
+                // Inline commits completed during this turn: answer now
+                // rather than after another poll.
+                self.handle_completions();
+                self.drive_dirty();
+            }
             if self.shutdown.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
                 self.begin_drain();
             }
@@ -429,6 +443,7 @@ impl EventLoop {
         };
         self.pool = pool;
         let tag = (slot as u64) << 32 | u64::from(conn.generation);
+        let inline = self.lone && asked.len() == 1 && self.stalled.is_empty();
         for (payload, meta) in asked.drain(..) {
             self.inflight_bytes += payload.len();
             let req = AppendRequest {
@@ -436,9 +451,23 @@ impl EventLoop {
                 meta,
                 tag,
                 reply: self.done_tx.clone(),
-                notify: Some(self.notify.clone()),
+                // An inline commit's completion is read in this same turn.
+                notify: (!inline).then(|| self.notify.clone()),
             };
-            self.submit(conn.listener, req);
+            if inline {
+                match self.listeners[conn.listener]
+                    .appender
+                    .try_commit_inline(req)
+                {
+                    Ok(()) => continue,
+                    Err(mut req) => {
+                        req.notify = Some(self.notify.clone());
+                        self.submit(conn.listener, req);
+                    }
+                }
+            } else {
+                self.submit(conn.listener, req);
+            }
         }
         self.asked = asked;
         result

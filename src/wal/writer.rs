@@ -24,7 +24,9 @@ use crate::constants::{
 use crate::index::{IndexPoint, INDEX_HEADER_BYTES, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use crate::storage;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -48,6 +50,11 @@ enum Msg {
 pub struct Appender {
     tx: Sender<Msg>,
     shared: Arc<Shared>,
+    /// The writer's state, locked by the writer thread for each batch and
+    /// by [`Appender::try_commit_inline`].
+    core: Arc<Mutex<Writer>>,
+    /// Requests submitted and not yet completed (replied to).
+    pending: Arc<AtomicUsize>,
 }
 
 /// Why [`Appender::try_submit`] did not take a request; the request is handed back.
@@ -60,9 +67,13 @@ impl Appender {
     /// Queues a request, waiting while the queue is full. On a closed log
     /// the request is handed back.
     pub fn submit(&self, req: AppendRequest) -> Result<(), AppendRequest> {
-        self.tx.send(Msg::Append(req)).map_err(|e| match e.0 {
-            Msg::Append(r) => r,
-            _ => unreachable!("only Append was sent"),
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(Msg::Append(req)).map_err(|e| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            match e.0 {
+                Msg::Append(r) => r,
+                _ => unreachable!("only Append was sent"),
+            }
         })
     }
 
@@ -79,7 +90,10 @@ impl Appender {
             } else {
                 Vec::new()
             };
+            let n = reqs.len();
+            self.pending.fetch_add(n, Ordering::AcqRel);
             if let Err(e) = self.tx.send(Msg::Batch(reqs)) {
+                self.pending.fetch_sub(n, Ordering::AcqRel);
                 let Msg::Batch(mut back) = e.0 else {
                     unreachable!("only Batch was sent")
                 };
@@ -93,11 +107,38 @@ impl Appender {
 
     /// Queues a request if there is room now.
     pub fn try_submit(&self, req: AppendRequest) -> Result<(), TrySubmitError> {
-        self.tx.try_send(Msg::Append(req)).map_err(|e| match e {
-            TrySendError::Full(Msg::Append(r)) => TrySubmitError::Full(r),
-            TrySendError::Disconnected(Msg::Append(r)) => TrySubmitError::Closed(r),
-            _ => unreachable!("only Append was sent"),
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.tx.try_send(Msg::Append(req)).map_err(|e| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(Msg::Append(r)) => TrySubmitError::Full(r),
+                TrySendError::Disconnected(Msg::Append(r)) => TrySubmitError::Closed(r),
+                _ => unreachable!("only Append was sent"),
+            }
         })
+    }
+
+    /// Commits `req` on the calling thread (write, fdatasync, reply) when
+    /// the writer is idle: nothing submitted is still pending and its state
+    /// is not locked. A lone lockstep sender then costs no hand-off to the
+    /// writer thread and back (two context switches). The reply goes to
+    /// `req.reply` as usual, after every earlier request's reply, so
+    /// completions keep submission order. Hands `req` back otherwise.
+    pub fn try_commit_inline(&self, req: AppendRequest) -> Result<(), AppendRequest> {
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return Err(req);
+        }
+        let Some(mut core) = self.core.try_lock() else {
+            return Err(req);
+        };
+        // Re-checked under the lock: a request queued meanwhile by another
+        // producer goes first, through the writer thread.
+        if core.closed || self.pending.load(Ordering::Acquire) != 0 {
+            return Err(req);
+        }
+        let mut batch = vec![req];
+        core.commit(&mut batch);
+        Ok(())
     }
 
     /// Appends one record and waits until it is durable (or failed).
@@ -129,6 +170,9 @@ impl Appender {
 }
 
 pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
+    // Nothing (not recovery, not tests) relies on appends from any thread
+    // other than the log's producers and its writer thread; the core's
+    // mutex is what lets a producer commit inline.
     let (tx, rx) = bounded(rec.shared.config.queue_depth_max);
     let shared = rec.shared.clone();
     let last_point = rec.active.file.index.read().last();
@@ -146,9 +190,8 @@ pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
     };
     let writer = Writer {
         spare,
-        carried: None,
+        closed: false,
         shared: rec.shared,
-        rx,
         seg: rec.active.segment,
         file: rec.active.file,
         index_files: rec.active.index_files,
@@ -163,12 +206,29 @@ pub fn spawn(rec: Recovered) -> Result<(Appender, JoinHandle<()>), WalError> {
         staged: Vec::new(),
         points: Vec::new(),
     };
+    let core = Arc::new(Mutex::new(writer));
+    let pending = Arc::new(AtomicUsize::new(0));
+    let intake = Intake {
+        rx,
+        carried: None,
+        shared: shared.clone(),
+        core: core.clone(),
+        pending: pending.clone(),
+    };
     let dir = shared.dir.clone();
     let handle = std::thread::Builder::new()
         .name("orderly-wal".into())
-        .spawn(move || writer.run())
+        .spawn(move || intake.run())
         .map_err(|e| WalError::io(&dir, e))?;
-    Ok((Appender { tx, shared }, handle))
+    Ok((
+        Appender {
+            tx,
+            shared,
+            core,
+            pending,
+        },
+        handle,
+    ))
 }
 
 struct Staged {
@@ -176,13 +236,22 @@ struct Staged {
     appended: Appended,
 }
 
-struct Writer {
-    /// Keeps the next segment zero-filled; stopped when the writer ends.
-    spare: Option<Preparer>,
+/// The writer thread's side: the queue and how batches are gathered.
+struct Intake {
+    rx: Receiver<Msg>,
     /// A unit taken from the queue that did not fit the batch being built.
     carried: Option<Msg>,
     shared: Arc<Shared>,
-    rx: Receiver<Msg>,
+    core: Arc<Mutex<Writer>>,
+    pending: Arc<AtomicUsize>,
+}
+
+struct Writer {
+    /// Keeps the next segment zero-filled; stopped when the writer ends.
+    spare: Option<Preparer>,
+    /// The writer thread has stopped: no more commits, inline or not.
+    closed: bool,
+    shared: Arc<Shared>,
     seg: Arc<Segment>,
     /// The active segment's open file and index.
     file: Arc<SegmentFile>,
@@ -205,7 +274,7 @@ struct Writer {
     points: Vec<IndexPoint>,
 }
 
-impl Writer {
+impl Intake {
     fn run(mut self) {
         let mut batch = Vec::with_capacity(self.shared.config.batch_records_max);
         let mut open = true;
@@ -218,20 +287,28 @@ impl Writer {
                 },
             };
             open = self.gather(first, &mut batch);
-            self.commit(&mut batch);
+            let n = batch.len();
+            self.core.lock().commit(&mut batch);
+            self.pending.fetch_sub(n, Ordering::AcqRel);
         }
+        let mut core = self.core.lock();
+        core.closed = true;
         while let Ok(msg) = self.rx.try_recv() {
-            match msg {
-                Msg::Append(req) => reply(req, Err(AppendError::Closed)),
-                Msg::Batch(reqs) => reqs
-                    .into_iter()
-                    .for_each(|r| reply(r, Err(AppendError::Closed))),
-                Msg::Shutdown => {}
-            }
+            let reqs = match msg {
+                Msg::Append(req) => vec![req],
+                Msg::Batch(reqs) => reqs,
+                Msg::Shutdown => Vec::new(),
+            };
+            let n = reqs.len();
+            reqs.into_iter()
+                .for_each(|r| reply(r, Err(AppendError::Closed)));
+            self.pending.fetch_sub(n, Ordering::AcqRel);
         }
-        if self.shared.failure().is_none() {
-            self.checkpoint(true);
+        if core.shared.failure().is_none() {
+            core.checkpoint(true);
         }
+        // Stops the spare preparer now, not when the last Appender goes.
+        core.spare = None;
         tracing::debug!(dir = %self.shared.dir.display(), "writer stopped");
     }
 
@@ -272,7 +349,9 @@ impl Writer {
             }
         }
     }
+}
 
+impl Writer {
     /// Appends a batch; every request in it is completed (durable or failed)
     /// before its notifiers are woken.
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
