@@ -121,7 +121,23 @@ fn verify_segment(
         .map_err(|e| WalError::io(&path, e))?;
     let len = file.len().map_err(|e| WalError::io(&path, e))?;
     let active = next_base.is_none();
-    check_header(file.as_ref(), base, &path, report);
+    // Beside a running broker the newest segment may be a file created a
+    // moment ago whose header is being written: look again after a pause.
+    let mut header = header_problem(file.as_ref(), base);
+    for _ in 0..SETTLE_TRIES_MAX {
+        if header.is_none() || !(active && writer == Writer::Running) {
+            break;
+        }
+        std::thread::sleep(super::source::SETTLE_WAIT);
+        header = header_problem(file.as_ref(), base);
+    }
+    if let Some(what) = header {
+        report.problems.push(Problem {
+            file: path.to_path_buf(),
+            position: 0,
+            what,
+        });
+    }
     // What a checkpoint vouches for was synced: damage there is corruption,
     // never a torn tail, even at the end of the active segment.
     let proven = Checkpoint::load(storage, dir)
@@ -266,22 +282,15 @@ fn verify_tail<S: segment::SegmentBytes>(
     next
 }
 
-fn check_header(file: &dyn StorageFile, base: Offset, path: &Path, report: &mut VerifyReport) {
+fn header_problem(file: &dyn StorageFile, base: Offset) -> Option<String> {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
-    let what = match storage::read_exact_at(file, &mut h, 0) {
+    match storage::read_exact_at(file, &mut h, 0) {
         Err(e) => Some(format!("segment header unreadable: {e}")),
         Ok(()) => match SegmentHeader::decode(&h) {
             Ok(h) if h.base_offset == base => None,
             Ok(_) => Some("header base offset differs from the file name".into()),
             Err(reason) => Some(format!("segment header: {reason}")),
         },
-    };
-    if let Some(what) = what {
-        report.problems.push(Problem {
-            file: path.to_path_buf(),
-            position: 0,
-            what,
-        });
     }
 }
 
