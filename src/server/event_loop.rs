@@ -93,6 +93,8 @@ pub struct EventLoop {
     /// This loop turn serves one connection only: a lone append may be
     /// committed inline (see `Appender::try_commit_inline`).
     lone: bool,
+    /// An inline commit ran this turn: its index bookkeeping is due.
+    inline_committed: bool,
     /// Bytes in all connections' read buffers, and the budget for them.
     buffered: usize,
     budget: usize,
@@ -143,6 +145,7 @@ impl EventLoop {
             end_timers: Vec::new(),
             asked: Vec::new(),
             lone: false,
+            inline_committed: false,
             buffered: 0,
             budget: read_buffer_budget_bytes,
             overdraft: None,
@@ -220,6 +223,10 @@ impl EventLoop {
                 // rather than after another poll.
                 self.handle_completions();
                 self.drive_dirty();
+            }
+            if std::mem::take(&mut self.inline_committed) {
+                // The answers are written: now the index bookkeeping.
+                self.listeners.iter().for_each(|l| l.appender.tidy_after_inline());
             }
             if self.shutdown.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
                 self.begin_drain();
@@ -459,7 +466,10 @@ impl EventLoop {
                     .appender
                     .try_commit_inline(req)
                 {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        self.inline_committed = true;
+                        continue;
+                    }
                     Err(mut req) => {
                         req.notify = Some(self.notify.clone());
                         self.submit(conn.listener, req);

@@ -141,6 +141,17 @@ impl Appender {
         Ok(())
     }
 
+    /// Finishes what inline commits left (index files, a due checkpoint);
+    /// the caller runs it once its answers are on their way. Skipped when
+    /// the writer thread holds the state: its own commit tidies up.
+    pub fn tidy_after_inline(&self) {
+        if let Some(mut core) = self.core.try_lock() {
+            if !core.closed {
+                core.tidy();
+            }
+        }
+    }
+
     /// Appends one record and waits until it is durable (or failed).
     pub fn append(&self, meta: Vec<u8>, payload: Vec<u8>) -> Result<Appended, AppendError> {
         let (reply, done) = bounded(1);
@@ -288,10 +299,13 @@ impl Intake {
             };
             open = self.gather(first, &mut batch);
             let n = batch.len();
-            self.core.lock().commit(&mut batch);
+            let mut core = self.core.lock();
+            core.commit(&mut batch);
             self.pending.fetch_sub(n, Ordering::AcqRel);
+            core.tidy();
         }
         let mut core = self.core.lock();
+        core.write_index_entries();
         core.closed = true;
         while let Ok(msg) = self.rx.try_recv() {
             let reqs = match msg {
@@ -500,7 +514,6 @@ impl Writer {
             self.points.drain(..).for_each(|p| idx.push(p));
             self.last_point = idx.last();
         }
-        self.write_index_entries();
         let (next, pos, ts) = (self.next, self.pos, self.last_ts);
         self.shared.publish(|t| {
             t.next_offset = next;
@@ -510,6 +523,15 @@ impl Writer {
         for s in self.staged.drain(..) {
             reply(s.req, Ok(s.appended));
         }
+    }
+
+    /// The bookkeeping a commit leaves for after its replies and wake-ups:
+    /// new index entries written to the index files, and a checkpoint when
+    /// one is due. Readers use the in-memory index, and the files are only
+    /// a recovery shortcut made durable by the checkpoint, so the
+    /// acknowledgements need not wait for these writes.
+    fn tidy(&mut self) {
+        self.write_index_entries();
         if self.since_checkpoint >= self.shared.config.checkpoint_interval_bytes {
             self.checkpoint(false);
         }
