@@ -674,3 +674,61 @@ fn every_row_of_the_recovery_table_has_a_test() {
         );
     }
 }
+
+/// A bad block over the whole (short) active segment of a cleanly closed
+/// log: its records were acknowledged, so recovery keeps their offsets
+/// (reads of them fail visibly) and the next append continues after them.
+#[test]
+fn row_r12_a_bad_block_over_a_cleanly_closed_short_active_segment_loses_no_offset() {
+    // 64 KiB segments of ~1 KB records: 66 records roll the first segment,
+    // the active one then holds records 6x.. in its first 4 KiB block.
+    let sim = closed_log(66, cfg());
+    let sealed_and_active = files(&sim, ".log");
+    let last = sealed_and_active.last().unwrap().clone();
+    let in_active = records_of(&sim, &last);
+    assert!(
+        !in_active.is_empty() && in_active.last().unwrap().1 < 4096,
+        "the active segment's records sit in its first block: {in_active:?}"
+    );
+    sim.fail_reads(&last, 64 + 900, 1);
+    let log = open_sim(&sim, cfg());
+    assert_eq!(log.end_offset(), Offset(66), "no acknowledged offset is lost");
+    let (ok, bad) = read_each(&log);
+    assert_eq!(ok.len() + bad.len(), 66);
+    assert!(!bad.is_empty());
+    let next = log.append(&meta(66), &payload(66, LEN)).expect("append");
+    assert_eq!(next.offset, Offset(66));
+}
+
+/// The same bad block after a crash (no clean checkpoint past the roll):
+/// an I/O error is a bad sector, not a torn write, and what it covers was
+/// acknowledged, so recovery must not cut it as a torn tail.
+#[test]
+fn row_r22_a_bad_block_at_the_tail_after_a_crash_is_a_hole_not_a_cut() {
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, cfg());
+    append_n(&log, 0, 66);
+    // Power cut with every acknowledged append durable (the log is left
+    // open: no clean checkpoint).
+    let image = sim.crash(None);
+    drop(log);
+    let last = files(&image, ".log").last().unwrap().clone();
+    let in_active = records_of(&image, &last);
+    assert!(!in_active.is_empty() && in_active.last().unwrap().1 < 4096);
+    image.fail_reads(&last, 64 + 900, 1);
+    let log = open_sim(&image, cfg());
+    let end = log.end_offset();
+    assert!(end >= Offset(66), "acknowledged offsets kept: end {end}");
+    let (ok, bad) = read_each(&log);
+    assert_eq!(ok.len() as u64 + bad.len() as u64, end.0);
+    assert!(ok.len() >= 66 - in_active.len(), "every readable record served");
+    let next = log.append(&meta(end.0), &payload(end.0, LEN)).expect("append");
+    assert_eq!(next.offset, end);
+    // Reopened (recovery now starts from its checkpoint past the hole):
+    // the same offsets, the new record served, the hole still unreadable.
+    drop(log);
+    let log = open_sim(&image, cfg());
+    assert_eq!(log.end_offset(), Offset(end.0 + 1));
+    assert_eq!(log.read(end).expect("the record after the hole").payload, payload(end.0, LEN));
+    assert!(matches!(log.read(Offset(bad[0])), Err(WalError::Unreadable { .. })));
+}

@@ -18,6 +18,7 @@ use super::segment::{
 };
 use super::shared::{QuarantinedRange, SealedInfo, Segment, SegmentFile, Shared, Tail};
 use super::source::{Window, WindowedFile};
+use super::record::RECORD_HEADER_BYTES;
 use super::{now_ms, LogConfig, Offset, WalError};
 use crate::constants::QUARANTINE_TAIL_BYTES_MAX;
 use crate::index::{decode_points, IndexKind, IndexPoint, SegmentIndex, INDEX_HEADER_BYTES};
@@ -484,7 +485,8 @@ fn open_active(
     let readable = fenced_at.map_or(len, |p| p.min(len));
     let ckpt =
         Checkpoint::load(storage, dir).filter(|c| c.segment_base == base && c.position <= readable);
-    let (scan, clean) = scan_active(storage, dir, base, file.as_ref(), readable, ckpt);
+    let (mut scan, clean) = scan_active(storage, dir, base, file.as_ref(), readable, ckpt);
+    keep_unreadable_tail(&mut scan, file.as_ref(), readable);
     quarantine.extend(hole_ranges(&path, &scan.holes));
     for h in &scan.holes {
         error_hole(&path, h);
@@ -546,6 +548,39 @@ fn open_active(
     })
 }
 
+/// A read error at the end of the active segment is a bad sector, not a
+/// torn write: the bytes it covers were written, synced and may have been
+/// acknowledged. They are kept as a hole, never cut. How many records they
+/// held cannot be read, so the hole spans as many offsets as could fit
+/// (one per `RECORD_HEADER_BYTES`): offsets are never reused, reads in the
+/// hole fail as unreadable, and appends continue after it.
+fn keep_unreadable_tail(scan: &mut segment::Scan, file: &dyn StorageFile, readable: u64) {
+    let Some((from, reason)) = scan.tail.filter(|_| scan.tail_unreadable) else {
+        return;
+    };
+    let mut window = Window::new();
+    let mut src = WindowedFile {
+        file,
+        window: &mut window,
+        end: readable,
+    };
+    let to = segment::nonzero_end(&mut src, from).min(readable).max(from);
+    let most = (to - from).div_ceil(RECORD_HEADER_BYTES as u64).max(1);
+    let end_offset = Offset(scan.next_offset.0 + most);
+    tracing::error!(position = from, bytes = to - from, first = scan.next_offset.0, end = end_offset.0, "unreadable bytes at the end of the active segment: kept as a quarantined hole of up to {most} offset(s), never cut (they may hold acknowledged records); appends continue after it");
+    scan.holes.push(segment::Hole {
+        position: from,
+        offset: scan.next_offset,
+        end_offset,
+        resume_position: to,
+        reason,
+    });
+    scan.end = to;
+    scan.next_offset = end_offset;
+    scan.tail = None;
+    scan.tail_unreadable = false;
+}
+
 fn error_hole(path: &Path, h: &segment::Hole) {
     tracing::error!(segment = %path.display(), position = h.position, first = h.offset.0, end = h.end_offset.0, reason = h.reason, "damaged record(s) followed by valid ones in the active segment: kept as quarantined holes (never served, offsets never reused); the records after them are kept");
 }
@@ -574,6 +609,7 @@ fn scan_active(
             points,
             holes: Vec::new(),
             tail: None,
+            tail_unreadable: false,
         };
         return (scan, true);
     }

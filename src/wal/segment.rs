@@ -314,6 +314,9 @@ pub struct Scan {
     pub holes: Vec<Hole>,
     /// Damage with no intact record after it: where it starts and why.
     pub tail: Option<(u64, &'static str)>,
+    /// That damage is a read error (a bad sector), not bytes that fail
+    /// their checks (which a torn write leaves).
+    pub tail_unreadable: bool,
 }
 
 /// Scans from `start` to the readable end, resyncing past damage (offsets
@@ -334,6 +337,7 @@ pub fn scan_resyncing<S: SegmentBytes + ?Sized>(
         points,
         holes: Vec::new(),
         tail: None,
+        tail_unreadable: false,
     };
     let mut start = start;
     loop {
@@ -367,6 +371,7 @@ pub fn scan_resyncing<S: SegmentBytes + ?Sized>(
             }
             None => {
                 scan.tail = Some((position, reason));
+                scan.tail_unreadable = matches!(run.stop, Stop::Unreadable { .. });
                 return scan;
             }
         }
