@@ -31,6 +31,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub wal: LogConfig,
     pub retention: RetentionPolicy,
+    /// `[[queue]]`: one entry per queue any listener or destination names
+    /// (undeclared ones with the defaults).
+    pub queues: Vec<QueueConfig>,
     pub destinations: Vec<DestinationConfig>,
     /// `read_buffer_budget_bytes`: all connections' read buffers together,
     /// beyond each one's small allowance.
@@ -109,6 +112,62 @@ impl DestinationConfig {
     }
 }
 
+/// What to do with a message whose idempotency key was accepted before
+/// with a different payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyConflict {
+    /// A negative ACK (AE, or CE in enhanced mode) with ERR 205.
+    Reject,
+    /// Append it, flagged as a new version of the original.
+    Accept,
+}
+
+/// `[[queue]]`: idempotency and retention of one queue's log.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub name: String,
+    /// `idempotency_key`: the fields whose values identify a message
+    /// (empty: no deduplication on this queue).
+    pub idempotency_key: Vec<FieldPath>,
+    /// `dedupe_window_s`, in milliseconds: a key is remembered this long.
+    pub dedupe_window_ms: u64,
+    pub on_key_conflict: KeyConflict,
+    /// `dedupe_keys_max`: keys the index holds at most (memory bound).
+    pub dedupe_keys_max: usize,
+    /// `retention_hours` (or `[retention]` for an undeclared queue).
+    pub retention: RetentionPolicy,
+}
+
+pub const IDEMPOTENCY_KEY_DEFAULT: [&str; 3] = ["MSH-3", "MSH-4", "MSH-10"];
+pub const DEDUPE_WINDOW_S_DEFAULT: u64 = 7 * 24 * 3600;
+pub const DEDUPE_KEYS_MAX_DEFAULT: usize = 10_000_000;
+pub const RETENTION_HOURS_DEFAULT: u64 = 168;
+
+impl QueueConfig {
+    /// The defaults, for a queue named by a listener but not declared.
+    pub fn with_defaults(name: &str, global: RetentionPolicy) -> QueueConfig {
+        let retention = if global.max_age_ms.is_some() {
+            global
+        } else {
+            RetentionPolicy {
+                max_age_ms: Some(RETENTION_HOURS_DEFAULT * 3600 * 1000),
+                ..global
+            }
+        };
+        QueueConfig {
+            name: name.to_string(),
+            idempotency_key: IDEMPOTENCY_KEY_DEFAULT
+                .iter()
+                .map(|p| FieldPath::parse(p).expect("the default paths parse"))
+                .collect(),
+            dedupe_window_ms: DEDUPE_WINDOW_S_DEFAULT * 1000,
+            on_key_conflict: KeyConflict::Reject,
+            dedupe_keys_max: DEDUPE_KEYS_MAX_DEFAULT,
+            retention,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub name: String,
@@ -167,6 +226,19 @@ struct RawConfig {
     retention: Option<RawRetention>,
     #[serde(default)]
     destination: Vec<RawDestination>,
+    #[serde(default)]
+    queue: Vec<RawQueue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    name: String,
+    idempotency_key: Option<Vec<String>>,
+    dedupe_window_s: Option<u64>,
+    on_key_conflict: Option<String>,
+    dedupe_keys_max: Option<usize>,
+    retention_hours: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -361,12 +433,15 @@ impl Config {
                 }
             }
         }
+        let queues = queue_configs(raw.queue, &listeners, &destinations, retention)
+            .map_err(|(k, r)| invalid(k, r))?;
         Ok(Config {
             source: file.into(),
             data_dir,
             listeners,
             wal,
             retention,
+            queues,
             destinations,
             read_buffer_budget_bytes,
         })
@@ -382,8 +457,17 @@ impl Config {
         self.layout().queue(queue)
     }
 
+    /// The configuration of a queue (the defaults if it is not used).
+    pub fn queue(&self, name: &str) -> QueueConfig {
+        self.queues
+            .iter()
+            .find(|q| q.name == name)
+            .cloned()
+            .unwrap_or_else(|| QueueConfig::with_defaults(name, self.retention))
+    }
+
     /// Distinct queue names: those listeners feed, then those destinations read.
-    pub fn queues(&self) -> Vec<String> {
+    pub fn queue_names(&self) -> Vec<String> {
         let mut seen = BTreeSet::new();
         let fed = self.listeners.iter().map(|l| l.queue.clone());
         let read = self.destinations.iter().map(|d| d.queue.clone());
@@ -392,6 +476,103 @@ impl Config {
 }
 
 type KeyError = (String, String);
+
+/// One `QueueConfig` per queue in use: declared ones checked, the rest
+/// defaulted. A declared queue nothing uses is an error (a typo, most
+/// likely, that would otherwise leave the intended queue on defaults).
+fn queue_configs(
+    raw: Vec<RawQueue>,
+    listeners: &[ListenerConfig],
+    destinations: &[DestinationConfig],
+    global: RetentionPolicy,
+) -> Result<Vec<QueueConfig>, KeyError> {
+    let used: Vec<&str> = listeners
+        .iter()
+        .map(|l| l.queue.as_str())
+        .chain(destinations.iter().map(|d| d.queue.as_str()))
+        .collect();
+    let mut out: Vec<QueueConfig> = Vec::new();
+    for (i, q) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("queue[{i}].{k}");
+        check_name(&q.name).map_err(|r| (key("name"), r))?;
+        if out.iter().any(|o| o.name == q.name) {
+            return Err((key("name"), format!("queue `{}` is declared twice", q.name)));
+        }
+        if !used.contains(&q.name.as_str()) {
+            return Err((
+                key("name"),
+                format!(
+                    "queue `{}` is declared but no listener or destination names it",
+                    q.name
+                ),
+            ));
+        }
+        out.push(queue_config(q, global, &key)?);
+    }
+    for name in used {
+        if !out.iter().any(|o| o.name == name) {
+            out.push(QueueConfig::with_defaults(name, global));
+        }
+    }
+    Ok(out)
+}
+
+fn queue_config(
+    q: RawQueue,
+    global: RetentionPolicy,
+    key: &dyn Fn(&str) -> String,
+) -> Result<QueueConfig, KeyError> {
+    let mut c = QueueConfig::with_defaults(&q.name, global);
+    if let Some(paths) = q.idempotency_key {
+        c.idempotency_key = paths
+            .iter()
+            .map(|p| {
+                FieldPath::parse(p).map_err(|e| (key("idempotency_key"), format!("`{p}`: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        if c.idempotency_key.len() > IDEMPOTENCY_KEY_FIELDS_MAX {
+            return Err((
+                key("idempotency_key"),
+                format!("at most {IDEMPOTENCY_KEY_FIELDS_MAX} fields"),
+            ));
+        }
+    }
+    if let Some(w) = q.dedupe_window_s {
+        if w == 0 || w > DEDUPE_WINDOW_S_MAX {
+            return Err((
+                key("dedupe_window_s"),
+                format!("must be between 1 and {DEDUPE_WINDOW_S_MAX} (a year)"),
+            ));
+        }
+        c.dedupe_window_ms = w * 1000;
+    }
+    c.on_key_conflict = match q.on_key_conflict.as_deref() {
+        None | Some("reject") => KeyConflict::Reject,
+        Some("accept") => KeyConflict::Accept,
+        Some(other) => {
+            return Err((
+                key("on_key_conflict"),
+                format!("`{other}`: expected \"reject\" or \"accept\""),
+            ))
+        }
+    };
+    if let Some(n) = q.dedupe_keys_max {
+        if !(1..=DEDUPE_KEYS_MAX_LIMIT).contains(&n) {
+            return Err((
+                key("dedupe_keys_max"),
+                format!("must be between 1 and {DEDUPE_KEYS_MAX_LIMIT}"),
+            ));
+        }
+        c.dedupe_keys_max = n;
+    }
+    if let Some(h) = q.retention_hours {
+        if h == 0 {
+            return Err((key("retention_hours"), "must be at least 1".into()));
+        }
+        c.retention.max_age_ms = Some(h.saturating_mul(3600 * 1000));
+    }
+    Ok(c)
+}
 
 fn listener(l: RawListener, key: &dyn Fn(&str) -> String) -> Result<ListenerConfig, KeyError> {
     check_name(&l.name).map_err(|r| (key("name"), r))?;
@@ -799,7 +980,7 @@ mod tests {
         let c = Config::parse(text, "t.toml").expect("valid");
         assert_eq!(c.listeners[0].max_frame_bytes, 16_777_216);
         assert_eq!(c.listeners[0].idle_timeout_s, 600);
-        assert_eq!(c.queues(), vec!["lab".to_string()]);
+        assert_eq!(c.queue_names(), vec!["lab".to_string()]);
     }
 
     #[test]

@@ -141,3 +141,14 @@ pub const CURSOR_SYNC_INTERVAL_MS_MAX: u64 = 1000;
 pub const ERROR_TEXT_BYTES_MAX: usize = 512;
 /// Slice of a blocking wait, so stop and operator commands are seen promptly.
 pub const DELIVERY_POLL_MS: u64 = 100;
+
+// Idempotency (see server/dedupe.rs).
+/// Fields in one `idempotency_key`.
+pub const IDEMPOTENCY_KEY_FIELDS_MAX: usize = 16;
+/// Longest `dedupe_window_s`: a year.
+pub const DEDUPE_WINDOW_S_MAX: u64 = 366 * 24 * 3600;
+/// Largest `dedupe_keys_max` (about 2.3 GB of index at 17 bytes a bucket).
+pub const DEDUPE_KEYS_MAX_LIMIT: usize = 100_000_000;
+/// Bytes of one stored idempotency key (the joined field values); a longer
+/// key is stored cut and compared by its full hash (see server/ingest.rs).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 1024;

@@ -35,6 +35,11 @@ counters! {
     frames_ended_by_pause: "frames whose 0x1C had no trailer and ended after frame_end_pause_ms",
     read_budget_waits: "times a connection waited to read because read_buffer_budget_bytes was spent",
     read_budget_overdrafts: "times one connection was let past the spent read budget (one at a time) so its frame could complete",
+    idempotency_new: "messages stored under an idempotency key not seen inside the dedupe window",
+    idempotency_duplicates: "copies of accepted messages (same key, same payload) answered positively and not stored again",
+    idempotency_conflicts_rejected: "messages refused because their key was accepted with a different payload (on_key_conflict = reject)",
+    idempotency_conflicts_accepted: "messages stored as a new version of a key accepted with a different payload (on_key_conflict = accept)",
+    idempotency_keys_evicted: "idempotency keys dropped before their window ended because dedupe_keys_max was reached",
     junk_events: "runs of bytes outside MLLP frames that were discarded",
     junk_bytes: "bytes outside MLLP frames that were discarded",
 }

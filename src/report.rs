@@ -32,12 +32,13 @@ pub fn inspect_queue(dir: &Path, queue: &str, from: Offset, limit: u64) -> ExitC
                 };
                 let _ = writeln!(
                     out,
-                    "{} {} {} {} {}",
+                    "{} {} {} {} {}{}",
                     r.offset,
                     r.timestamp_ms,
                     r.payload.len(),
                     field(MetaKey::ControlId),
-                    field(MetaKey::MessageType)
+                    field(MetaKey::MessageType),
+                    idempotency_note(&meta)
                 );
             }
             inspect::Item::Corrupt {
@@ -173,4 +174,21 @@ fn print_checked(c: &check::Checked) {
             println!("{label} {name}: CORRUPT: {}: {reason}", c.path.display());
         }
     }
+}
+
+/// Extra columns for ingest events and new versions (nothing for a plain
+/// message, so the five columns scripts read stay as they were).
+fn idempotency_note(meta: &MetaView<'_>) -> String {
+    let original = crate::delivery::dlq::meta_u64_view(meta, MetaKey::OriginalOffset)
+        .map_or_else(|| "in-flight".to_string(), |o| o.to_string());
+    if let Some(event) = meta.get(MetaKey::Event) {
+        return format!(
+            " event={} original={original}",
+            String::from_utf8_lossy(event)
+        );
+    }
+    if meta.get(MetaKey::NewVersion).is_some() {
+        return format!(" new-version-of={original}");
+    }
+    String::new()
 }

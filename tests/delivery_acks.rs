@@ -232,7 +232,13 @@ fn a_stale_duplicate_ack_never_confirms_a_message_with_the_same_control_id() {
         (0, "R", _) => aa("ACK-1", "R"),
         (_, id, _) => aa(&format!("ACK-{conn}-{nth}"), id),
     }));
-    let config = config_with(dir.path(), &destination("ehr", downstream.addr, ""));
+    // The sender reuses control id R for two different messages; the queue
+    // stores both (the default would refuse the second as a key conflict).
+    let queue = "[[queue]]\nname = \"lab\"\non_key_conflict = \"accept\"\n";
+    let config = config_with(
+        dir.path(),
+        &format!("{queue}{}", destination("ehr", downstream.addr, "")),
+    );
     let broker = Broker::start(&config);
     let (first, second) = (oru("R", 200), oru("R", 260));
     send_all(&broker, &[first.clone(), second.clone(), oru("N", 200)]);

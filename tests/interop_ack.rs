@@ -510,6 +510,7 @@ fn batch_acks_pass_hl7apy_strict_validation() {
                 metrics: &metrics,
                 now_ms: 1_700_000_000_000,
                 refused: None,
+                dedupe: None,
             };
             let mut append = |p: &[u8], _m: Vec<u8>| appended.push(p.to_vec());
             assert_eq!(session.step(&mut ing, &mut append), Step::Frame);
@@ -523,8 +524,9 @@ fn batch_acks_pass_hl7apy_strict_validation() {
                 metrics: &metrics,
                 now_ms: 1_700_000_000_000,
                 refused: None,
+                dedupe: None,
             };
-            session.complete(Ok(()), payload, &mut ing);
+            session.complete(Ok(orderly::wal::Offset(0)), payload, &mut ing);
         }
         let out = &session.out[session.written..];
         assert!(out.starts_with(b"\x0b") && out.ends_with(b"\x1c\r"));

@@ -141,7 +141,7 @@ fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
         "[[destination]]\nname = \"ehr\"\nqueue = \"lab\"\nconnect = \"{}\"\nack_timeout_ms = 2000\n",
         sink.addr
     );
-    let text = format!("data_dir = {:?}\n[wal]\nsegment_bytes = 65536\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{extra}", dir.path().display().to_string());
+    let text = format!("data_dir = {:?}\n[wal]\nsegment_bytes = 65536\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{extra}\n[[queue]]\nname = \"lab\"\nidempotency_key = []\n", dir.path().display().to_string());
     let config = Config::parse(&text, "test.toml").expect("config");
     let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
     let (addr, engine, stop) = (

@@ -692,7 +692,11 @@ fn row_r12_a_bad_block_over_a_cleanly_closed_short_active_segment_loses_no_offse
     );
     sim.fail_reads(&last, 64 + 900, 1);
     let log = open_sim(&sim, cfg());
-    assert_eq!(log.end_offset(), Offset(66), "no acknowledged offset is lost");
+    assert_eq!(
+        log.end_offset(),
+        Offset(66),
+        "no acknowledged offset is lost"
+    );
     let (ok, bad) = read_each(&log);
     assert_eq!(ok.len() + bad.len(), 66);
     assert!(!bad.is_empty());
@@ -721,14 +725,25 @@ fn row_r22_a_bad_block_at_the_tail_after_a_crash_is_a_hole_not_a_cut() {
     assert!(end >= Offset(66), "acknowledged offsets kept: end {end}");
     let (ok, bad) = read_each(&log);
     assert_eq!(ok.len() as u64 + bad.len() as u64, end.0);
-    assert!(ok.len() >= 66 - in_active.len(), "every readable record served");
-    let next = log.append(&meta(end.0), &payload(end.0, LEN)).expect("append");
+    assert!(
+        ok.len() >= 66 - in_active.len(),
+        "every readable record served"
+    );
+    let next = log
+        .append(&meta(end.0), &payload(end.0, LEN))
+        .expect("append");
     assert_eq!(next.offset, end);
     // Reopened (recovery now starts from its checkpoint past the hole):
     // the same offsets, the new record served, the hole still unreadable.
     drop(log);
     let log = open_sim(&image, cfg());
     assert_eq!(log.end_offset(), Offset(end.0 + 1));
-    assert_eq!(log.read(end).expect("the record after the hole").payload, payload(end.0, LEN));
-    assert!(matches!(log.read(Offset(bad[0])), Err(WalError::Unreadable { .. })));
+    assert_eq!(
+        log.read(end).expect("the record after the hole").payload,
+        payload(end.0, LEN)
+    );
+    assert!(matches!(
+        log.read(Offset(bad[0])),
+        Err(WalError::Unreadable { .. })
+    ));
 }

@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let split = rest.iter().position(|&b| b == 0).unwrap_or(rest.len().min(8));
+    let split = rest
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(rest.len().min(8));
     let (sent, ack) = rest.split_at(split);
     let ack = ack.get(1..).unwrap_or_default();
     let (r2, repeated, consumed_copy) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
@@ -54,8 +57,12 @@ fuzz_target!(|data: &[u8]| {
         "a stale copy confirmed a repeated control id"
     );
     let text = String::from_utf8_lossy(ack);
-    let is_batch = text.trim_start_matches(['\r', '\n', ' ', '\t', '\u{feff}']).starts_with("BHS")
-        || text.trim_start_matches(['\r', '\n', ' ', '\t', '\u{feff}']).starts_with("FHS");
+    let is_batch = text
+        .trim_start_matches(['\r', '\n', ' ', '\t', '\u{feff}'])
+        .starts_with("BHS")
+        || text
+            .trim_start_matches(['\r', '\n', ' ', '\t', '\u{feff}'])
+            .starts_with("FHS");
     let msas: Vec<_> = ack
         .split(|b| *b == b'\r' || *b == b'\n')
         .filter(|s| s.starts_with(b"MSA"))

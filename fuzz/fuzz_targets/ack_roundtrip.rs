@@ -79,10 +79,16 @@ fuzz_target!(|data: &[u8]| {
             info.text
         };
         if let Some(got) = text.map(|t| t.decoded().into_owned()) {
-            assert!(sent.starts_with(&got), "text decodes to a prefix of the text");
+            assert!(
+                sent.starts_with(&got),
+                "text decodes to a prefix of the text"
+            );
         }
         if sent.len() <= ack::ACK_TEXT_BYTES_MAX / 5 && sent.iter().any(|&b| b != b' ') {
-            assert_eq!(text.map(|t| t.decoded().into_owned()).as_deref(), Some(sent));
+            assert_eq!(
+                text.map(|t| t.decoded().into_owned()).as_deref(),
+                Some(sent)
+            );
         }
     }
 });

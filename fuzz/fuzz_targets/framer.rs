@@ -49,7 +49,9 @@ fn drain(decoder: &mut FrameDecoder, buf: &[u8], events: &mut Vec<Event>) -> boo
                     "a 0x1C followed by CR or 0x0B ends a frame"
                 );
                 assert!(
-                    !payload.first().is_some_and(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t')),
+                    !payload
+                        .first()
+                        .is_some_and(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t')),
                     "blanks before MSH are trimmed"
                 );
                 Event::Frame(payload.to_vec())

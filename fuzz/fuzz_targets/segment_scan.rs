@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let scan = segment::scan_resyncing(&mut &bytes[..], base, start, Vec::new(), None);
     let mut previous = base;
     for h in &scan.holes {
-        assert!(h.offset >= previous && h.end_offset > h.offset, "holes ordered");
+        assert!(
+            h.offset >= previous && h.end_offset > h.offset,
+            "holes ordered"
+        );
         assert!(h.resume_position > h.position);
         previous = h.end_offset;
     }

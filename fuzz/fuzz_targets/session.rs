@@ -8,19 +8,49 @@
 //!   (with `ack_mode = "strict"`, a subsequence: table 0155 may ask for no
 //!   answer) — so ACKs keep frame order and no positive ACK ever answers a
 //!   message that was not stored.
+//! - with an idempotency index (half the runs; keys on MSH-10 alone so
+//!   copies are frequent): a positive answer for a duplicate event only if
+//!   an earlier stored message had the same key and payload hash, none for
+//!   a refused conflict, and every stored hash is the payload's.
 #![no_main]
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use orderly::config::Config;
+use orderly::config::KeyConflict;
 use orderly::hl7::ack::{parse_ack, AckCode};
 use orderly::hl7::parse_header;
 use orderly::metrics::Metrics;
 use orderly::mllp::{Decoded, FrameDecoder};
-use orderly::server::ingest::AckIds;
+use orderly::server::dedupe::{stored_original, DedupeIndex, Original, Originals, QueueDedupe};
+use orderly::server::ingest::{sha256, AckIds};
 use orderly::server::session::{Ingest, Session, Step};
-use orderly::wal::AppendError;
+use orderly::wal::meta::{MetaKey, MetaView};
+use orderly::wal::{AppendError, Offset};
+
+/// What the harness stored, by offset (shared with the index's reader).
+type Store = Arc<Mutex<BTreeMap<u64, Original>>>;
+
+struct Stored(Store);
+impl Originals for Stored {
+    fn original(&self, offset: Offset) -> Option<Original> {
+        self.0.lock().unwrap().get(&offset.0).cloned()
+    }
+}
+
+/// One append asked for: payload and metadata.
+struct Asked {
+    payload: Vec<u8>,
+    meta: Vec<u8>,
+}
+
+/// An append that completed Ok, in completion order.
+struct Done {
+    payload: Vec<u8>,
+    meta: Vec<u8>,
+}
 
 struct Rng(u64);
 impl Rng {
@@ -33,7 +63,9 @@ impl Rng {
 }
 
 fn control_id(payload: &[u8]) -> Vec<u8> {
-    parse_header(payload).map(|h| h.control_id().to_vec()).unwrap_or_default()
+    parse_header(payload)
+        .map(|h| h.control_id().to_vec())
+        .unwrap_or_default()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -48,10 +80,22 @@ fuzz_target!(|data: &[u8]| {
     let listener = &config.listeners[0];
     let metrics = Metrics::default();
     let mut ids = AckIds::new();
+    let store: Store = Arc::default();
+    let mut dedupe = (rng.next() % 2 == 0).then(|| QueueDedupe {
+        index: DedupeIndex::new(u64::MAX, 1 << 20),
+        paths: vec![orderly::hl7::FieldPath::parse("MSH-10").unwrap()],
+        on_conflict: if rng.next() % 2 == 0 {
+            KeyConflict::Reject
+        } else {
+            KeyConflict::Accept
+        },
+        window_ms: u64::MAX,
+        originals: Box::new(Stored(store.clone())),
+        log: None,
+    });
     let mut session = Session::new(listener.max_frame_bytes);
-    // (payload, completed Ok?) in the order appends were asked for.
-    let mut asked: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut stored_ok: Vec<Vec<u8>> = Vec::new();
+    let mut asked: VecDeque<Asked> = VecDeque::new();
+    let mut done: Vec<Done> = Vec::new();
     let mut rest = input;
     let mut closed = false;
     while !rest.is_empty() && !closed {
@@ -60,8 +104,21 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         session.rbuf.extend_from_slice(chunk);
         loop {
-            let mut ing = Ingest { listener, peer: "fuzz", ids: &mut ids, metrics: &metrics, now_ms: 0, refused: None };
-            let mut append = |payload: &[u8], _meta: Vec<u8>| asked.push_back(payload.to_vec());
+            let mut ing = Ingest {
+                listener,
+                peer: "fuzz",
+                ids: &mut ids,
+                metrics: &metrics,
+                now_ms: 0,
+                refused: None,
+                dedupe: dedupe.as_mut(),
+            };
+            let mut append = |payload: &[u8], meta: Vec<u8>| {
+                asked.push_back(Asked {
+                    payload: payload.to_vec(),
+                    meta,
+                })
+            };
             match session.step(&mut ing, &mut append) {
                 Step::Frame | Step::Junk => {}
                 Step::NeedMore => break,
@@ -75,65 +132,164 @@ fuzz_target!(|data: &[u8]| {
         // Complete some of the waiting appends, oldest first.
         let finish = (rng.next() % 3) as usize;
         for _ in 0..finish.min(asked.len()) {
-            complete_one(&mut session, &mut asked, &mut stored_ok, &mut rng, listener, &mut ids, &metrics);
+            let mut ing = Ingest {
+                listener,
+                peer: "fuzz",
+                ids: &mut ids,
+                metrics: &metrics,
+                now_ms: 0,
+                refused: None,
+                dedupe: dedupe.as_mut(),
+            };
+            complete_one(
+                &mut session,
+                &mut asked,
+                &mut done,
+                &store,
+                &mut rng,
+                &mut ing,
+            );
         }
     }
     if !closed {
-        let mut ing = Ingest { listener, peer: "fuzz", ids: &mut ids, metrics: &metrics, now_ms: 0, refused: None };
-        let mut append = |payload: &[u8], _meta: Vec<u8>| asked.push_back(payload.to_vec());
+        let mut ing = Ingest {
+            listener,
+            peer: "fuzz",
+            ids: &mut ids,
+            metrics: &metrics,
+            now_ms: 0,
+            refused: None,
+            dedupe: dedupe.as_mut(),
+        };
+        let mut append = |payload: &[u8], meta: Vec<u8>| {
+            asked.push_back(Asked {
+                payload: payload.to_vec(),
+                meta,
+            })
+        };
         session.end_of_input("fuzz: end of input", &mut ing, &mut append);
     }
     while !asked.is_empty() {
-        complete_one(&mut session, &mut asked, &mut stored_ok, &mut rng, listener, &mut ids, &metrics);
+        let mut ing = Ingest {
+            listener,
+            peer: "fuzz",
+            ids: &mut ids,
+            metrics: &metrics,
+            now_ms: 0,
+            refused: None,
+            dedupe: dedupe.as_mut(),
+        };
+        complete_one(
+            &mut session,
+            &mut asked,
+            &mut done,
+            &store,
+            &mut rng,
+            &mut ing,
+        );
     }
     assert_eq!(session.inflight(), 0);
     assert!(session.is_quiet() || session.pending_write() > 0);
 
-    for payload in &stored_ok {
-        assert!(
-            input.windows(payload.len().max(1)).any(|w| w == &payload[..]) || payload.is_empty(),
-            "a stored payload is a slice of the input"
-        );
-    }
+    let expected = expected_positives(&done, input);
     let positives = positive_ids(&session.out[session.written..]);
-    let expected: Vec<Vec<u8>> = stored_ok.iter().map(|p| control_id(p)).collect();
     if mode == "strict" {
         let mut it = expected.iter();
         for p in &positives {
-            assert!(it.any(|e| same_id(p, e)), "positive answers follow stored messages in order");
+            assert!(
+                it.any(|e| same_id(p, e)),
+                "positive answers follow stored messages in order"
+            );
         }
     } else {
-        assert_eq!(positives.len(), expected.len(), "one positive answer per stored message");
+        assert_eq!(
+            positives.len(),
+            expected.len(),
+            "one positive answer per stored message or duplicate of one"
+        );
         for (p, e) in positives.iter().zip(&expected) {
             assert!(same_id(p, e), "positive answers in storage order");
         }
     }
 });
 
+/// The control ids that deserve a positive answer, in completion order,
+/// worked out from what was stored (not from the session's decisions):
+/// every stored message; a duplicate event only when an earlier stored
+/// message has its key and payload hash; never a refused conflict.
+fn expected_positives(done: &[Done], input: &[u8]) -> Vec<Vec<u8>> {
+    let mut expected = Vec::new();
+    let mut stored: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for d in done {
+        let meta = MetaView::new(&d.meta);
+        let key = meta.get(MetaKey::IdempotencyKey).map(<[u8]>::to_vec);
+        let hash = meta
+            .get(MetaKey::PayloadSha256)
+            .expect("every record has its hash")
+            .to_vec();
+        match meta.get(MetaKey::Event) {
+            None => {
+                assert!(
+                    input
+                        .windows(d.payload.len().max(1))
+                        .any(|w| w == &d.payload[..]),
+                    "a stored payload is a slice of the input"
+                );
+                assert_eq!(hash, sha256(&d.payload), "the stored hash is the payload's");
+                if let Some(k) = key {
+                    stored.push((k, hash));
+                }
+                expected.push(control_id(&d.payload));
+            }
+            Some(b"duplicate") => {
+                assert!(d.payload.is_empty(), "a duplicate is not stored again");
+                let k = key.expect("a duplicate has a key");
+                if stored.iter().any(|(sk, sh)| *sk == k && *sh == hash) {
+                    expected.push(meta.get(MetaKey::ControlId).unwrap_or_default().to_vec());
+                }
+            }
+            Some(b"conflict-rejected") => {
+                assert_eq!(hash, sha256(&d.payload));
+            }
+            Some(other) => panic!("unknown event {other:?}"),
+        }
+    }
+    expected
+}
+
 fn complete_one(
     session: &mut Session,
-    asked: &mut VecDeque<Vec<u8>>,
-    stored_ok: &mut Vec<Vec<u8>>,
+    asked: &mut VecDeque<Asked>,
+    done: &mut Vec<Done>,
+    store: &Store,
     rng: &mut Rng,
-    listener: &orderly::config::ListenerConfig,
-    ids: &mut AckIds,
-    metrics: &Metrics,
+    ing: &mut Ingest<'_>,
 ) {
-    let Some(payload) = asked.pop_front() else { return };
-    let mut ing = Ingest { listener, peer: "fuzz", ids, metrics, now_ms: 0, refused: None };
+    let Some(a) = asked.pop_front() else { return };
     if rng.next() % 5 == 0 {
         let e = AppendError::StorageFull("fuzz".into());
-        session.complete(Err(&e), &payload, &mut ing);
+        session.complete(Err(&e), &a.payload, ing);
     } else {
-        session.complete(Ok(()), &payload, &mut ing);
-        stored_ok.push(payload);
+        let offset = done.len() as u64;
+        if let Some(o) = stored_original(&a.meta, 0) {
+            store.lock().unwrap().insert(offset, o);
+        }
+        session.complete(Ok(Offset(offset)), &a.payload, ing);
+        done.push(Done {
+            payload: a.payload,
+            meta: a.meta,
+        });
     }
 }
 
 /// MSA-2 echoes the control id, cut at a bound and without MLLP block
 /// bytes (0x0B, 0x1C), which an answer must never carry.
 fn same_id(msa2: &[u8], id: &[u8]) -> bool {
-    let id: Vec<u8> = id.iter().copied().filter(|b| *b != 0x0b && *b != 0x1c).collect();
+    let id: Vec<u8> = id
+        .iter()
+        .copied()
+        .filter(|b| *b != 0x0b && *b != 0x1c)
+        .collect();
     msa2 == id || (msa2.len() >= 256 && id.starts_with(msa2))
 }
 
@@ -145,7 +301,10 @@ fn positive_ids(stream: &[u8]) -> Vec<Vec<u8>> {
         let frame = &stream[r];
         for message in ack_messages(frame) {
             let ack = parse_ack(message).unwrap_or_else(|e| {
-                panic!("an answer that does not parse ({e}): {:?}", String::from_utf8_lossy(frame))
+                panic!(
+                    "an answer that does not parse ({e}): {:?}",
+                    String::from_utf8_lossy(frame)
+                )
             });
             if matches!(ack.code, AckCode::ApplicationAccept | AckCode::CommitAccept) {
                 out.push(ack.control_id.to_vec());

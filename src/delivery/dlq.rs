@@ -83,7 +83,12 @@ fn push_raw(m: &mut MetaBuilder, key: u8, value: &[u8]) {
 
 /// Reads a little-endian integer stored under `key`.
 pub fn meta_u64(meta: &[u8], key: MetaKey) -> Option<u64> {
-    let v = MetaView::new(meta).get(key)?;
+    meta_u64_view(&MetaView::new(meta), key)
+}
+
+/// [`meta_u64`] on a view.
+pub fn meta_u64_view(meta: &MetaView<'_>, key: MetaKey) -> Option<u64> {
+    let v = meta.get(key)?;
     let mut b = [0u8; 8];
     b[..v.len().min(8)].copy_from_slice(&v[..v.len().min(8)]);
     Some(u64::from_le_bytes(b))

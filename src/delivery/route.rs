@@ -46,6 +46,11 @@ impl Router {
 
     /// The lane that delivers this record, or `None` if the filter drops it.
     pub fn lane_of(&self, offset: Offset, meta: &[u8], payload: &[u8]) -> Option<u16> {
+        if crate::wal::meta::is_event(meta) {
+            // An ingest event (a duplicate seen, a conflict refused) is
+            // not a message: no lane delivers it.
+            return None;
+        }
         let meta = MetaView::new(meta);
         if self.cache.is_empty() {
             return self.passes(&meta, payload).then_some(0);
@@ -212,7 +217,16 @@ mod tests {
         let text = format!("[[listener]]\nname='l'\nlisten='127.0.0.1:1'\nqueue='q'\n[[destination]]\nname='d'\nqueue='q'\nconnect='127.0.0.1:2'\nordering='partitioned'\npartition_key='{key}'\n");
         let config = crate::config::Config::parse(&text, "t").unwrap();
         let header = crate::hl7::parse_header(payload).unwrap();
-        crate::server::ingest::record_meta(payload, &header, &config.listeners[0], "peer", 0)
+        let mut lazy = crate::server::ingest::LazyParse::new(payload);
+        crate::server::ingest::record_meta(
+            &header,
+            &mut lazy,
+            &config.listeners[0],
+            "peer",
+            0,
+            &[0; 32],
+            None,
+        )
     }
 
     /// Routing reads the metadata only: the same answers as from the

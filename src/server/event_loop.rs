@@ -9,8 +9,9 @@
 //! connection may want to read again the loop drives it proactively instead
 //! of waiting for a readiness event.
 use super::conn::{Conn, ConnState};
+use super::dedupe::QueueDedupe;
 use super::ingest::{self, AckIds};
-use super::session::{Appender as SessionAppender, Ingest, Session, Step};
+use super::session::{settle, Appender as SessionAppender, Ingest, Session, Step, Ticket};
 use crate::config::ListenerConfig;
 use crate::constants::{
     INFLIGHT_BYTES_MAX, READ_BUFFER_ALLOWANCE_BYTES, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S,
@@ -22,13 +23,15 @@ use crate::wal::{now_ms, AppendDone, AppendError, AppendRequest, Appender, Notif
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
+/// How often keys past their dedupe window are dropped from the index.
+const DEDUPE_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 const CONN_BASE: usize = 1 << 20;
 /// Recycled payload buffers kept for reuse, and the largest one kept.
 const POOL_BUFFERS_MAX: usize = 1024;
@@ -36,6 +39,8 @@ const POOL_BUFFER_BYTES_MAX: usize = 64 * 1024;
 
 pub struct ListenerSlot {
     pub config: ListenerConfig,
+    /// Index of the listener's queue in the loop's idempotency indexes.
+    pub queue: usize,
     pub socket: Option<TcpListener>,
     pub appender: Appender,
     pub active: usize,
@@ -102,6 +107,12 @@ pub struct EventLoop {
     overdraft: Option<(usize, u32)>,
     /// Connections waiting for budget, to drive again when some frees.
     budget_waiters: Vec<(usize, u32)>,
+    /// Per queue: its idempotency index (`None`: no deduplication).
+    dedupes: Vec<Option<QueueDedupe>>,
+    /// Tickets of closed connections' appends still in flight, by tag,
+    /// with their listener: settled when the completions come.
+    orphans: HashMap<u64, (usize, VecDeque<Ticket>)>,
+    last_expiry: Instant,
 }
 
 impl EventLoop {
@@ -109,6 +120,7 @@ impl EventLoop {
         listeners: Vec<ListenerSlot>,
         metrics: Arc<Metrics>,
         read_buffer_budget_bytes: usize,
+        dedupes: Vec<Option<QueueDedupe>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -150,6 +162,9 @@ impl EventLoop {
             budget: read_buffer_budget_bytes,
             overdraft: None,
             budget_waiters: Vec::new(),
+            dedupes,
+            orphans: HashMap::new(),
+            last_expiry: Instant::now(),
         })
     }
 
@@ -226,7 +241,9 @@ impl EventLoop {
             }
             if std::mem::take(&mut self.inline_committed) {
                 // The answers are written: now the index bookkeeping.
-                self.listeners.iter().for_each(|l| l.appender.tidy_after_inline());
+                self.listeners
+                    .iter()
+                    .for_each(|l| l.appender.tidy_after_inline());
             }
             if self.shutdown.load(Ordering::SeqCst) && self.drain_deadline.is_none() {
                 self.begin_drain();
@@ -234,6 +251,9 @@ impl EventLoop {
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 self.sweep_timeouts();
                 last_sweep = Instant::now();
+            }
+            if self.last_expiry.elapsed() >= DEDUPE_EXPIRY_INTERVAL {
+                self.expire_dedupe_keys();
             }
             if self.drain_finished() {
                 tracing::info!("shutdown complete");
@@ -439,6 +459,7 @@ impl EventLoop {
                 metrics: &self.metrics,
                 now_ms: now_ms(),
                 refused: refused.as_deref(),
+                dedupe: self.dedupes[listener.queue].as_mut(),
             };
             let mut append = |payload: &[u8], meta: Vec<u8>| {
                 let mut buf = pool.pop().unwrap_or_default();
@@ -522,14 +543,31 @@ impl EventLoop {
             self.inflight_bytes -= done.payload.len();
             let slot = (done.tag >> 32) as usize;
             let generation = done.tag as u32;
-            match &done.result {
-                Ok(_) => Metrics::inc(&self.metrics.messages_accepted),
-                Err(e) => {
-                    Metrics::inc(&self.metrics.messages_storage_failed);
-                    tracing::warn!(control_id = %ingest::control_id_text(&done.payload), error = %e, "message not stored");
-                }
+            if let Err(e) = &done.result {
+                Metrics::inc(&self.metrics.messages_storage_failed);
+                tracing::warn!(control_id = %ingest::control_id_text(&done.payload), error = %e, "message not stored");
             }
-            if let Some(conn) = self
+            let result = done.result.as_ref().map(|a| a.offset);
+            if let Some((l, tickets)) = self.orphans.get_mut(&done.tag) {
+                // The connection is gone; its append still settles.
+                let l = *l;
+                if let Some(ticket) = tickets.pop_front() {
+                    let listener = &self.listeners[l];
+                    let mut ing = Ingest {
+                        listener: &listener.config,
+                        peer: "-",
+                        ids: &mut self.ids,
+                        metrics: &self.metrics,
+                        now_ms: now_ms(),
+                        refused: None,
+                        dedupe: self.dedupes[listener.queue].as_mut(),
+                    };
+                    let _ = settle(&ticket, result, &mut ing);
+                }
+                if tickets.is_empty() {
+                    self.orphans.remove(&done.tag);
+                }
+            } else if let Some(conn) = self
                 .conns
                 .get_mut(slot)
                 .and_then(Option::as_mut)
@@ -543,8 +581,8 @@ impl EventLoop {
                     metrics: &self.metrics,
                     now_ms: now_ms(),
                     refused: None,
+                    dedupe: self.dedupes[listener.queue].as_mut(),
                 };
-                let result = done.result.as_ref().map(|_| ());
                 conn.session.complete(result, &done.payload, &mut ing);
                 self.dirty.push(slot);
             }
@@ -693,8 +731,29 @@ impl EventLoop {
         }
     }
 
+    /// Forgets idempotency keys older than their queue's window.
+    fn expire_dedupe_keys(&mut self) {
+        let now = now_ms();
+        for d in self.dedupes.iter_mut().flatten() {
+            let n = d.expire(now);
+            if n > 0 {
+                tracing::debug!(
+                    expired = n,
+                    keys = d.index.len(),
+                    "idempotency keys past their window forgotten"
+                );
+            }
+        }
+        self.last_expiry = Instant::now();
+    }
+
     fn close(&mut self, slot: usize, mut conn: Conn) {
         self.buffered -= conn.session.rbuf.len();
+        if conn.session.inflight() > 0 {
+            let tickets = conn.session.orphan_tickets();
+            let tag = (slot as u64) << 32 | u64::from(conn.generation);
+            self.orphans.insert(tag, (conn.listener, tickets));
+        }
         if self.overdraft == Some((slot, conn.generation)) {
             self.overdraft = None;
         }

@@ -5,6 +5,7 @@
 //! append completion whose result is `Ok`, which the WAL sends only after
 //! the record's `fdatasync` returned.
 mod conn;
+pub mod dedupe;
 mod event_loop;
 pub mod ingest;
 pub mod session;
@@ -58,17 +59,20 @@ struct Maintenance {
 impl Maintenance {
     fn start(
         logs: &BTreeMap<String, Arc<Log>>,
-        policy: RetentionPolicy,
+        config: &Config,
     ) -> Result<Option<Maintenance>, ServeError> {
-        if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
+        let logs: Vec<(String, Arc<Log>, RetentionPolicy)> = logs
+            .iter()
+            .map(|(q, l)| (q.clone(), l.clone(), config.queue(q).retention))
+            .filter(|(_, _, p)| p.max_age_ms.is_some() || p.max_bytes.is_some())
+            .collect();
+        if logs.is_empty() {
             return Ok(None);
         }
-        let logs: Vec<(String, Arc<Log>)> =
-            logs.iter().map(|(q, l)| (q.clone(), l.clone())).collect();
         let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new().name("orderly-retention".into()).spawn(move || loop {
-            for (queue, log) in &logs {
-                match log.enforce_retention(&policy, crate::wal::now_ms()) {
+            for (queue, log, policy) in &logs {
+                match log.enforce_retention(policy, crate::wal::now_ms()) {
                     Ok(deleted) if !deleted.is_empty() => tracing::info!(%queue, segments = deleted.len(), "retention deleted segments every reader had passed"),
                     Ok(_) => {}
                     Err(e) => tracing::error!(%queue, error = %e, "retention failed"),
@@ -114,7 +118,7 @@ impl Server {
         let lock = lock_data_dir(&config.data_dir)?;
         raise_open_files_limit();
         let mut logs = BTreeMap::new();
-        for queue in config.queues() {
+        for queue in config.queue_names() {
             let log = Log::open_with(
                 storage.clone(),
                 &config.queue_dir(&queue),
@@ -126,6 +130,12 @@ impl Server {
             })?;
             logs.insert(queue, Arc::new(log));
         }
+        let queue_names: Vec<String> = logs.keys().cloned().collect();
+        let now = crate::wal::now_ms();
+        let dedupes = queue_names
+            .iter()
+            .map(|q| dedupe::QueueDedupe::open(&config.queue(q), logs[q].clone(), now))
+            .collect();
         let mut slots = Vec::new();
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -143,13 +153,22 @@ impl Server {
                 .appender();
             slots.push(ListenerSlot {
                 config: l.clone(),
+                queue: queue_names
+                    .iter()
+                    .position(|q| *q == l.queue)
+                    .expect("a log per configured queue"),
                 socket: Some(socket),
                 appender,
                 active: 0,
             });
         }
         let metrics = Arc::new(Metrics::default());
-        let event_loop = EventLoop::new(slots, metrics.clone(), config.read_buffer_budget_bytes)?;
+        let event_loop = EventLoop::new(
+            slots,
+            metrics.clone(),
+            config.read_buffer_budget_bytes,
+            dedupes,
+        )?;
         let audit =
             AuditLog::open(storage.clone(), &config.layout().audit_log()).map_err(|source| {
                 ServeError::DataDir {
@@ -163,7 +182,7 @@ impl Server {
                 dir: config.data_dir.clone(),
                 source,
             })?;
-        let maintenance = Maintenance::start(&logs, config.retention)?;
+        let maintenance = Maintenance::start(&logs, config)?;
         Ok(Server {
             logs,
             engine,

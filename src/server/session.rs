@@ -9,14 +9,17 @@
 //! keep frame order whatever the disk does.
 //!
 //! Architecture Invariant: a positive ACK (AA/CA) is written only for a
-//! message whose append completed `Ok`; a batch answer lists each message
-//! with its own outcome.
+//! message whose append completed `Ok`, or for a duplicate (same
+//! idempotency key, same payload) of a message whose append completed
+//! `Ok`, once the duplicate's event record is durable too; a batch answer
+//! lists each message with its own outcome.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::ingest::{self, AckIds};
-use crate::config::ListenerConfig;
+use super::dedupe::{QueueDedupe, Verdict};
+use super::ingest::{self, AckIds, Keyed, LazyParse};
+use crate::config::{KeyConflict, ListenerConfig};
 use crate::constants::{BUFFER_SHRINK_ABOVE_BYTES, READ_CHUNK_BYTES};
 use crate::hl7::ack::{
     build_ack, decide, write_batch_ack, AckError, BatchEcho, ErrorCode, Hl7Timestamp, Outcome,
@@ -27,7 +30,7 @@ use crate::hl7::{check_header, parse_header, Delimiters, MshHeader};
 use crate::metrics::Metrics;
 use crate::mllp::scan::find2;
 use crate::mllp::{Decoded, FrameDecoder, FrameError, END_BLOCK, START_BLOCK, TRAILER};
-use crate::wal::AppendError;
+use crate::wal::{AppendError, Offset};
 
 /// Spare answer buffers kept per connection, and the largest kept.
 const SPARE_BUFFERS_MAX: usize = 64;
@@ -43,6 +46,8 @@ pub struct Ingest<'a> {
     pub now_ms: u64,
     /// Why the queue refuses appends right now (a latched fsync failure).
     pub refused: Option<&'a str>,
+    /// The queue's idempotency index (`None`: no deduplication).
+    pub dedupe: Option<&'a mut QueueDedupe>,
 }
 
 impl Ingest<'_> {
@@ -80,9 +85,9 @@ pub enum Step {
 enum Slot {
     /// Framed answer bytes (empty: no answer is due, e.g. `strict` + NE).
     Ready(Vec<u8>),
-    /// One message waiting for its append; on `Ok` its framed positive
-    /// answer (possibly empty) is sent.
-    Single(Vec<u8>),
+    /// One message waiting for its append; on `Ok` its framed answer
+    /// (possibly empty) is sent.
+    Single(Vec<u8>, Ticket),
     /// A batch (or back-to-back messages) waiting for some appends.
     Batch(Box<BatchSlot>),
 }
@@ -98,8 +103,35 @@ struct BatchSlot {
 enum Entry {
     /// Its unframed ACK message (empty: none due).
     Answered(Vec<u8>),
-    /// Waiting for its append; holds the positive ACK message.
-    Waiting(Vec<u8>),
+    /// Waiting for its append; holds the ACK message due on `Ok`.
+    Waiting(Vec<u8>, Ticket),
+}
+
+/// What an append settles besides the answer.
+#[derive(Debug)]
+pub enum Ticket {
+    /// A message without an idempotency key.
+    Plain,
+    /// A message stored under a key: the index learns where, or that it
+    /// was not stored.
+    Keyed {
+        key: Vec<u8>,
+        sha256: [u8; 32],
+        new_version: bool,
+    },
+    /// The event record of a duplicate. `waited`: its original was still in
+    /// flight, so the positive answer stands only if that was stored.
+    /// `msh`: the duplicate's MSH, for a NAK's header (the event record
+    /// does not hold the payload).
+    Duplicate {
+        key: Vec<u8>,
+        sha256: [u8; 32],
+        waited: bool,
+        msh: Vec<u8>,
+    },
+    /// The event record of a refused conflict: its answer is negative
+    /// whatever the append's outcome.
+    Refused,
 }
 
 /// A connection's decoder, read buffer, answer queue and write buffer.
@@ -233,11 +265,15 @@ impl Session {
         let mut framed = self.spare.pop().unwrap_or_default();
         framed.push(START_BLOCK);
         match plan_message(msg, ing, &mut framed) {
-            Plan::Store { meta } => {
+            Plan::Store {
+                meta,
+                ticket,
+                payload,
+            } => {
                 close_frame(&mut framed);
-                appender.append(msg, meta);
+                appender.append(if payload { msg } else { &[] }, meta);
                 self.inflight += 1;
-                self.slots.push_back(Slot::Single(framed));
+                self.slots.push_back(Slot::Single(framed, ticket));
             }
             Plan::Answer(unframed) => {
                 framed.clear();
@@ -286,12 +322,16 @@ impl Session {
         for (i, msg) in batch.messages.iter().enumerate() {
             let mut positive = Vec::new();
             match plan_message(msg, ing, &mut positive) {
-                Plan::Store { meta } => {
+                Plan::Store {
+                    meta,
+                    ticket,
+                    payload,
+                } => {
                     let meta = with_batch_position(meta, batch_id, file_id, i, count);
-                    appender.append(msg, meta);
+                    appender.append(if payload { msg } else { &[] }, meta);
                     self.inflight += 1;
                     waiting += 1;
-                    entries.push(Entry::Waiting(positive));
+                    entries.push(Entry::Waiting(positive, ticket));
                 }
                 Plan::Answer(answer) => entries.push(Entry::Answered(answer)),
             }
@@ -359,7 +399,7 @@ impl Session {
     /// `payload` is the stored (or refused) message, for a NAK's header.
     pub fn complete(
         &mut self,
-        result: Result<(), &AppendError>,
+        result: Result<Offset, &AppendError>,
         payload: &[u8],
         ing: &mut Ingest<'_>,
     ) {
@@ -372,8 +412,8 @@ impl Session {
             debug_assert!(false, "a completion always has a waiting slot");
             return;
         };
-        let refusal = |ing: &mut Ingest<'_>, e: &AppendError, out: &mut Vec<u8>| {
-            let header = parse_header(payload).ok();
+        let refusal = |ing: &mut Ingest<'_>, e: &AppendError, msh: &[u8], out: &mut Vec<u8>| {
+            let header = parse_header(if payload.is_empty() { msh } else { payload }).ok();
             let error = ingest::storage_error(e);
             write_answer(
                 header.as_ref(),
@@ -384,12 +424,13 @@ impl Session {
             );
         };
         match &mut self.slots[i] {
-            Slot::Single(positive) => {
-                let framed = match result {
+            Slot::Single(positive, ticket) => {
+                let settled = settle(ticket, result, ing);
+                let framed = match &settled {
                     Ok(()) => std::mem::take(positive),
                     Err(e) => {
                         let mut unframed = Vec::new();
-                        refusal(ing, e, &mut unframed);
+                        refusal(ing, e, ticket.msh(), &mut unframed);
                         let mut framed = std::mem::take(positive);
                         framed.clear();
                         frame_into(&unframed, &mut framed);
@@ -402,19 +443,18 @@ impl Session {
                 let entry = batch
                     .entries
                     .iter_mut()
-                    .find(|e| matches!(e, Entry::Waiting(_)));
+                    .find(|e| matches!(e, Entry::Waiting(..)));
                 if let Some(entry) = entry {
-                    let answer = match (
-                        result,
-                        std::mem::replace(entry, Entry::Answered(Vec::new())),
-                    ) {
-                        (Ok(()), Entry::Waiting(positive)) => positive,
-                        (Err(e), _) => {
-                            let mut unframed = Vec::new();
-                            refusal(ing, e, &mut unframed);
-                            unframed
-                        }
-                        (Ok(()), Entry::Answered(a)) => a,
+                    let answer = match std::mem::replace(entry, Entry::Answered(Vec::new())) {
+                        Entry::Waiting(positive, ticket) => match settle(&ticket, result, ing) {
+                            Ok(()) => positive,
+                            Err(e) => {
+                                let mut unframed = Vec::new();
+                                refusal(ing, &e, ticket.msh(), &mut unframed);
+                                unframed
+                            }
+                        },
+                        Entry::Answered(a) => a,
                     };
                     *entry = Entry::Answered(answer);
                     batch.waiting -= 1;
@@ -427,6 +467,23 @@ impl Session {
             Slot::Ready(_) => unreachable!("position() skipped ready slots"),
         }
         self.release_ready();
+    }
+
+    /// The tickets of appends still in flight, in submission order: what a
+    /// closing connection leaves for the completions that will still come.
+    pub fn orphan_tickets(&mut self) -> VecDeque<Ticket> {
+        let mut out = VecDeque::new();
+        for slot in self.slots.drain(..) {
+            match slot {
+                Slot::Ready(_) => {}
+                Slot::Single(_, t) => out.push_back(t),
+                Slot::Batch(b) => out.extend(b.entries.into_iter().filter_map(|e| match e {
+                    Entry::Waiting(_, t) => Some(t),
+                    Entry::Answered(_) => None,
+                })),
+            }
+        }
+        out
     }
 
     fn push_ready(&mut self, framed: Vec<u8>) {
@@ -483,8 +540,14 @@ impl BatchSlot {
 
 /// What to do with one message.
 enum Plan {
-    /// Append it with this metadata; its positive answer was written.
-    Store { meta: Vec<u8> },
+    /// Append a record with this metadata (and the message as its payload
+    /// when `payload`; an event record of a duplicate has none); the
+    /// answer due when it is stored was written.
+    Store {
+        meta: Vec<u8>,
+        ticket: Ticket,
+        payload: bool,
+    },
     /// Answer this now (an unframed ACK message, empty when none is due).
     Answer(Vec<u8>),
 }
@@ -525,9 +588,205 @@ fn plan_message(msg: &[u8], ing: &mut Ingest<'_>, positive: &mut Vec<u8>) -> Pla
         );
         return Plan::Answer(unframed);
     }
-    let meta = ingest::record_meta(msg, &header, config, ing.peer, ing.now_ms);
-    write_answer(Some(&header), Outcome::Stored, None, ing, positive);
-    Plan::Store { meta }
+    let sha256 = ingest::sha256(msg);
+    let mut lazy = LazyParse::new(msg);
+    let key = match ing.dedupe.as_deref() {
+        Some(d) => ingest::idempotency_key(&header, &mut lazy, &d.paths),
+        None => None,
+    };
+    let Some(key) = key else {
+        let meta = ingest::record_meta(
+            &header, &mut lazy, config, ing.peer, ing.now_ms, &sha256, None,
+        );
+        write_answer(Some(&header), Outcome::Stored, None, ing, positive);
+        return Plan::Store {
+            meta,
+            ticket: Ticket::Plain,
+            payload: true,
+        };
+    };
+    plan_keyed(&header, &mut lazy, key, sha256, ing, positive)
+}
+
+/// A message with an idempotency key: new, a duplicate, or a conflict.
+fn plan_keyed<'a>(
+    header: &MshHeader<'a>,
+    lazy: &mut LazyParse<'a>,
+    key: Vec<u8>,
+    sha256: [u8; 32],
+    ing: &mut Ingest<'_>,
+    positive: &mut Vec<u8>,
+) -> Plan {
+    let config = ing.listener;
+    let Some(d) = ing.dedupe.as_deref_mut() else {
+        unreachable!("a key is only read when the queue has an index")
+    };
+    let verdict = d
+        .index
+        .check(&key, &sha256, ing.now_ms, d.originals.as_ref());
+    let on_conflict = d.on_conflict;
+    let control_id = String::from_utf8_lossy(header.control_id());
+    let digest = &ingest::hex(&sha256)[..16];
+    let new_version_of = match verdict {
+        Verdict::New => None,
+        Verdict::Duplicate { original } => {
+            Metrics::inc(&ing.metrics.idempotency_duplicates);
+            tracing::info!(listener = %config.name, peer = %ing.peer, %control_id, sha256 = digest, original = ?original.map(|o| o.0), "duplicate: answered positively, not stored again");
+            let meta = ingest::event_meta(
+                "duplicate",
+                header,
+                config,
+                ing.peer,
+                ing.now_ms,
+                &key,
+                &sha256,
+                original.map(|o| o.0),
+            );
+            write_answer(Some(header), Outcome::Stored, None, ing, positive);
+            let mut msh = header.segment().to_vec();
+            msh.push(b'\r');
+            return Plan::Store {
+                meta,
+                ticket: Ticket::Duplicate {
+                    key,
+                    sha256,
+                    waited: original.is_none(),
+                    msh,
+                },
+                payload: false,
+            };
+        }
+        Verdict::Conflict { original } if on_conflict == KeyConflict::Reject => {
+            Metrics::inc(&ing.metrics.idempotency_conflicts_rejected);
+            Metrics::inc(&ing.metrics.messages_rejected);
+            tracing::warn!(listener = %config.name, peer = %ing.peer, %control_id, sha256 = digest, original = ?original.map(|o| o.0), "key conflict: same idempotency key, different payload; refused (on_key_conflict = reject)");
+            let meta = ingest::event_meta(
+                "conflict-rejected",
+                header,
+                config,
+                ing.peer,
+                ing.now_ms,
+                &key,
+                &sha256,
+                original.map(|o| o.0),
+            );
+            let error = AckError {
+                code: ErrorCode::DuplicateKeyIdentifier,
+                severity: Severity::Error,
+                text: "message NOT stored: its idempotency key was accepted before with a different payload",
+                location: None,
+            };
+            write_answer(
+                Some(header),
+                Outcome::ContentError,
+                Some(&error),
+                ing,
+                positive,
+            );
+            return Plan::Store {
+                meta,
+                ticket: Ticket::Refused,
+                payload: true,
+            };
+        }
+        Verdict::Conflict { original } => {
+            Metrics::inc(&ing.metrics.idempotency_conflicts_accepted);
+            tracing::warn!(listener = %config.name, peer = %ing.peer, %control_id, sha256 = digest, original = ?original.map(|o| o.0), "key conflict: stored as a new version (on_key_conflict = accept)");
+            Some(original.map(|o| o.0))
+        }
+    };
+    d.index.begin(&key, &sha256);
+    let keyed = Keyed {
+        key: &key,
+        new_version_of,
+    };
+    let meta = ingest::record_meta(
+        header,
+        lazy,
+        config,
+        ing.peer,
+        ing.now_ms,
+        &sha256,
+        Some(&keyed),
+    );
+    write_answer(Some(header), Outcome::Stored, None, ing, positive);
+    Plan::Store {
+        meta,
+        ticket: Ticket::Keyed {
+            key,
+            sha256,
+            new_version: new_version_of.is_some(),
+        },
+        payload: true,
+    }
+}
+
+impl Ticket {
+    /// The MSH a NAK echoes when the record holds no payload.
+    fn msh(&self) -> &[u8] {
+        match self {
+            Ticket::Duplicate { msh, .. } => msh,
+            _ => &[],
+        }
+    }
+}
+
+/// Settles what an append's completion means beyond its answer: the
+/// idempotency index learns where a keyed message went, and a duplicate of
+/// a message that was not stored after all is refused instead of answered
+/// positively. Counts accepted messages.
+pub(super) fn settle(
+    ticket: &Ticket,
+    result: Result<Offset, &AppendError>,
+    ing: &mut Ingest<'_>,
+) -> Result<(), AppendError> {
+    let stored = result.as_ref().ok().copied();
+    match ticket {
+        Ticket::Plain => {}
+        Ticket::Keyed {
+            key,
+            sha256,
+            new_version,
+        } => {
+            if stored.is_some() && !new_version {
+                Metrics::inc(&ing.metrics.idempotency_new);
+            }
+            if let Some(d) = ing.dedupe.as_deref_mut() {
+                let evicted = d.index.end(key, sha256, stored);
+                if evicted.0 > 0 {
+                    Metrics::add(&ing.metrics.idempotency_keys_evicted, evicted.0 as u64);
+                    tracing::warn!(listener = %ing.listener.name, evicted = evicted.0, keys_max = d.index.len(), "idempotency index full (dedupe_keys_max): the oldest keys were dropped before their window ended");
+                }
+            }
+        }
+        Ticket::Duplicate {
+            key,
+            sha256,
+            waited,
+            ..
+        } => {
+            let original_stored = !waited
+                || ing
+                    .dedupe
+                    .as_deref()
+                    .is_some_and(|d| d.index.holds(key, sha256, d.originals.as_ref()));
+            if stored.is_some() && !original_stored {
+                return Err(AppendError::Failed(
+                    "the message it repeats was not stored".into(),
+                ));
+            }
+        }
+        Ticket::Refused => return result.map(|_| ()).map_err(Clone::clone),
+    }
+    match result {
+        Ok(_) => {
+            if !matches!(ticket, Ticket::Duplicate { .. }) {
+                Metrics::inc(&ing.metrics.messages_accepted);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.clone()),
+    }
 }
 
 fn refuse(

@@ -71,6 +71,30 @@ pub enum MetaKey {
     ErrorText = 29,
     /// Why it was dead-lettered: policy, or the operator's reason for a skip.
     Reason = 30,
+    // Idempotency (see server/dedupe.rs).
+    /// Present on an ingest-event record (not a message: delivery passes
+    /// over it): what happened, as text: `duplicate` (a copy of an accepted
+    /// message, answered positively and not stored again) or
+    /// `conflict-rejected` (same key, different payload; refused, its
+    /// payload kept in the event record).
+    Event = 40,
+    /// The message's idempotency key: the raw values of the queue's
+    /// `idempotency_key` fields joined by 0x00 (`sha256:` and the hex
+    /// digest when longer than 1 KiB).
+    IdempotencyKey = 41,
+    /// SHA-256 of the payload as received, 32 bytes.
+    PayloadSha256 = 42,
+    /// The offset of the accepted message an event (or a new version)
+    /// refers to, u64 LE; absent when that message was still in flight.
+    OriginalOffset = 43,
+    /// Present (empty) on a message accepted with a key already used for a
+    /// different payload (`on_key_conflict = "accept"`): a new version.
+    NewVersion = 44,
+}
+
+/// Whether a record is an ingest event rather than a message.
+pub fn is_event(meta: &[u8]) -> bool {
+    MetaView::new(meta).get(MetaKey::Event).is_some()
 }
 
 /// Builds a metadata area. Values longer than [`META_FIELD_BYTES_MAX`] are

@@ -13,12 +13,12 @@
 use super::checkpoint::Checkpoint;
 use super::fence::Fence;
 use super::files::{self, IndexFiles};
+use super::record::RECORD_HEADER_BYTES;
 use super::segment::{
     self, file_path, parse_segment_name, SegmentBytes, SegmentHeader, Stop, SEGMENT_HEADER_BYTES,
 };
 use super::shared::{QuarantinedRange, SealedInfo, Segment, SegmentFile, Shared, Tail};
 use super::source::{Window, WindowedFile};
-use super::record::RECORD_HEADER_BYTES;
 use super::{now_ms, LogConfig, Offset, WalError};
 use crate::constants::QUARANTINE_TAIL_BYTES_MAX;
 use crate::index::{decode_points, IndexKind, IndexPoint, SegmentIndex, INDEX_HEADER_BYTES};
