@@ -285,7 +285,9 @@ impl DedupeIndex {
             {
                 copies[i].copies -= 1;
                 if copies[i].copies == 0 {
-                    copies.swap_remove(i);
+                    // `remove`, not `swap_remove`: the order is submission
+                    // order, and the last copy is the key's latest version.
+                    copies.remove(i);
                 }
             }
             if copies.is_empty() {
@@ -381,6 +383,28 @@ mod tests {
         ix.end(b"k", &sha(1), None);
         assert_eq!(ix.check(b"k", &sha(1), 0, &s), Verdict::New);
         assert!(!ix.holds(b"k", &sha(1), &s));
+    }
+
+    /// Found by the session fuzz target: versions A, B, C of one key in
+    /// flight, A not stored; a copy of B arriving then was taken for a
+    /// duplicate of B (the list reordered by the removal), though C, the
+    /// latest version, differs: it is a conflict with C.
+    #[test]
+    fn the_latest_version_in_flight_decides_after_an_earlier_one_fails() {
+        let s = Stored::default();
+        let mut ix = DedupeIndex::new(1000, 10);
+        for v in 1..=3 {
+            ix.begin(b"k", &sha(v));
+        }
+        ix.end(b"k", &sha(1), None);
+        assert_eq!(
+            ix.check(b"k", &sha(2), 0, &s),
+            Verdict::Conflict { original: None }
+        );
+        assert_eq!(
+            ix.check(b"k", &sha(3), 0, &s),
+            Verdict::Duplicate { original: None }
+        );
     }
 
     #[test]
