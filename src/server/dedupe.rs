@@ -262,9 +262,11 @@ impl DedupeIndex {
     pub fn begin(&mut self, key: &[u8], sha256: &[u8; 32]) {
         let h = self.hash(key);
         let copies = self.in_flight.entry(h).or_default();
+        // Only the newest entry may absorb a copy: the list is in
+        // submission order and its last entry is the latest version.
         match copies
-            .iter_mut()
-            .find(|c| c.key == key && &c.sha256 == sha256)
+            .last_mut()
+            .filter(|c| c.key == key && &c.sha256 == sha256)
         {
             Some(c) => c.copies += 1,
             None => copies.push(InFlight {
@@ -403,6 +405,29 @@ mod tests {
         );
         assert_eq!(
             ix.check(b"k", &sha(3), 0, &s),
+            Verdict::Duplicate { original: None }
+        );
+    }
+
+    /// Also found by the fuzz target: versions A, B, then A again in
+    /// flight; the second A was counted into the first A's entry, so B
+    /// looked like the latest version and a copy of B like its duplicate.
+    #[test]
+    fn a_version_resent_after_another_is_the_latest_again() {
+        let s = Stored::default();
+        let mut ix = DedupeIndex::new(1000, 10);
+        ix.begin(b"k", &sha(1));
+        ix.begin(b"k", &sha(2));
+        ix.begin(b"k", &sha(1));
+        assert_eq!(
+            ix.check(b"k", &sha(2), 0, &s),
+            Verdict::Conflict { original: None }
+        );
+        // The copies complete oldest first; the latest stays last.
+        ix.end(b"k", &sha(1), Some(Offset(0)));
+        ix.end(b"k", &sha(2), Some(Offset(1)));
+        assert_eq!(
+            ix.check(b"k", &sha(1), 0, &s),
             Verdict::Duplicate { original: None }
         );
     }
