@@ -164,6 +164,19 @@ fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
     }
 }
 
+/// Eight hex digits telling this run's messages from every earlier run's:
+/// a broker deduplicates by control id (MSH-3, MSH-4, MSH-10 by default),
+/// so ids reused across runs with new bytes would be refused as conflicts.
+fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        format!("{:08x}", (ms ^ (u64::from(std::process::id()) << 24)) as u32)
+    })
+}
+
 /// An ORU^R01 of exactly `size` bytes with control id `id`, patient `key`,
 /// and its send time (µs since the epoch) in OBX-5 as `SENT_US=<n>;` so a
 /// downstream can measure end-to-end latency.
@@ -213,7 +226,7 @@ fn drive(args: &Args, conn: usize, deadline: Instant, r: &mut ConnResult) -> Res
     };
     loop {
         while inflight.len() < args.window && more(r) {
-            let id = format!("L{conn}-{}", r.sent);
+            let id = format!("L{}-{conn}-{}", run_id(), r.sent);
             message(
                 &id,
                 (conn as u64 * 7919 + r.sent) % args.keys.max(1),
