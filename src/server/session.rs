@@ -625,13 +625,15 @@ fn plan_keyed<'a>(
         .index
         .check(&key, &sha256, ing.now_ms, d.originals.as_ref());
     let on_conflict = d.on_conflict;
-    let control_id = String::from_utf8_lossy(header.control_id());
-    let digest = &ingest::hex(&sha256)[..16];
+    // Only for the log lines of duplicates and conflicts (the common new
+    // key logs nothing): built there, not for every message.
+    let control_id = || String::from_utf8_lossy(header.control_id());
+    let digest = || ingest::hex(&sha256[..8]);
     let new_version_of = match verdict {
         Verdict::New => None,
         Verdict::Duplicate { original } => {
             Metrics::inc(&ing.metrics.idempotency_duplicates);
-            tracing::info!(listener = %config.name, peer = %ing.peer, %control_id, sha256 = digest, original = ?original.map(|o| o.0), "duplicate: answered positively, not stored again");
+            tracing::info!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "duplicate: answered positively, not stored again");
             let meta = ingest::event_meta(
                 "duplicate",
                 header,
@@ -659,7 +661,7 @@ fn plan_keyed<'a>(
         Verdict::Conflict { original } if on_conflict == KeyConflict::Reject => {
             Metrics::inc(&ing.metrics.idempotency_conflicts_rejected);
             Metrics::inc(&ing.metrics.messages_rejected);
-            tracing::warn!(listener = %config.name, peer = %ing.peer, %control_id, sha256 = digest, original = ?original.map(|o| o.0), "key conflict: same idempotency key, different payload; refused (on_key_conflict = reject)");
+            tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "key conflict: same idempotency key, different payload; refused (on_key_conflict = reject)");
             let meta = ingest::event_meta(
                 "conflict-rejected",
                 header,
@@ -691,7 +693,7 @@ fn plan_keyed<'a>(
         }
         Verdict::Conflict { original } => {
             Metrics::inc(&ing.metrics.idempotency_conflicts_accepted);
-            tracing::warn!(listener = %config.name, peer = %ing.peer, %control_id, sha256 = digest, original = ?original.map(|o| o.0), "key conflict: stored as a new version (on_key_conflict = accept)");
+            tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "key conflict: stored as a new version (on_key_conflict = accept)");
             Some(original.map(|o| o.0))
         }
     };
