@@ -135,6 +135,20 @@ fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
     };
     match words {
         ["status"] => Ok(render_status(&engine.status())),
+        // Read-only: not audited. The filter is JSON (one line, no tabs).
+        ["dlq-list", filter] => {
+            let filter: crate::delivery::dlq_query::DlqFilter =
+                serde_json::from_str(filter).map_err(|e| format!("bad dlq-list filter: {e}"))?;
+            let (entries, skipped) = engine.dlq_list(&filter)?;
+            let answer = serde_json::json!({ "entries": entries, "damaged_skipped": skipped });
+            Ok(answer.to_string() + "\n")
+        }
+        ["dlq-show", id] => {
+            let record = engine.dlq_show(id)?;
+            serde_json::to_string(&record)
+                .map(|t| t + "\n")
+                .map_err(|e| e.to_string())
+        }
         ["pause", dest] => audited(ctx, entry("pause", dest, "", ""), || {
             engine.pause(dest, true).map(|_| format!("{dest} paused\n"))
         }),

@@ -19,4 +19,5 @@ pub mod mllp;
 pub mod report;
 pub mod server;
 pub mod storage;
+pub mod timearg;
 pub mod wal;

@@ -87,6 +87,11 @@ enum Command {
 enum CtlAction {
     /// Per destination and lane: committed offset, log end, lag, blocked head, circuit, paused.
     Status,
+    /// Dead-letter queues: list and show what delivery gave up on.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Stop delivering to a destination (messages keep being accepted and stored).
     Pause { destination: String },
     /// Resume a paused destination.
@@ -123,6 +128,46 @@ enum CtlAction {
         /// Why (kept in the audit journal).
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// One line per dead-lettered message (oldest first per destination).
+    List {
+        #[arg(long)]
+        destination: Option<String>,
+        /// PID-3.1.
+        #[arg(long)]
+        patient: Option<String>,
+        /// MSH-10.
+        #[arg(long)]
+        control_id: Option<String>,
+        /// PV1-19.
+        #[arg(long)]
+        encounter: Option<String>,
+        /// MSH-4.
+        #[arg(long)]
+        facility: Option<String>,
+        /// Error class (rejected, timeout, connect, ...).
+        #[arg(long)]
+        error: Option<String>,
+        /// Dead-lettered at or after: RFC 3339, or a duration ago (30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Dead-lettered before: RFC 3339, or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole record: its context, the downstream's last answer, the message.
+    Show {
+        /// The id `list` prints (<destination>:<offset>).
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -243,16 +288,54 @@ fn with_data_dir(
     f(&dir)
 }
 
+impl DlqAction {
+    fn into_request(self) -> Result<orderly::report::DlqRequest, String> {
+        use orderly::report::DlqRequest;
+        let now = orderly::wal::now_ms();
+        let time = |t: Option<String>| t.map(|t| orderly::timearg::parse_time(&t, now)).transpose();
+        Ok(match self {
+            DlqAction::List {
+                destination,
+                patient,
+                control_id,
+                encounter,
+                facility,
+                error,
+                since,
+                until,
+                json,
+            } => DlqRequest::List {
+                filter: orderly::delivery::dlq_query::DlqFilter {
+                    destination,
+                    patient,
+                    control_id,
+                    encounter,
+                    facility,
+                    error,
+                    since_ms: time(since)?,
+                    until_ms: time(until)?,
+                },
+                json,
+            },
+            DlqAction::Show { id, json } => DlqRequest::Show { id, json },
+        })
+    }
+}
+
 /// A reason must be one line of text: it goes into records and the audit journal.
 fn valid_reason(reason: &str) -> bool {
     !reason.trim().is_empty() && !reason.contains(['\t', '\n'])
 }
 
 fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
+    if let CtlAction::Dlq { action } = action {
+        return orderly::report::dlq(data_dir, action.into_request());
+    }
     let lane_text;
     let target_text;
     let words: Vec<&str> = match &action {
         CtlAction::Status => vec!["status"],
+        CtlAction::Dlq { .. } => unreachable!("handled above"),
         CtlAction::Pause { destination } => vec!["pause", destination],
         CtlAction::Resume { destination } => vec!["resume", destination],
         CtlAction::Retry {

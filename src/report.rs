@@ -192,3 +192,139 @@ fn idempotency_note(meta: &MetaView<'_>) -> String {
     }
     String::new()
 }
+
+/// What `orderly ctl dlq` asks the broker for.
+pub enum DlqRequest {
+    List {
+        filter: crate::delivery::dlq_query::DlqFilter,
+        json: bool,
+    },
+    Show {
+        id: String,
+        json: bool,
+    },
+}
+
+/// Runs `orderly ctl dlq ...` against the broker owning `data_dir` and
+/// prints the answer (text for people, `--json` for scripts). Exit 2 for a
+/// bad argument, 1 when the broker refuses or cannot be reached.
+pub fn dlq(data_dir: &Path, request: Result<DlqRequest, String>) -> ExitCode {
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("orderly: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (words, json): (Vec<String>, bool) = match &request {
+        DlqRequest::List { filter, json } => (
+            vec![
+                "dlq-list".into(),
+                serde_json::to_string(filter).expect("a filter serialises"),
+            ],
+            *json,
+        ),
+        DlqRequest::Show { id, json } => (vec!["dlq-show".into(), id.clone()], *json),
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let answer = match crate::control::request(data_dir, &words) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("orderly: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        print!("{answer}");
+        return ExitCode::SUCCESS;
+    }
+    let printed = match request {
+        DlqRequest::List { .. } => print_dlq_list(&answer),
+        DlqRequest::Show { .. } => print_dlq_record(&answer),
+    };
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderly: unexpected answer from the broker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_dlq_list(answer: &str) -> Result<(), String> {
+    use crate::delivery::dlq_query::DlqEntry;
+    let v: serde_json::Value = serde_json::from_str(answer).map_err(|e| e.to_string())?;
+    let entries: Vec<DlqEntry> =
+        serde_json::from_value(v["entries"].clone()).map_err(|e| e.to_string())?;
+    println!("id dead_lettered_ms control_id message_type facility error_class attempts");
+    for e in &entries {
+        println!(
+            "{} {} {} {} {} {} {}",
+            e.id,
+            e.dead_lettered_ms,
+            dash(&e.control_id),
+            dash(&e.message_type),
+            dash(&e.facility),
+            dash(&e.error_class),
+            e.attempts.map_or("-".into(), |a| a.to_string())
+        );
+    }
+    let skipped = v["damaged_skipped"].as_u64().unwrap_or(0);
+    if skipped > 0 {
+        println!("({skipped} damaged dead-letter record(s) could not be read; `orderly verify` names them)");
+    }
+    if entries.len() >= crate::delivery::dlq_query::DLQ_LIST_MAX {
+        println!("(the first {} only: narrow the filter)", entries.len());
+    }
+    Ok(())
+}
+
+fn print_dlq_record(answer: &str) -> Result<(), String> {
+    let r: crate::delivery::dlq_query::DlqRecord =
+        serde_json::from_str(answer).map_err(|e| e.to_string())?;
+    let e = &r.entry;
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!("id: {}", e.id);
+    println!(
+        "destination: {}  queue: {}  source offset: {}  lane: {}",
+        e.destination,
+        e.queue,
+        opt(e.source_offset),
+        opt(e.lane)
+    );
+    println!("dead-lettered at (ms): {}", e.dead_lettered_ms);
+    println!(
+        "control id: {}  message type: {}  facility: {}",
+        dash(&e.control_id),
+        dash(&e.message_type),
+        dash(&e.facility)
+    );
+    println!(
+        "error: {} after {} attempt(s), first {} last {}: {}",
+        e.error_class,
+        opt(e.attempts),
+        opt(e.first_failure_ms),
+        opt(e.last_failure_ms),
+        e.error_text
+    );
+    println!("reason: {}", e.reason);
+    if let Some(ack) = &r.last_ack {
+        println!("last answer from the destination:");
+        for seg in ack.split('\r').filter(|s| !s.is_empty()) {
+            println!("  {seg}");
+        }
+    }
+    println!("message ({} bytes):", e.bytes);
+    for seg in r.payload.split('\r').filter(|s| !s.is_empty()) {
+        println!("  {seg}");
+    }
+    Ok(())
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.replace(char::is_whitespace, "_")
+    }
+}

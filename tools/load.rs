@@ -173,7 +173,10 @@ fn run_id() -> &'static str {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        format!("{:08x}", (ms ^ (u64::from(std::process::id()) << 24)) as u32)
+        format!(
+            "{:08x}",
+            (ms ^ (u64::from(std::process::id()) << 24)) as u32
+        )
     })
 }
 

@@ -7,6 +7,7 @@
 //! the message's dead-letter record is durable. Nothing behind a blocked head
 //! in its lane is delivered; other lanes and destinations are unaffected.
 pub mod dlq;
+pub mod dlq_query;
 mod lane;
 pub mod link;
 pub mod policy;
@@ -274,6 +275,38 @@ impl Engine {
             "destination {name}: delivering from offset {target}"
         ));
         Ok(lines.join("\n"))
+    }
+
+    /// Dead-letter records matching `filter`, oldest first per destination,
+    /// at most [`dlq_query::DLQ_LIST_MAX`]; with how many damaged records
+    /// were passed over.
+    pub fn dlq_list(
+        &self,
+        filter: &dlq_query::DlqFilter,
+    ) -> Result<(Vec<dlq_query::DlqEntry>, u64), String> {
+        if let Some(d) = &filter.destination {
+            self.find(d)?;
+        }
+        let (mut out, mut skipped) = (Vec::new(), 0);
+        for d in &self.destinations {
+            dlq_query::search(
+                &d.config.name,
+                &d.dlq,
+                filter,
+                dlq_query::DLQ_LIST_MAX,
+                &mut out,
+                &mut skipped,
+            );
+        }
+        Ok((out, skipped))
+    }
+
+    /// One dead-letter record, by its id (`<destination>:<offset>`).
+    pub fn dlq_show(&self, id: &str) -> Result<dlq_query::DlqRecord, String> {
+        let (dest, offset) = dlq_query::parse_id(id)
+            .ok_or_else(|| format!("`{id}` is not a dead-letter id (<destination>:<offset>)"))?;
+        let d = self.find(dest)?;
+        dlq_query::record(dest, &d.dlq, offset).map_err(|e| format!("{id}: {e}"))
     }
 
     pub fn status(&self) -> Vec<DestinationReport> {
