@@ -308,3 +308,55 @@ fn a_queue_declared_but_unused_is_a_config_error() {
         "{err}"
     );
 }
+
+/// Senders that reset the connection right after sending (no wait for the
+/// ACK) leave their appends in flight on a closed connection; the index
+/// must still learn where each went, or every resend would wait for an
+/// original that never settles and be refused. Each resend here must be
+/// answered positively and every message stored exactly once.
+#[test]
+fn appends_of_connections_reset_before_their_ack_still_settle_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let broker = Broker::start(&setup(dir.path(), "", &sink));
+    let n = 40;
+    for i in 0..n {
+        let mut c = Client::connect(broker.addr());
+        c.send(&msg(&format!("RST{i}"), "x"));
+        // SO_LINGER 0: the close (the drop) resets at once, no FIN.
+        socket_reset(&c.stream);
+    }
+    let mut c = Client::connect(broker.addr());
+    for i in 0..n {
+        let (code, id) = c.roundtrip(&msg(&format!("RST{i}"), "x"));
+        assert_eq!((code, id), (AckCode::ApplicationAccept, format!("RST{i}")));
+    }
+    let mut ids: Vec<String> = messages(&broker.data_dir)
+        .into_iter()
+        .map(|m| m.1)
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("RST{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "each message stored exactly once");
+}
+
+fn socket_reset(stream: &std::net::TcpStream) {
+    use std::os::unix::io::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this test owns, with a linger struct
+    // of the size passed. The close when the client drops then resets.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
