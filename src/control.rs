@@ -143,6 +143,13 @@ fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
             let answer = serde_json::json!({ "entries": entries, "damaged_skipped": skipped });
             Ok(answer.to_string() + "\n")
         }
+        ["dlq-discard", id, reason] if !reason.trim().is_empty() => {
+            let dest = id.rsplit_once(':').map_or(*id, |(d, _)| d);
+            let detail = format!("id={id}");
+            audited(ctx, entry("dlq-discard", dest, &detail, reason), || {
+                engine.dlq_discard(id, actor, reason).map(|t| t + "\n")
+            })
+        }
         ["dlq-show", id] => {
             let record = engine.dlq_show(id)?;
             serde_json::to_string(&record)

@@ -158,9 +158,20 @@ enum DlqAction {
         /// Dead-lettered before: RFC 3339, or a duration ago.
         #[arg(long)]
         until: Option<String>,
+        /// Only `open` or only `discarded` records (default: both).
+        #[arg(long, value_parser = ["open", "discarded"])]
+        status: Option<String>,
         /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Mark a dead letter discarded: kept and listed, never sent; audited.
+    Discard {
+        /// The id `list` prints (<destination>:<offset>).
+        id: String,
+        /// Why (kept with the record and in the audit journal).
+        #[arg(long)]
+        reason: String,
     },
     /// The whole record: its context, the downstream's last answer, the message.
     Show {
@@ -303,6 +314,7 @@ impl DlqAction {
                 error,
                 since,
                 until,
+                status,
                 json,
             } => DlqRequest::List {
                 filter: orderly::delivery::dlq_query::DlqFilter {
@@ -314,9 +326,16 @@ impl DlqAction {
                     error,
                     since_ms: time(since)?,
                     until_ms: time(until)?,
+                    status,
                 },
                 json,
             },
+            DlqAction::Discard { id, reason } => {
+                if !valid_reason(&reason) {
+                    return Err("--reason must be non-empty text on one line".into());
+                }
+                DlqRequest::Discard { id, reason }
+            }
             DlqAction::Show { id, json } => DlqRequest::Show { id, json },
         })
     }

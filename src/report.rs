@@ -203,6 +203,10 @@ pub enum DlqRequest {
         id: String,
         json: bool,
     },
+    Discard {
+        id: String,
+        reason: String,
+    },
 }
 
 /// Runs `orderly ctl dlq ...` against the broker owning `data_dir` and
@@ -225,6 +229,9 @@ pub fn dlq(data_dir: &Path, request: Result<DlqRequest, String>) -> ExitCode {
             *json,
         ),
         DlqRequest::Show { id, json } => (vec!["dlq-show".into(), id.clone()], *json),
+        DlqRequest::Discard { id, reason } => {
+            (vec!["dlq-discard".into(), id.clone(), reason.clone()], true)
+        }
     };
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let answer = match crate::control::request(data_dir, &words) {
@@ -241,6 +248,7 @@ pub fn dlq(data_dir: &Path, request: Result<DlqRequest, String>) -> ExitCode {
     let printed = match request {
         DlqRequest::List { .. } => print_dlq_list(&answer),
         DlqRequest::Show { .. } => print_dlq_record(&answer),
+        DlqRequest::Discard { .. } => unreachable!("printed as is above"),
     };
     match printed {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,17 +264,18 @@ fn print_dlq_list(answer: &str) -> Result<(), String> {
     let v: serde_json::Value = serde_json::from_str(answer).map_err(|e| e.to_string())?;
     let entries: Vec<DlqEntry> =
         serde_json::from_value(v["entries"].clone()).map_err(|e| e.to_string())?;
-    println!("id dead_lettered_ms control_id message_type facility error_class attempts");
+    println!("id dead_lettered_ms control_id message_type facility error_class attempts status");
     for e in &entries {
         println!(
-            "{} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {}",
             e.id,
             e.dead_lettered_ms,
             dash(&e.control_id),
             dash(&e.message_type),
             dash(&e.facility),
             dash(&e.error_class),
-            e.attempts.map_or("-".into(), |a| a.to_string())
+            e.attempts.map_or("-".into(), |a| a.to_string()),
+            e.status
         );
     }
     let skipped = v["damaged_skipped"].as_u64().unwrap_or(0);
@@ -308,6 +317,12 @@ fn print_dlq_record(answer: &str) -> Result<(), String> {
         e.error_text
     );
     println!("reason: {}", e.reason);
+    if e.status != "open" {
+        println!(
+            "status: {} by {}: {}",
+            e.status, e.status_by, e.status_reason
+        );
+    }
     if let Some(ack) = &r.last_ack {
         println!("last answer from the destination:");
         for seg in ack.split('\r').filter(|s| !s.is_empty()) {

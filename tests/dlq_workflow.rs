@@ -121,6 +121,53 @@ fn dead_letters_are_listed_by_every_filter_and_shown_whole() {
     );
     assert_eq!(json["entry"]["source_offset"], 1);
 
+    // Discard: kept and listed with who and why, audited, never twice.
+    let bad1_id = {
+        let v: serde_json::Value = serde_json::from_str(&ctl(
+            &config,
+            &["dlq", "list", "--json", "--control-id", "BAD1"],
+        ))
+        .unwrap();
+        v["entries"][0]["id"].as_str().unwrap().to_string()
+    };
+    let out = ctl(
+        &config,
+        &["dlq", "discard", &bad1_id, "--reason", "sent again by hand"],
+    );
+    assert!(out.contains("discarded"), "{out}");
+    assert_eq!(
+        listed(&config, &[]),
+        vec!["BAD1", "BAD2"],
+        "nothing vanishes"
+    );
+    assert_eq!(listed(&config, &["--status", "open"]), vec!["BAD2"]);
+    assert_eq!(listed(&config, &["--status", "discarded"]), vec!["BAD1"]);
+    let shown = ctl(&config, &["dlq", "show", &bad1_id]);
+    assert!(
+        shown.contains("status: discarded by uid=") && shown.contains("sent again by hand"),
+        "{shown}"
+    );
+    let (code, err) = ctl_fails(&config, &["dlq", "discard", &bad1_id, "--reason", "again"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already discarded"), "{err}");
+    let audit = std::fs::read_to_string(dir.path().join("data").join("audit.log")).unwrap();
+    let lines: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("dlq-discard"))
+        .collect();
+    assert!(
+        lines.len() >= 2 && lines.iter().all(|l| l.contains("uid=")),
+        "{audit}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("sent again by hand")),
+        "{audit}"
+    );
+    // The status record itself is not a dead letter.
+    let status_id = format!("ehr:{}", 2);
+    let (_, err) = ctl_fails(&config, &["dlq", "show", &status_id]);
+    assert!(err.contains("not a dead letter"), "{err}");
+
     // Mistakes get clear errors: exit 2 for a bad argument, 1 for a refusal.
     let (code, err) = ctl_fails(&config, &["dlq", "list", "--since", "yesterday"]);
     assert_eq!(code, 2, "{err}");

@@ -29,6 +29,9 @@ pub struct DlqFilter {
     pub since_ms: Option<u64>,
     /// Dead-lettered before, ms since the epoch.
     pub until_ms: Option<u64>,
+    /// `open` or `discarded` (`None`: both).
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// One dead-letter record, as an operator sees it (no payload).
@@ -51,6 +54,13 @@ pub struct DlqEntry {
     pub last_failure_ms: Option<u64>,
     pub reason: String,
     pub bytes: usize,
+    /// `open`, or `discarded` once an operator discarded it.
+    pub status: String,
+    /// Who discarded it and why (empty while open).
+    #[serde(default)]
+    pub status_by: String,
+    #[serde(default)]
+    pub status_reason: String,
 }
 
 /// A whole dead-letter record for `show`: its entry, the message, the
@@ -78,6 +88,10 @@ impl DlqFilter {
                 .is_none_or(|f| e.facility == f || e.facility.split('^').next() == Some(f))
             && self.since_ms.is_none_or(|t| e.dead_lettered_ms >= t)
             && self.until_ms.is_none_or(|t| e.dead_lettered_ms < t)
+    }
+
+    fn matches_status(&self, e: &DlqEntry) -> bool {
+        self.status.as_deref().is_none_or(|s| s == e.status)
     }
 
     fn matches_payload(&self, payload: &[u8]) -> bool {
@@ -120,7 +134,46 @@ pub fn entry_of(destination: &str, rec: &OwnedRecord) -> DlqEntry {
         last_failure_ms: meta_u64_view(&meta, MetaKey::LastFailureMs),
         reason: meta.get_str(MetaKey::Reason),
         bytes: rec.payload.len(),
+        status: "open".into(),
+        status_by: String::new(),
+        status_reason: String::new(),
     }
+}
+
+/// An operator's decision about a dead letter, recorded in the same log.
+pub struct StatusRecord {
+    pub of: Offset,
+    pub status: String,
+    pub by: String,
+    pub reason: String,
+}
+
+/// The status record in `meta`, if it is one (key `Event`).
+pub fn status_of(meta: &[u8]) -> Option<StatusRecord> {
+    let view = MetaView::new(meta);
+    let status = view.get(MetaKey::Event)?;
+    Some(StatusRecord {
+        of: Offset(meta_u64_view(&view, MetaKey::OriginalOffset)?),
+        status: String::from_utf8_lossy(status).into_owned(),
+        by: view.get_str(MetaKey::Actor),
+        reason: view.get_str(MetaKey::Reason),
+    })
+}
+
+/// The metadata of a status record: `status` for dead letter `of`.
+pub fn status_meta(of: Offset, status: &str, by: &str, reason: &str) -> Vec<u8> {
+    let mut m = crate::wal::meta::MetaBuilder::new();
+    m.push(MetaKey::Event, status.as_bytes())
+        .push(MetaKey::OriginalOffset, &of.0.to_le_bytes())
+        .push(MetaKey::Actor, by.as_bytes())
+        .push(MetaKey::Reason, reason.as_bytes());
+    m.finish()
+}
+
+fn apply_status(entry: &mut DlqEntry, s: &StatusRecord) {
+    entry.status = s.status.clone();
+    entry.status_by = s.by.clone();
+    entry.status_reason = s.reason.clone();
 }
 
 /// The matching records of one destination's dead-letter log, oldest
@@ -142,36 +195,76 @@ pub fn search(
     }
     let end = dlq.end_offset();
     let mut reader = dlq.reader(dlq.start_offset());
-    while out.len() < room {
+    // Matching entries by offset; a status record later in the log
+    // updates (or, with a status filter, drops) its entry.
+    let mut found: std::collections::BTreeMap<u64, DlqEntry> = Default::default();
+    let mut statuses: Vec<StatusRecord> = Vec::new();
+    loop {
         match reader.next() {
             Ok(Some(rec)) => {
+                if let Some(s) = status_of(rec.meta) {
+                    statuses.push(s);
+                    continue;
+                }
+                if found.len() >= room {
+                    continue;
+                }
                 let rec = OwnedRecord::from(rec);
                 let entry = entry_of(destination, &rec);
                 if filter.matches_meta(&entry) && filter.matches_payload(&rec.payload) {
-                    out.push(entry);
+                    found.insert(rec.offset.0, entry);
                 }
             }
-            Ok(None) => return,
+            Ok(None) => break,
             Err(_) => {
                 *skipped += 1;
                 let next = Offset(reader.position().0 + 1);
                 if next >= end {
-                    return;
+                    break;
                 }
                 reader.seek(next);
             }
         }
     }
+    for s in &statuses {
+        if let Some(e) = found.get_mut(&s.of.0) {
+            apply_status(e, s);
+        }
+    }
+    out.extend(found.into_values().filter(|e| filter.matches_status(e)));
+    out.truncate(room);
 }
 
-/// One dead-letter record by offset.
-pub fn record(destination: &str, dlq: &Log, offset: Offset) -> Result<DlqRecord, WalError> {
-    let rec = dlq.read(offset)?;
+/// The latest status record about dead letter `of`, if any.
+pub fn latest_status(dlq: &Log, of: Offset) -> Option<StatusRecord> {
+    let mut reader = dlq.reader(Offset(of.0 + 1));
+    let mut latest = None;
+    while let Ok(Some(rec)) = reader.next() {
+        if let Some(s) = status_of(rec.meta).filter(|s| s.of == of) {
+            latest = Some(s);
+        }
+    }
+    latest
+}
+
+/// One dead-letter record by offset (not a status record).
+pub fn record(destination: &str, dlq: &Log, offset: Offset) -> Result<DlqRecord, String> {
+    let rec = dlq.read(offset).map_err(|e: WalError| e.to_string())?;
+    if status_of(&rec.meta).is_some() {
+        return Err(format!(
+            "{destination}:{} is an operator's status record, not a dead letter",
+            offset.0
+        ));
+    }
+    let mut entry = entry_of(destination, &rec);
+    if let Some(s) = latest_status(dlq, offset) {
+        apply_status(&mut entry, &s);
+    }
     let last_ack = MetaView::new(&rec.meta)
         .get(MetaKey::LastAck)
         .map(|a| String::from_utf8_lossy(a).into_owned());
     Ok(DlqRecord {
-        entry: entry_of(destination, &rec),
+        entry,
         payload: String::from_utf8_lossy(&rec.payload).into_owned(),
         last_ack,
     })

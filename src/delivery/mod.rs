@@ -309,6 +309,26 @@ impl Engine {
         dlq_query::record(dest, &d.dlq, offset).map_err(|e| format!("{id}: {e}"))
     }
 
+    /// Marks a dead letter discarded (a status record in the same log,
+    /// durable before this returns): it stays readable, with who and why.
+    pub fn dlq_discard(&self, id: &str, actor: &str, reason: &str) -> Result<String, String> {
+        let record = self.dlq_show(id)?;
+        if record.entry.status != "open" {
+            return Err(format!(
+                "{id} is already {} (by {}: {}); nothing was changed",
+                record.entry.status, record.entry.status_by, record.entry.status_reason
+            ));
+        }
+        let (dest, offset) = dlq_query::parse_id(id).expect("dlq_show parsed it");
+        let d = self.find(dest)?;
+        let meta = dlq_query::status_meta(offset, "discarded", actor, reason);
+        d.dlq.append(&meta, &[]).map_err(|e| {
+            format!("{id}: the discard could not be recorded ({e}); nothing was changed")
+        })?;
+        tracing::warn!(destination = dest, dlq_offset = offset.0, control_id = %record.entry.control_id, actor, reason, "dead letter discarded");
+        Ok(format!("{id} discarded"))
+    }
+
     pub fn status(&self) -> Vec<DestinationReport> {
         self.destinations.iter().map(|d| report(d)).collect()
     }

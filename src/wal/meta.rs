@@ -90,6 +90,9 @@ pub enum MetaKey {
     /// Present (empty) on a message accepted with a key already used for a
     /// different payload (`on_key_conflict = "accept"`): a new version.
     NewVersion = 44,
+    /// Who did an operator action recorded in a log (a dead-letter
+    /// `discarded` record): the identity `orderly ctl` ran as.
+    Actor = 45,
 }
 
 /// Whether a record is an ingest event rather than a message.
