@@ -181,6 +181,16 @@ fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
                 engine.skip(dest, l, reason).map(|t| t + "\n")
             })
         }
+        ["clear", dest, l, reason] if !reason.trim().is_empty() => {
+            let lane_arg = match *l {
+                "all" => None,
+                n => Some(lane(n)?),
+            };
+            let detail = format!("lane={l}");
+            audited(ctx, entry("clear", dest, &detail, reason), || {
+                engine.clear(dest, lane_arg, reason).map(|t| t + "\n")
+            })
+        }
         ["reset-cursor", dest, target, reason] if !reason.trim().is_empty() => {
             let to = match *target {
                 "log-end" => ResetTarget::LogEnd,

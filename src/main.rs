@@ -111,6 +111,17 @@ enum CtlAction {
         #[arg(long)]
         reason: String,
     },
+    /// Move every message still pending for a destination (or one lane) to
+    /// its dead-letter queue, class `cleared`: nothing vanishes.
+    Clear {
+        #[arg(long)]
+        destination: String,
+        #[arg(long)]
+        lane: Option<u16>,
+        /// Why (kept in every dead-letter record and the audit journal).
+        #[arg(long)]
+        reason: String,
+    },
     /// Move a destination's cursors down (never up) and resume a halted one:
     /// the decision a cursor past the end of its queue waits for.
     ResetCursor {
@@ -379,6 +390,18 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             }
             lane_text = lane.to_string();
             vec!["skip", destination, &lane_text, reason]
+        }
+        CtlAction::Clear {
+            destination,
+            lane,
+            reason,
+        } => {
+            if !valid_reason(reason) {
+                eprintln!("orderly: --reason must be non-empty text on one line");
+                return ExitCode::from(2);
+            }
+            lane_text = lane.map_or("all".to_string(), |l| l.to_string());
+            vec!["clear", destination, &lane_text, reason]
         }
         CtlAction::ResetCursor {
             destination,

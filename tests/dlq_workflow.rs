@@ -178,3 +178,58 @@ fn dead_letters_are_listed_by_every_filter_and_shown_whole() {
     let (_, err) = ctl_fails(&config, &["dlq", "show", "ehr:99"]);
     assert!(err.contains("ehr:99"), "{err}");
 }
+
+#[test]
+fn clear_moves_every_pending_message_to_the_dead_letter_queue_and_delivery_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
+    let broker = Broker::start(&config);
+    ctl(&config, &["pause", "ehr"]);
+    let mut c = Client::connect(broker.addr());
+    let pending: Vec<String> = (0..5).map(|i| format!("OLD{i}")).collect();
+    for id in &pending {
+        assert!(c.roundtrip(&adt(id, "NORTH", "P1", "V1")).0.is_positive());
+    }
+    let (code, err) = ctl_fails(
+        &config,
+        &[
+            "clear",
+            "--destination",
+            "ehr",
+            "--lane",
+            "3",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no lane 3"), "{err}");
+    let out = ctl(
+        &config,
+        &[
+            "clear",
+            "--destination",
+            "ehr",
+            "--reason",
+            "EHR rebuilt from backup",
+        ],
+    );
+    assert!(out.contains("lane 0: 5 message(s) moved"), "{out}");
+    assert_eq!(listed(&config, &["--error", "cleared"]), pending);
+    ctl(&config, &["resume", "ehr"]);
+    assert!(c
+        .roundtrip(&adt("NEW", "NORTH", "P1", "V1"))
+        .0
+        .is_positive());
+    sink.wait_accepted(&["NEW".to_string()], WAIT);
+    let delivered: Vec<String> = sink.received().into_iter().map(|r| r.control_id).collect();
+    assert_eq!(delivered, vec!["NEW"], "cleared messages are not delivered");
+    let audit = std::fs::read_to_string(dir.path().join("data").join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"clear\"") && l.contains("EHR rebuilt from backup")),
+        "{audit}"
+    );
+}

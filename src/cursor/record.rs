@@ -91,6 +91,9 @@ pub enum ErrorClass {
     Unreadable = 8,
     /// The stored record failed its checks (quarantined); the lane blocks.
     Corrupt = 9,
+    /// Moved to the dead-letter queue by `orderly ctl clear` (never a
+    /// delivery outcome).
+    Cleared = 10,
 }
 
 impl ErrorClass {
@@ -106,6 +109,7 @@ impl ErrorClass {
             UnparseableAck,
             Unreadable,
             Corrupt,
+            Cleared,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -132,6 +136,7 @@ impl ErrorClass {
             ErrorClass::UnparseableAck => "unparseable-ack",
             ErrorClass::Unreadable => "unreadable-record",
             ErrorClass::Corrupt => "corrupt",
+            ErrorClass::Cleared => "cleared",
         }
     }
 }

@@ -22,6 +22,9 @@ const SKIPPED_BEFORE_COMMIT: u64 = 1024;
 /// Damaged records one `skip` of a damaged head dead-letters after it (the
 /// rest of the run needs another skip): bounds one command's time.
 const DAMAGED_RUN_SKIP_MAX: usize = 10_000;
+/// Messages one `clear` moves per lane (each one fsync'd dead-letter
+/// append): bounds one command's time; the answer says when more remain.
+const CLEAR_MAX: usize = 5_000;
 
 pub struct Lane {
     dest: Arc<Destination>,
@@ -381,6 +384,9 @@ impl Lane {
             LaneCommand::ResetCursor(target, reply) => {
                 let _ = reply.send(Ok(self.reset_cursor(target)));
             }
+            LaneCommand::Clear(reason, reply) => {
+                let _ = reply.send(self.clear(&reason));
+            }
             LaneCommand::Skip(reason, reply) => {
                 let result = match self.head.clone() {
                     Some(h) => self.skip(h, &reason),
@@ -426,6 +432,66 @@ impl Lane {
             self.skip_damaged_run(&reason)?;
         }
         Ok(())
+    }
+
+    /// Dead-letters every message of this lane from its cursor to the
+    /// log's end as it is now (class `cleared`, the operator's reason),
+    /// each durable before the cursor passes it. Bounded per command; the
+    /// answer says how many remain. A damaged record stops it (it needs a
+    /// `skip`, which keeps what is left of its bytes).
+    fn clear(&mut self, reason: &str) -> Result<String, String> {
+        let end = self.dest.log.end_offset();
+        let reason = format!("operator clear: {reason}");
+        let mut moved = 0usize;
+        while self.next < end && moved < CLEAR_MAX {
+            match self.fill_current() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    return Err(format!(
+                        "lane {}: {moved} message(s) moved, then offset {} cannot be read ({e}): skip it first",
+                        self.lane, self.next
+                    ))
+                }
+            }
+            let offset = self.current.as_ref().expect("filled").offset;
+            if offset >= end {
+                break;
+            }
+            let now = now_ms();
+            let h = match self.head.take().filter(|h| h.offset == offset) {
+                Some(mut h) => {
+                    h.text = format!("cleared while {}: {}", h.class.name(), h.text);
+                    h.class = ErrorClass::Cleared;
+                    h
+                }
+                None => HeadState {
+                    offset,
+                    attempts: 0,
+                    class: ErrorClass::Cleared,
+                    status: HeadStatus::Retrying,
+                    first_failure_ms: now,
+                    last_failure_ms: now,
+                    next_retry_ms: 0,
+                    text: "cleared by an operator before delivery".into(),
+                },
+            };
+            self.dead_letter(h, None, &reason)?;
+            moved += 1;
+        }
+        if self.skipped_uncommitted > 0 {
+            self.commit();
+        }
+        let left = end.0.saturating_sub(self.next.0);
+        tracing::warn!(destination = %self.dest.config.name, lane = self.lane, moved, %reason, "operator clear: pending messages moved to the dead-letter queue");
+        Ok(if left > 0 && moved >= CLEAR_MAX {
+            format!("lane {}: {moved} message(s) moved to the dead-letter queue; more remain, run clear again", self.lane)
+        } else {
+            format!(
+                "lane {}: {moved} message(s) moved to the dead-letter queue",
+                self.lane
+            )
+        })
     }
 
     /// After a damaged head is skipped, the damaged records right after it

@@ -55,6 +55,9 @@ pub enum LaneCommand {
     Skip(String, Sender<Result<(), String>>),
     /// Move the lane's cursor down to the offset (never up); the reply says what moved.
     ResetCursor(Offset, Sender<Result<String, String>>),
+    /// Dead-letter every message still pending for the lane (class
+    /// `cleared`), up to the log's end when asked; the reply counts them.
+    Clear(String, Sender<Result<String, String>>),
 }
 
 /// A destination stopped at start because a cursor was past the log's end.
@@ -237,6 +240,29 @@ impl Engine {
         let r = reason.to_string();
         ask(d, lane, move |reply| LaneCommand::Skip(r, reply))?;
         Ok(format!("lane {lane}: head moved to the dead-letter queue"))
+    }
+
+    /// Moves every message still pending for `name` (all lanes, or one) to
+    /// its dead-letter queue with class `cleared` and the operator's
+    /// reason: nothing vanishes, each can still be seen and resubmitted.
+    pub fn clear(&self, name: &str, lane: Option<u16>, reason: &str) -> Result<String, String> {
+        let d = self.find(name)?;
+        let lanes: Vec<u16> = match lane {
+            Some(l) if usize::from(l) < d.lanes.len() => vec![l],
+            Some(l) => {
+                return Err(format!(
+                    "destination `{name}` has lanes 0..{}; no lane {l}",
+                    d.lanes.len()
+                ))
+            }
+            None => (0..d.lanes.len() as u16).collect(),
+        };
+        let mut lines = Vec::new();
+        for l in lanes {
+            let r = reason.to_string();
+            lines.push(ask_text(d, l, move |reply| LaneCommand::Clear(r, reply))?);
+        }
+        Ok(lines.join("\n"))
     }
 
     /// Moves every lane's cursor of `name` down to `to` (lanes already at
