@@ -150,6 +150,9 @@ fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
                 engine.dlq_discard(id, actor, reason).map(|t| t + "\n")
             })
         }
+        ["trace", control_id] => serde_json::to_string(&engine.trace(control_id))
+            .map(|t| t + "\n")
+            .map_err(|e| e.to_string()),
         ["dlq-show", id] => {
             let record = engine.dlq_show(id)?;
             serde_json::to_string(&record)

@@ -87,6 +87,13 @@ enum Command {
 enum CtlAction {
     /// Per destination and lane: committed offset, log end, lag, blocked head, circuit, paused.
     Status,
+    /// Everything known about the messages with this control id (MSH-10):
+    /// received, stored, duplicates, and where each stands per destination.
+    Trace {
+        control_id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead-letter queues: list and show what delivery gave up on.
     Dlq {
         #[command(subcommand)]
@@ -361,11 +368,14 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     if let CtlAction::Dlq { action } = action {
         return orderly::report::dlq(data_dir, action.into_request());
     }
+    if let CtlAction::Trace { control_id, json } = action {
+        return orderly::report::trace(data_dir, &control_id, json);
+    }
     let lane_text;
     let target_text;
     let words: Vec<&str> = match &action {
         CtlAction::Status => vec!["status"],
-        CtlAction::Dlq { .. } => unreachable!("handled above"),
+        CtlAction::Dlq { .. } | CtlAction::Trace { .. } => unreachable!("handled above"),
         CtlAction::Pause { destination } => vec!["pause", destination],
         CtlAction::Resume { destination } => vec!["resume", destination],
         CtlAction::Retry {

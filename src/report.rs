@@ -343,3 +343,80 @@ fn dash(s: &str) -> String {
         s.replace(char::is_whitespace, "_")
     }
 }
+
+/// `orderly ctl trace <control-id>`: asks the broker, prints text (or the
+/// JSON with `--json`). Exit 1 when no message has that control id.
+pub fn trace(data_dir: &Path, control_id: &str, json: bool) -> ExitCode {
+    use crate::delivery::trace::Trace;
+    if control_id.contains(['\t', '\n']) {
+        eprintln!("orderly: a control id cannot hold tabs or line ends");
+        return ExitCode::from(2);
+    }
+    let answer = match crate::control::request(data_dir, &["trace", control_id]) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("orderly: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let t: Trace = match serde_json::from_str(&answer) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("orderly: unexpected answer from the broker: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        print!("{answer}");
+    } else {
+        print_trace(&t);
+    }
+    if t.messages.is_empty() && t.events.is_empty() {
+        eprintln!("orderly: no message with control id `{control_id}` in any queue");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_trace(t: &crate::delivery::trace::Trace) {
+    for m in &t.messages {
+        println!(
+            "message {} queue={} offset={} type={} bytes={} sha256={}",
+            t.control_id,
+            m.queue,
+            m.offset,
+            dash(&m.message_type),
+            m.bytes,
+            m.sha256
+        );
+        println!(
+            "  received {} from {} on listener {}; durable (ACK released) {}",
+            m.received_ms.map_or("-".into(), |v| v.to_string()),
+            m.peer,
+            m.listener,
+            m.durable_ms
+        );
+        if let Some(o) = m.new_version_of {
+            println!("  a new version of offset {o} (same key, other bytes)");
+        }
+        for d in &m.destinations {
+            let lane = d.lane.map_or("-".into(), |l| l.to_string());
+            println!(
+                "  destination {} lane {lane}: {} ({})",
+                d.destination, d.state, d.detail
+            );
+        }
+    }
+    for e in &t.events {
+        println!(
+            "event {} queue={} offset={} at {} from {} on listener {}; original {}",
+            e.event,
+            e.queue,
+            e.offset,
+            e.at_ms,
+            e.peer,
+            e.listener,
+            e.original.map_or("in flight".into(), |o| o.to_string())
+        );
+    }
+}

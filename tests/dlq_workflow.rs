@@ -233,3 +233,78 @@ fn clear_moves_every_pending_message_to_the_dead_letter_queue_and_delivery_goes_
         "{audit}"
     );
 }
+
+#[test]
+fn trace_shows_each_message_its_duplicates_and_where_it_stands_per_destination() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(reject_only("BAD1"));
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
+    let broker = Broker::start(&config);
+    let good = adt("GOOD", "NORTH", "P1", "V1");
+    let mut c = Client::connect(broker.addr());
+    assert!(c
+        .roundtrip(&adt("BAD1", "NORTH", "P1", "V1"))
+        .0
+        .is_positive());
+    assert!(c.roundtrip(&good).0.is_positive());
+    sink.wait_accepted(&["GOOD".to_string()], WAIT);
+    assert!(c.roundtrip(&good).0.is_positive(), "a resend: a duplicate");
+    // The lane has read GOOD's ACK and passed the duplicate event (offset 2).
+    let status = ctl_status_until(&config, WAIT, |s| s.contains("durable=3"));
+    assert!(status.contains("durable=3"), "{status}");
+    ctl(&config, &["pause", "ehr"]);
+    assert!(c
+        .roundtrip(&adt("LATE", "NORTH", "P1", "V1"))
+        .0
+        .is_positive());
+
+    let t: serde_json::Value =
+        serde_json::from_str(&ctl(&config, &["trace", "GOOD", "--json"])).unwrap();
+    let m = &t["messages"][0];
+    assert_eq!(t["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (m["queue"].as_str(), m["offset"].as_u64()),
+        (Some("lab"), Some(1))
+    );
+    assert_eq!(m["bytes"].as_u64(), Some(good.len() as u64));
+    let sha: String = sha2::Sha256::digest(&good)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(m["sha256"].as_str(), Some(sha.as_str()));
+    assert_eq!(m["destinations"][0]["state"].as_str(), Some("delivered"));
+    let events = t["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0]["event"].as_str(), events[0]["original"].as_u64()),
+        (Some("duplicate"), Some(1))
+    );
+
+    let t: serde_json::Value =
+        serde_json::from_str(&ctl(&config, &["trace", "BAD1", "--json"])).unwrap();
+    let d = &t["messages"][0]["destinations"][0];
+    assert_eq!(d["state"].as_str(), Some("dead-lettered"), "{t}");
+    assert!(
+        d["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("ehr:0 (rejected, open)"),
+        "{t}"
+    );
+    let t: serde_json::Value =
+        serde_json::from_str(&ctl(&config, &["trace", "LATE", "--json"])).unwrap();
+    assert_eq!(
+        t["messages"][0]["destinations"][0]["state"].as_str(),
+        Some("pending"),
+        "{t}"
+    );
+    let text = ctl(&config, &["trace", "GOOD"]);
+    assert!(
+        text.contains("destination ehr lane 0: delivered") && text.contains("event duplicate"),
+        "{text}"
+    );
+    let (code, err) = ctl_fails(&config, &["trace", "NOPE"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no message with control id `NOPE`"), "{err}");
+}

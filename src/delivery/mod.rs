@@ -12,6 +12,7 @@ mod lane;
 pub mod link;
 pub mod policy;
 pub mod route;
+pub mod trace;
 pub mod verdict;
 
 use crate::config::{Config, DestinationConfig, Ordering as OrderingConfig};
@@ -155,6 +156,8 @@ pub struct DestinationReport {
 
 pub struct Engine {
     destinations: Vec<Arc<Destination>>,
+    /// Every queue's log (for trace), not only those destinations read.
+    queues: Vec<(String, Arc<Log>)>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -186,6 +189,7 @@ impl Engine {
         }
         Ok(Engine {
             destinations,
+            queues: logs.iter().map(|(q, l)| (q.clone(), l.clone())).collect(),
             stop,
             threads: Mutex::new(threads),
         })
@@ -333,6 +337,11 @@ impl Engine {
             .ok_or_else(|| format!("`{id}` is not a dead-letter id (<destination>:<offset>)"))?;
         let d = self.find(dest)?;
         dlq_query::record(dest, &d.dlq, offset).map_err(|e| format!("{id}: {e}"))
+    }
+
+    /// The lifecycle of every message with this control id.
+    pub fn trace(&self, control_id: &str) -> trace::Trace {
+        trace::trace(control_id, &self.queues, &self.destinations)
     }
 
     /// Marks a dead letter discarded (a status record in the same log,
