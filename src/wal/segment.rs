@@ -358,6 +358,12 @@ pub fn scan_resyncing<S: SegmentBytes + ?Sized>(
             return scan;
         };
         let until = src.end();
+        // A segment holds fewer than 2^32 records (index points store the
+        // offset relative to the base in a u32): a "record" further away
+        // is foreign bytes, not a place to resume (found by the
+        // segment_scan fuzz target, which made the index point panic).
+        let most = Offset(base.0.saturating_add(u64::from(u32::MAX)));
+        let limit = Some(limit.map_or(most, |l| l.min(most)));
         match resync(src, position, scan.next_offset, limit, until) {
             Some((pos, offset)) => {
                 scan.holes.push(Hole {
@@ -534,6 +540,23 @@ mod tests {
             record::encode(&mut buf, Offset(base + i), 100 + i, b"", &vec![b'x'; 1000]);
         }
         buf
+    }
+
+    /// Found by the segment_scan fuzz target: a valid record 2^33 offsets
+    /// past the damage was taken as the place to resume, and building its
+    /// index point (a u32 offset relative to the base) panicked.
+    #[test]
+    fn a_record_2_32_offsets_away_is_not_a_place_to_resume() {
+        let base = Offset(0);
+        let mut bytes = vec![0u8; SEGMENT_HEADER_BYTES];
+        record::encode(&mut bytes, Offset(0), 1, b"", b"first");
+        bytes.extend_from_slice(&[0xab; 40]);
+        record::encode(&mut bytes, Offset(1 << 33), 2, b"", b"foreign");
+        let start = (SEGMENT_HEADER_BYTES as u64, base, 0);
+        let scan = scan_resyncing(&mut &bytes[..], base, start, Vec::new(), None);
+        assert_eq!(scan.next_offset, Offset(1));
+        assert!(scan.holes.is_empty(), "{:?}", scan.holes);
+        assert!(scan.tail.is_some());
     }
 
     #[test]
