@@ -373,6 +373,15 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     }
     let lane_text;
     let target_text;
+    if let CtlAction::Skip { reason, .. }
+    | CtlAction::Clear { reason, .. }
+    | CtlAction::ResetCursor { reason, .. } = &action
+    {
+        if !valid_reason(reason) {
+            eprintln!("orderly: --reason must be non-empty text on one line");
+            return ExitCode::from(2);
+        }
+    }
     let words: Vec<&str> = match &action {
         CtlAction::Status => vec!["status"],
         CtlAction::Dlq { .. } | CtlAction::Trace { .. } => unreachable!("handled above"),
@@ -394,10 +403,6 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             lane,
             reason,
         } => {
-            if !valid_reason(reason) {
-                eprintln!("orderly: --reason must be non-empty text on one line");
-                return ExitCode::from(2);
-            }
             lane_text = lane.to_string();
             vec!["skip", destination, &lane_text, reason]
         }
@@ -406,10 +411,6 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             lane,
             reason,
         } => {
-            if !valid_reason(reason) {
-                eprintln!("orderly: --reason must be non-empty text on one line");
-                return ExitCode::from(2);
-            }
             lane_text = lane.map_or("all".to_string(), |l| l.to_string());
             vec!["clear", destination, &lane_text, reason]
         }
@@ -419,10 +420,6 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             reason,
             ..
         } => {
-            if !valid_reason(reason) {
-                eprintln!("orderly: --reason must be non-empty text on one line");
-                return ExitCode::from(2);
-            }
             target_text = to_offset.map_or("log-end".to_string(), |o| o.to_string());
             vec!["reset-cursor", destination, &target_text, reason]
         }

@@ -17,21 +17,6 @@ fn adt(id: &str, facility: &str, patient: &str, visit: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn ctl_fails(config: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(server_common::BIN)
-        .arg("ctl")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "ctl {args:?} should fail");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Control ids of `ctl dlq list --json` with extra filter arguments.
 fn listed(config: &std::path::Path, filter: &[&str]) -> Vec<String> {
     let mut args = vec!["dlq", "list", "--json"];

@@ -89,7 +89,6 @@ fuzz_target!(|data: &[u8]| {
         } else {
             KeyConflict::Accept
         },
-        window_ms: u64::MAX,
         originals: Box::new(Stored(store.clone())),
         log: None,
     });
@@ -104,15 +103,7 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         session.rbuf.extend_from_slice(chunk);
         loop {
-            let mut ing = Ingest {
-                listener,
-                peer: "fuzz",
-                ids: &mut ids,
-                metrics: &metrics,
-                now_ms: 0,
-                refused: None,
-                dedupe: dedupe.as_mut(),
-            };
+            let mut ing = ingest(listener, &mut ids, &metrics, dedupe.as_mut());
             let mut append = |payload: &[u8], meta: Vec<u8>| {
                 asked.push_back(Asked {
                     payload: payload.to_vec(),
@@ -132,15 +123,7 @@ fuzz_target!(|data: &[u8]| {
         // Complete some of the waiting appends, oldest first.
         let finish = (rng.next() % 3) as usize;
         for _ in 0..finish.min(asked.len()) {
-            let mut ing = Ingest {
-                listener,
-                peer: "fuzz",
-                ids: &mut ids,
-                metrics: &metrics,
-                now_ms: 0,
-                refused: None,
-                dedupe: dedupe.as_mut(),
-            };
+            let mut ing = ingest(listener, &mut ids, &metrics, dedupe.as_mut());
             complete_one(
                 &mut session,
                 &mut asked,
@@ -152,15 +135,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if !closed {
-        let mut ing = Ingest {
-            listener,
-            peer: "fuzz",
-            ids: &mut ids,
-            metrics: &metrics,
-            now_ms: 0,
-            refused: None,
-            dedupe: dedupe.as_mut(),
-        };
+        let mut ing = ingest(listener, &mut ids, &metrics, dedupe.as_mut());
         let mut append = |payload: &[u8], meta: Vec<u8>| {
             asked.push_back(Asked {
                 payload: payload.to_vec(),
@@ -170,15 +145,7 @@ fuzz_target!(|data: &[u8]| {
         session.end_of_input("fuzz: end of input", &mut ing, &mut append);
     }
     while !asked.is_empty() {
-        let mut ing = Ingest {
-            listener,
-            peer: "fuzz",
-            ids: &mut ids,
-            metrics: &metrics,
-            now_ms: 0,
-            refused: None,
-            dedupe: dedupe.as_mut(),
-        };
+        let mut ing = ingest(listener, &mut ids, &metrics, dedupe.as_mut());
         complete_one(
             &mut session,
             &mut asked,
@@ -228,6 +195,24 @@ fn match_in_order(positives: &[Vec<u8>], expected: &[(Vec<u8>, bool)]) {
         ok[0][0],
         "positive answers must be every stored message, in order, plus only duplicates of stored messages"
     );
+}
+
+/// The session's context, as the event loop builds it.
+fn ingest<'a>(
+    listener: &'a orderly::config::ListenerConfig,
+    ids: &'a mut AckIds,
+    metrics: &'a Metrics,
+    dedupe: Option<&'a mut QueueDedupe>,
+) -> Ingest<'a> {
+    Ingest {
+        listener,
+        peer: "fuzz",
+        ids,
+        metrics,
+        now_ms: 0,
+        refused: None,
+        dedupe,
+    }
 }
 
 /// The control ids that may get a positive answer, in completion order,

@@ -66,7 +66,6 @@ pub struct QueueDedupe {
     pub index: DedupeIndex,
     pub paths: Vec<FieldPath>,
     pub on_conflict: KeyConflict,
-    pub window_ms: u64,
     pub originals: Box<dyn Originals + Send>,
     /// The queue's log, to find where the window starts.
     pub log: Option<Arc<Log>>,
@@ -110,7 +109,6 @@ impl QueueDedupe {
             index,
             paths: config.idempotency_key.clone(),
             on_conflict: config.on_key_conflict,
-            window_ms: config.dedupe_window_ms,
             originals: Box::new(LogOriginals(log.clone())),
             log: Some(log),
         })
@@ -120,7 +118,7 @@ impl QueueDedupe {
     pub fn expire(&mut self, now_ms: u64) -> usize {
         match &self.log {
             Some(log) => {
-                let start = window_start(log, now_ms, self.window_ms);
+                let start = window_start(log, now_ms, self.index.window_ms);
                 self.index.expire(start)
             }
             None => 0,

@@ -629,21 +629,25 @@ fn plan_keyed<'a>(
     // key logs nothing): built there, not for every message.
     let control_id = || String::from_utf8_lossy(header.control_id());
     let digest = || ingest::hex(&sha256[..8]);
+    let (peer, now_ms) = (ing.peer, ing.now_ms);
+    let event_meta = |event: &str, original: Option<Offset>| {
+        ingest::event_meta(
+            event,
+            header,
+            config,
+            peer,
+            now_ms,
+            &key,
+            &sha256,
+            original.map(|o| o.0),
+        )
+    };
     let new_version_of = match verdict {
         Verdict::New => None,
         Verdict::Duplicate { original } => {
             Metrics::inc(&ing.metrics.idempotency_duplicates);
             tracing::info!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "duplicate: answered positively, not stored again");
-            let meta = ingest::event_meta(
-                "duplicate",
-                header,
-                config,
-                ing.peer,
-                ing.now_ms,
-                &key,
-                &sha256,
-                original.map(|o| o.0),
-            );
+            let meta = event_meta("duplicate", original);
             write_answer(Some(header), Outcome::Stored, None, ing, positive);
             let mut msh = header.segment().to_vec();
             msh.push(b'\r');
@@ -662,16 +666,7 @@ fn plan_keyed<'a>(
             Metrics::inc(&ing.metrics.idempotency_conflicts_rejected);
             Metrics::inc(&ing.metrics.messages_rejected);
             tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "key conflict: same idempotency key, different payload; refused (on_key_conflict = reject)");
-            let meta = ingest::event_meta(
-                "conflict-rejected",
-                header,
-                config,
-                ing.peer,
-                ing.now_ms,
-                &key,
-                &sha256,
-                original.map(|o| o.0),
-            );
+            let meta = event_meta("conflict-rejected", original);
             let error = AckError {
                 code: ErrorCode::DuplicateKeyIdentifier,
                 severity: Severity::Error,

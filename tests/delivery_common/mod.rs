@@ -254,15 +254,29 @@ pub fn ctl_status_until(
     }
 }
 
-/// `orderly ctl ... ` output, asserting success.
-pub fn ctl(config: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+fn ctl_output(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
         .arg("ctl")
         .arg("--config")
         .arg(config)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `orderly ctl ...` that must fail: its exit code and stderr.
+pub fn ctl_fails(config: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = ctl_output(config, args);
+    assert!(!out.status.success(), "ctl {args:?} should fail");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `orderly ctl ... ` output, asserting success.
+pub fn ctl(config: &std::path::Path, args: &[&str]) -> String {
+    let out = ctl_output(config, args);
     assert!(
         out.status.success(),
         "ctl {args:?} failed: {}",
