@@ -14,6 +14,7 @@
 pub mod ack;
 pub mod batch;
 pub mod delimiters;
+pub mod diff;
 pub mod escape;
 pub mod header;
 pub mod message;
