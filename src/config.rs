@@ -96,6 +96,13 @@ pub struct DestinationConfig {
     /// `mllp_r2`: the downstream answers with MLLP release 2 commit blocks.
     pub mllp_r2: bool,
     pub rate_limit_per_s: u32,
+    /// `replay_rate_limit_per_s`: messages per second the replay lane
+    /// sends at most (replays and resubmissions; live traffic keeps
+    /// priority). Never 0 (unlimited).
+    pub replay_rate_limit_per_s: u32,
+    /// `reconcile_every_s`: run a reconciliation of the last period on
+    /// this schedule and keep the result (0: never).
+    pub reconcile_every_s: u64,
     /// Least time between two cursor fsyncs of this destination (0 = back to back).
     pub cursor_sync_interval_ms: u64,
     pub filter: FilterConfig,
@@ -138,6 +145,7 @@ pub struct QueueConfig {
     pub retention: RetentionPolicy,
 }
 
+pub const REPLAY_RATE_LIMIT_PER_S_DEFAULT: u32 = 100;
 pub const IDEMPOTENCY_KEY_DEFAULT: [&str; 3] = ["MSH-3", "MSH-4", "MSH-10"];
 pub const DEDUPE_WINDOW_S_DEFAULT: u64 = 7 * 24 * 3600;
 pub const DEDUPE_KEYS_MAX_DEFAULT: usize = 10_000_000;
@@ -254,6 +262,8 @@ struct RawDestination {
     on_reject: Option<String>,
     on_exhausted: Option<String>,
     rate_limit_per_s: Option<u32>,
+    replay_rate_limit_per_s: Option<u32>,
+    reconcile_every_s: Option<u64>,
     cursor_sync_interval_ms: Option<u64>,
     filter: Option<RawFilter>,
     retry: Option<RawRetry>,
@@ -800,6 +810,22 @@ fn destination(
             format!("must be between 0 and {CURSOR_SYNC_INTERVAL_MS_MAX}"),
         ));
     }
+    let replay_rate_limit_per_s = d
+        .replay_rate_limit_per_s
+        .unwrap_or(REPLAY_RATE_LIMIT_PER_S_DEFAULT);
+    if !(1..=100_000).contains(&replay_rate_limit_per_s) {
+        return Err((
+            key("replay_rate_limit_per_s"),
+            "must be between 1 and 100000 (the replay lane is always rate limited)".into(),
+        ));
+    }
+    let reconcile_every_s = d.reconcile_every_s.unwrap_or(0);
+    if reconcile_every_s != 0 && !(10..=7 * 24 * 3600).contains(&reconcile_every_s) {
+        return Err((
+            key("reconcile_every_s"),
+            "must be 0 (never) or between 10 and 604800".into(),
+        ));
+    }
     let r = d.retry.unwrap_or_default();
     let retry = RetryConfig {
         max_attempts: r.max_attempts.unwrap_or(10),
@@ -852,6 +878,8 @@ fn destination(
         ack_codes,
         mllp_r2: d.mllp_r2.unwrap_or(false),
         rate_limit_per_s: d.rate_limit_per_s.unwrap_or(0),
+        replay_rate_limit_per_s,
+        reconcile_every_s,
         cursor_sync_interval_ms,
         filter: FilterConfig {
             message_types: f.message_types,

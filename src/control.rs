@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Longest request line accepted.
-const REQUEST_BYTES_MAX: u64 = 4096;
+/// Longest request line accepted: an edited resubmission carries its
+/// message hex-encoded, a reconciliation the downstream's id list.
+const REQUEST_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Pause after a failed accept (e.g. EMFILE), so the loop cannot spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -102,7 +103,7 @@ fn accept_loop(listener: &UnixListener, stop: &AtomicBool, ctx: &Ctx) {
 }
 
 fn serve(conn: UnixStream, ctx: &Ctx) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut line = String::new();
     if BufReader::new((&conn).take(REQUEST_BYTES_MAX))
         .read_line(&mut line)
@@ -151,6 +152,78 @@ fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
             })
         }
         ["trace", control_id] => serde_json::to_string(&engine.trace(control_id))
+            .map(|t| t + "\n")
+            .map_err(|e| e.to_string()),
+        ["dlq-resubmit", id, edited_hex, reason] if !reason.trim().is_empty() => {
+            let edited = match *edited_hex {
+                "" => None,
+                h => Some(
+                    crate::report::bytes_of_hex(h)
+                        .ok_or("the edited message did not arrive intact (bad hex)")?,
+                ),
+            };
+            let dest = id.rsplit_once(':').map_or(*id, |(d, _)| d);
+            let detail = format!("id={id} edited={}", edited.is_some());
+            audited(ctx, entry("dlq-resubmit", dest, &detail, reason), || {
+                engine
+                    .dlq_resubmit(id, edited, actor, reason)
+                    .map(|t| t + "\n")
+            })
+        }
+        ["replay", request, reason] if !reason.trim().is_empty() => {
+            let req: crate::delivery::replay::ReplayRequest =
+                serde_json::from_str(request).map_err(|e| format!("bad replay request: {e}"))?;
+            let detail = format!(
+                "since_ms={} until_ms={:?} type={:?} facility={:?} patient={} dry_run={} force={}",
+                req.since_ms,
+                req.until_ms,
+                req.message_type,
+                req.facility,
+                if req.patient.is_some() { "given" } else { "-" },
+                req.dry_run,
+                req.force
+            );
+            let run = || {
+                engine
+                    .replay(&req, actor, reason)
+                    .and_then(|o| serde_json::to_string(&o).map_err(|e| e.to_string()))
+                    .map(|t| t + "\n")
+            };
+            if req.dry_run {
+                run()
+            } else {
+                audited(ctx, entry("replay", &req.destination, &detail, reason), run)
+            }
+        }
+        ["reconcile", request, reason] => {
+            let req: crate::delivery::reconcile::ReconcileRequest =
+                serde_json::from_str(request).map_err(|e| format!("bad reconcile request: {e}"))?;
+            let run = || {
+                engine
+                    .reconcile(&req, actor, reason)
+                    .and_then(|r| serde_json::to_string(&Some(r)).map_err(|e| e.to_string()))
+                    .map(|t| t + "\n")
+            };
+            if req.replay_missing {
+                if reason.trim().is_empty() {
+                    return Err("--replay-missing needs --reason".into());
+                }
+                let detail = format!(
+                    "since_ms={:?} until_ms={:?} against={} replay_missing=true",
+                    req.since_ms,
+                    req.until_ms,
+                    req.against.as_ref().map_or(0, |a| a.len())
+                );
+                audited(
+                    ctx,
+                    entry("reconcile", &req.destination, &detail, reason),
+                    run,
+                )
+            } else {
+                run()
+            }
+        }
+        ["reconcile-last", dest] => serde_json::to_string(&engine.last_reconcile(dest)?)
             .map(|t| t + "\n")
             .map_err(|e| e.to_string()),
         ["dlq-show", id] => {

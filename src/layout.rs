@@ -10,6 +10,9 @@
 //!   queues/<queue>/           a queue's log (docs/FORMAT.md)
 //!   dlq/<destination>/        a destination's dead-letter log
 //!   cursors/<destination>.cur a destination's cursors
+//!   journal/<destination>/    a destination's delivery journal (one record per attempt)
+//!   replay/<destination>/     a destination's replay log (replays, resubmissions)
+//!   replay-cursors/<destination>.cur  the replay lane's cursor
 //! ```
 use crate::storage::Storage;
 use std::path::{Path, PathBuf};
@@ -55,6 +58,18 @@ impl DataDir {
 
     pub fn dlq(&self, destination: &str) -> PathBuf {
         self.dlqs().join(destination)
+    }
+
+    pub fn journal(&self, destination: &str) -> PathBuf {
+        self.root.join("journal").join(destination)
+    }
+
+    pub fn replay_log(&self, destination: &str) -> PathBuf {
+        self.root.join("replay").join(destination)
+    }
+
+    pub fn replay_cursors(&self) -> PathBuf {
+        self.root.join("replay-cursors")
     }
 
     pub fn cursors(&self) -> PathBuf {

@@ -99,6 +99,66 @@ enum CtlAction {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Send a window of a destination's messages again, through its
+    /// rate-limited replay lane (skipping what it already acknowledged
+    /// unless --force).
+    Replay {
+        #[arg(long)]
+        destination: String,
+        /// Received at or after: RFC 3339, or a duration ago (30m, 2h, 7d).
+        #[arg(long)]
+        since: String,
+        /// Received before: RFC 3339, or a duration ago (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// MSH-9: `ORU`, or `ORU^R01`.
+        #[arg(long)]
+        message_type: Option<String>,
+        /// MSH-4.
+        #[arg(long)]
+        facility: Option<String>,
+        /// PID-3.1.
+        #[arg(long)]
+        patient: Option<String>,
+        /// Count what would be sent and skipped; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Send also what the destination already acknowledged.
+        #[arg(long)]
+        force: bool,
+        /// Why (kept with every replayed message and in the audit journal).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prove what a destination holds: every accepted message it should
+    /// have, classified delivered / pending / dead-lettered / blocked /
+    /// missing; exit 1 if anything is missing.
+    Reconcile {
+        #[arg(long)]
+        destination: String,
+        /// Received at or after: RFC 3339, or a duration ago (default: all retained).
+        #[arg(long)]
+        since: Option<String>,
+        /// Received before: RFC 3339, or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// A file of control ids (one a line) the downstream reports holding.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Queue the missing messages on the replay lane (needs --reason).
+        #[arg(long)]
+        replay_missing: bool,
+        /// Why (with --replay-missing: kept with each resend and audited).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the last scheduled reconciliation (reconcile_every_s) instead.
+        #[arg(long, conflicts_with_all = ["since", "until", "against", "replay_missing"])]
+        last: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop delivering to a destination (messages keep being accepted and stored).
     Pause { destination: String },
     /// Resume a paused destination.
@@ -177,7 +237,7 @@ enum DlqAction {
         #[arg(long)]
         until: Option<String>,
         /// Only `open` or only `discarded` records (default: both).
-        #[arg(long, value_parser = ["open", "discarded"])]
+        #[arg(long, value_parser = ["open", "discarded", "resubmitted"])]
         status: Option<String>,
         /// One JSON document instead of text.
         #[arg(long)]
@@ -188,6 +248,18 @@ enum DlqAction {
         /// The id `list` prints (<destination>:<offset>).
         id: String,
         /// Why (kept with the record and in the audit journal).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Send a dead letter again through the replay lane: as it is, or
+    /// corrected (--edited FILE; the field diff is kept); audited.
+    Resubmit {
+        /// The id `list` prints (<destination>:<offset>).
+        id: String,
+        /// The corrected message (LF and CRLF segment ends become CR).
+        #[arg(long)]
+        edited: Option<PathBuf>,
+        /// Why (kept with the resend, the dead letter and the audit journal).
         #[arg(long)]
         reason: String,
     },
@@ -355,6 +427,19 @@ impl DlqAction {
                 DlqRequest::Discard { id, reason }
             }
             DlqAction::Show { id, json } => DlqRequest::Show { id, json },
+            DlqAction::Resubmit { id, edited, reason } => {
+                if !valid_reason(&reason) {
+                    return Err("--reason must be non-empty text on one line".into());
+                }
+                let edited = edited
+                    .map(|f| {
+                        std::fs::read(&f)
+                            .map(|raw| normalize_segment_ends(&raw))
+                            .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                    })
+                    .transpose()?;
+                DlqRequest::Resubmit { id, edited, reason }
+            }
         })
     }
 }
@@ -371,6 +456,9 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     if let CtlAction::Trace { control_id, json } = action {
         return orderly::report::trace(data_dir, &control_id, json);
     }
+    if let CtlAction::Replay { .. } | CtlAction::Reconcile { .. } = action {
+        return window_action(data_dir, action);
+    }
     let lane_text;
     let target_text;
     if let CtlAction::Skip { reason, .. }
@@ -384,7 +472,10 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
     }
     let words: Vec<&str> = match &action {
         CtlAction::Status => vec!["status"],
-        CtlAction::Dlq { .. } | CtlAction::Trace { .. } => unreachable!("handled above"),
+        CtlAction::Dlq { .. }
+        | CtlAction::Trace { .. }
+        | CtlAction::Replay { .. }
+        | CtlAction::Reconcile { .. } => unreachable!("handled above"),
         CtlAction::Pause { destination } => vec!["pause", destination],
         CtlAction::Resume { destination } => vec!["resume", destination],
         CtlAction::Retry {
@@ -433,6 +524,99 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             eprintln!("orderly: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `ctl replay` and `ctl reconcile`: parse the window, then ask the broker.
+fn window_action(data_dir: &Path, action: CtlAction) -> ExitCode {
+    let now = orderly::wal::now_ms();
+    let time = |t: &str| orderly::timearg::parse_time(t, now);
+    let bad = |e: String| {
+        eprintln!("orderly: {e}");
+        ExitCode::from(2)
+    };
+    match action {
+        CtlAction::Replay {
+            destination,
+            since,
+            until,
+            message_type,
+            facility,
+            patient,
+            dry_run,
+            force,
+            reason,
+            json,
+        } => {
+            if !valid_reason(&reason) {
+                return bad("--reason must be non-empty text on one line".into());
+            }
+            let (since_ms, until_ms) = match (time(&since), until.as_deref().map(time).transpose())
+            {
+                (Ok(s), Ok(u)) => (s, u),
+                (Err(e), _) | (_, Err(e)) => return bad(e),
+            };
+            let req = orderly::delivery::replay::ReplayRequest {
+                destination,
+                since_ms,
+                until_ms,
+                message_type,
+                facility,
+                patient,
+                dry_run,
+                force,
+            };
+            orderly::report::replay(data_dir, &req, &reason, json)
+        }
+        CtlAction::Reconcile {
+            destination,
+            since,
+            until,
+            against,
+            replay_missing,
+            reason,
+            last,
+            json,
+        } => {
+            let reason = reason.unwrap_or_default();
+            if replay_missing && !valid_reason(&reason) {
+                return bad("--replay-missing needs --reason: non-empty text on one line".into());
+            }
+            if reason.contains(['\t', '\n']) {
+                return bad("--reason must be text on one line".into());
+            }
+            let (since_ms, until_ms) = match (
+                since.as_deref().map(time).transpose(),
+                until.as_deref().map(time).transpose(),
+            ) {
+                (Ok(s), Ok(u)) => (s, u),
+                (Err(e), _) | (_, Err(e)) => return bad(e),
+            };
+            let against = match against
+                .map(|f| {
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                })
+                .transpose()
+            {
+                Ok(a) => a.map(|text| {
+                    text.lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect()
+                }),
+                Err(e) => return bad(e),
+            };
+            let req = orderly::delivery::reconcile::ReconcileRequest {
+                destination,
+                since_ms,
+                until_ms,
+                against,
+                replay_missing,
+            };
+            orderly::report::reconcile(data_dir, &req, &reason, last, json)
+        }
+        _ => unreachable!("only replay and reconcile come here"),
     }
 }
 

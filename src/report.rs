@@ -207,6 +207,12 @@ pub enum DlqRequest {
         id: String,
         reason: String,
     },
+    Resubmit {
+        id: String,
+        /// The corrected message, if edited.
+        edited: Option<Vec<u8>>,
+        reason: String,
+    },
 }
 
 /// Runs `orderly ctl dlq ...` against the broker owning `data_dir` and
@@ -232,6 +238,15 @@ pub fn dlq(data_dir: &Path, request: Result<DlqRequest, String>) -> ExitCode {
         DlqRequest::Discard { id, reason } => {
             (vec!["dlq-discard".into(), id.clone(), reason.clone()], true)
         }
+        DlqRequest::Resubmit { id, edited, reason } => (
+            vec![
+                "dlq-resubmit".into(),
+                id.clone(),
+                edited.as_deref().map(hex_of).unwrap_or_default(),
+                reason.clone(),
+            ],
+            true,
+        ),
     };
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let answer = match crate::control::request(data_dir, &words) {
@@ -248,7 +263,9 @@ pub fn dlq(data_dir: &Path, request: Result<DlqRequest, String>) -> ExitCode {
     let printed = match request {
         DlqRequest::List { .. } => print_dlq_list(&answer),
         DlqRequest::Show { .. } => print_dlq_record(&answer),
-        DlqRequest::Discard { .. } => unreachable!("printed as is above"),
+        DlqRequest::Discard { .. } | DlqRequest::Resubmit { .. } => {
+            unreachable!("printed as is above")
+        }
     };
     match printed {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,6 +339,9 @@ fn print_dlq_record(answer: &str) -> Result<(), String> {
             "status: {} by {}: {}",
             e.status, e.status_by, e.status_reason
         );
+        for line in e.edit_diff.lines() {
+            println!("  edited {line}");
+        }
     }
     if let Some(ack) = &r.last_ack {
         println!("last answer from the destination:");
@@ -405,6 +425,35 @@ fn print_trace(t: &crate::delivery::trace::Trace) {
                 "  destination {} lane {lane}: {} ({})",
                 d.destination, d.state, d.detail
             );
+            for a in &d.attempts {
+                println!(
+                    "    attempt {} on the {} lane at {}: {} {} {} {}",
+                    a.attempt,
+                    a.channel,
+                    a.at_ms,
+                    a.outcome,
+                    dash(&a.ack_code),
+                    dash(&a.error_class),
+                    a.text
+                );
+            }
+            for r in &d.replays {
+                println!(
+                    "    {} queued at {} by {}: {}{}",
+                    r.kind,
+                    r.queued_ms,
+                    r.actor,
+                    r.reason,
+                    if r.dlq_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (dead letter {})", r.dlq_id)
+                    }
+                );
+                for line in r.edit_diff.lines() {
+                    println!("      edited {line}");
+                }
+            }
         }
     }
     for e in &t.events {
@@ -419,4 +468,177 @@ fn print_trace(t: &crate::delivery::trace::Trace) {
             e.original.map_or("in flight".into(), |o| o.to_string())
         );
     }
+}
+
+/// Sends `words` to the broker and decodes its JSON answer; on failure the
+/// message is printed and the exit code returned.
+fn ask_json<T: serde::de::DeserializeOwned>(
+    data_dir: &Path,
+    words: &[&str],
+) -> Result<(String, T), ExitCode> {
+    let answer = crate::control::request(data_dir, words).map_err(|e| {
+        eprintln!("orderly: {e}");
+        ExitCode::from(1)
+    })?;
+    let value = serde_json::from_str(&answer).map_err(|e| {
+        eprintln!("orderly: unexpected answer from the broker: {e}");
+        ExitCode::from(1)
+    })?;
+    Ok((answer, value))
+}
+
+/// `orderly ctl replay`: queues (or, dry, counts) a window's messages on
+/// the destination's replay lane and prints what it found.
+pub fn replay(
+    data_dir: &Path,
+    req: &crate::delivery::replay::ReplayRequest,
+    reason: &str,
+    json: bool,
+) -> ExitCode {
+    use crate::delivery::replay::ReplayOutcome;
+    let body = serde_json::to_string(req).expect("a request serialises");
+    let (answer, o): (String, ReplayOutcome) = match ask_json(data_dir, &["replay", &body, reason])
+    {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    if json {
+        print!("{answer}");
+        return ExitCode::SUCCESS;
+    }
+    let verb = if o.dry_run { "would send" } else { "queued" };
+    let sent = if o.dry_run { o.to_send } else { o.queued };
+    println!(
+        "destination {}: {} message(s) match; {verb} {sent}",
+        o.destination, o.matched
+    );
+    if o.force {
+        println!(
+            "  {} already acknowledged by the destination, sent again (--force)",
+            o.already_acknowledged
+        );
+    } else {
+        println!(
+            "  skipped {} already acknowledged by the destination (--force sends them too)",
+            o.already_acknowledged
+        );
+    }
+    println!(
+        "  skipped {} still pending on the live lanes (they deliver them)",
+        o.pending
+    );
+    if o.unreadable > 0 {
+        println!(
+            "  {} damaged record(s) in the window could not be read",
+            o.unreadable
+        );
+    }
+    if o.truncated {
+        println!(
+            "  (only the first {} were taken: run again from the last one's time)",
+            crate::delivery::replay::REPLAY_MAX
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `orderly ctl reconcile`: prints where each message of the window stands
+/// for the destination; exit 1 when something is missing.
+pub fn reconcile(
+    data_dir: &Path,
+    req: &crate::delivery::reconcile::ReconcileRequest,
+    reason: &str,
+    last: bool,
+    json: bool,
+) -> ExitCode {
+    use crate::delivery::reconcile::ReconcileReport;
+    let body = serde_json::to_string(req).expect("a request serialises");
+    let words: Vec<&str> = if last {
+        vec!["reconcile-last", &req.destination]
+    } else {
+        vec!["reconcile", &body, reason]
+    };
+    let (answer, r): (String, Option<ReconcileReport>) = match ask_json(data_dir, &words) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let Some(r) = r else {
+        eprintln!(
+            "orderly: no scheduled reconciliation of `{}` has run (set reconcile_every_s)",
+            req.destination
+        );
+        return ExitCode::from(1);
+    };
+    if json {
+        print!("{answer}");
+    } else {
+        print_reconcile(&r);
+    }
+    if r.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_reconcile(r: &crate::delivery::reconcile::ReconcileReport) {
+    let c = &r.counts;
+    println!(
+        "destination {} queue {} at {}: {} selected: {} delivered, {} pending, {} dead-lettered, {} blocked, {} missing",
+        r.destination, r.queue, r.at_ms, c.selected, c.delivered, c.pending, c.dead_lettered, c.blocked, c.missing
+    );
+    for (what, items) in [
+        ("missing", &r.missing),
+        ("blocked", &r.blocked),
+        ("dead-lettered", &r.dead_lettered),
+    ] {
+        for i in items {
+            println!(
+                "  {what} offset={} control_id={}",
+                i.offset,
+                dash(&i.control_id)
+            );
+        }
+    }
+    if let Some(a) = &r.against {
+        println!(
+            "against the downstream's list ({} id(s)): {} missing downstream, {} unknown to Orderly",
+            a.listed,
+            a.missing_downstream_count,
+            a.unknown_to_orderly.len()
+        );
+        for i in &a.missing_downstream {
+            println!(
+                "  missing-downstream control_id={} offset={} orderly_state={}",
+                dash(&i.control_id),
+                i.offset,
+                i.state
+            );
+        }
+        for id in &a.unknown_to_orderly {
+            println!("  unknown-to-orderly control_id={id}");
+        }
+    }
+    if r.replayed > 0 {
+        println!("queued {} message(s) on the replay lane", r.replayed);
+    }
+    if r.unreadable > 0 {
+        println!("({} damaged record(s) could not be read)", r.unreadable);
+    }
+}
+
+/// Lower-case hex: how a message crosses the one-line control protocol.
+pub fn hex_of(bytes: &[u8]) -> String {
+    crate::server::ingest::hex(bytes)
+}
+
+/// The bytes of [`hex_of`]'s text; `None` if it is not even-length hex.
+pub fn bytes_of_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -91,7 +91,8 @@ fn err_segment(ack: &[u8]) -> String {
 fn a_sender_retrying_five_times_gets_five_positive_acks_one_record_one_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(accept_all());
-    let broker = Broker::start(&setup(dir.path(), "", &sink));
+    let config = setup(dir.path(), "", &sink);
+    let broker = Broker::start(&config);
     let m = msg("RETRY1", "potassium 4.1");
     for attempt in 0..5 {
         // A sender that lost its ACK reconnects and sends again.
@@ -134,6 +135,24 @@ fn a_sender_retrying_five_times_gets_five_positive_acks_one_record_one_delivery(
         text.matches("event=duplicate original=0").count(),
         4,
         "{text}"
+    );
+    // Trace: the duplicates, and the one delivery attempt from the journal
+    // (durable once the lane's cursor past AFTER is).
+    ctl_status_until(&config, WAIT, |s| s.contains("durable=6"));
+    let t: serde_json::Value =
+        serde_json::from_str(&ctl(&config, &["trace", "RETRY1", "--json"])).unwrap();
+    assert_eq!(t["messages"].as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(t["events"].as_array().unwrap().len(), 4, "{t}");
+    let attempts = t["messages"][0]["destinations"][0]["attempts"]
+        .as_array()
+        .unwrap();
+    assert_eq!(attempts.len(), 1, "one delivery attempt: {t}");
+    assert_eq!(
+        (
+            attempts[0]["outcome"].as_str(),
+            attempts[0]["ack_code"].as_str()
+        ),
+        (Some("delivered"), Some("AA"))
     );
 }
 

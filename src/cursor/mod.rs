@@ -18,6 +18,11 @@
 //! then restarts at the slowest old cursor (or at the start of a different
 //! queue), so messages may be delivered again but none is skipped.
 //!
+//! A destination's delivery journal rides on the same commits: the records
+//! a lane submits with a cursor update are appended (one group commit) to
+//! the journal before the cursor write, so a durable cursor never passes a
+//! message whose attempt is not durably journaled.
+//!
 //! Architecture Invariant: a cursor moves only after the downstream's
 //! positive ACK (or a durable dead-letter record); it never moves backwards
 //! except by a routing change (restart at the slowest lane: duplicates,
@@ -55,6 +60,8 @@ struct Update {
     lane: u16,
     seq: u64,
     cursor: LaneCursor,
+    /// Journal records (metadata areas) to make durable before `cursor`.
+    journal: Vec<Vec<u8>>,
 }
 
 #[derive(Default, Clone)]
@@ -70,6 +77,8 @@ struct Inner {
     became_durable: Condvar,
     failure: Mutex<Option<String>>,
     positions: Vec<ReaderPosition>,
+    /// The delivery journal written ahead of each commit, once attached.
+    journal: std::sync::OnceLock<Arc<crate::wal::Log>>,
 }
 
 /// The cursors of one destination.
@@ -131,6 +140,7 @@ impl CursorStore {
             became_durable: Condvar::new(),
             failure: Mutex::new(None),
             positions,
+            journal: std::sync::OnceLock::new(),
         });
         let (tx, rx) = bounded(4096);
         let committer = Committer {
@@ -154,8 +164,19 @@ impl CursorStore {
         ))
     }
 
+    /// From now on, journal records submitted with cursor updates go to
+    /// `journal`, durable before the update they came with.
+    pub fn attach_journal(&self, journal: Arc<crate::wal::Log>) {
+        let _ = self.inner.journal.set(journal);
+    }
+
     /// Queues `cursor` as the new state of `lane`; returns at once.
     pub fn submit(&self, lane: u16, cursor: LaneCursor) {
+        self.submit_with_journal(lane, cursor, Vec::new());
+    }
+
+    /// [`Self::submit`], with journal records to make durable first.
+    pub fn submit_with_journal(&self, lane: u16, cursor: LaneCursor, journal: Vec<Vec<u8>>) {
         let seq = {
             let mut lanes = self.inner.lanes.lock();
             let l = &mut lanes[usize::from(lane)];
@@ -164,7 +185,12 @@ impl CursorStore {
         };
         if let Some(tx) = &self.tx {
             // The committer only stops when the store is closed.
-            let _ = tx.send(Update { lane, seq, cursor });
+            let _ = tx.send(Update {
+                lane,
+                seq,
+                cursor,
+                journal,
+            });
         }
     }
 
@@ -262,12 +288,18 @@ impl Committer {
             }
             last_sync = Some(Instant::now());
             let mut next = Some(first);
+            let mut journal = Vec::new();
             while let Some(u) = next {
                 latest[usize::from(u.lane)] = Some((u.seq, u.cursor));
+                journal.extend(u.journal);
                 next = rx.try_recv().ok();
             }
             if self.inner.failure.lock().is_some() {
                 latest.iter_mut().for_each(|l| *l = None);
+                continue;
+            }
+            if let Err(e) = self.write_journal(journal) {
+                self.fail(format!("delivery journal: {e}"));
                 continue;
             }
             self.commit(&mut latest);
@@ -292,13 +324,50 @@ impl Committer {
             Err(e) => Err(e),
         };
         if let Err(e) = written {
-            let reason = format!("cursor file {}: {e}", self.inner.path.display());
-            tracing::error!(%reason, "cursor commits stopped; deliveries pause until restart");
-            *self.inner.failure.lock() = Some(reason);
-            self.inner.became_durable.notify_all();
+            self.fail(format!("cursor file {}: {e}", self.inner.path.display()));
             return;
         }
         self.publish(latest);
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "cursor commits stopped; deliveries pause until restart");
+        *self.inner.failure.lock() = Some(reason);
+        self.inner.became_durable.notify_all();
+    }
+
+    /// Appends `records` to the journal as one group commit and waits
+    /// until they are durable.
+    fn write_journal(&self, records: Vec<Vec<u8>>) -> Result<(), String> {
+        let Some(journal) = self.inner.journal.get() else {
+            return Ok(());
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (reply, done) = crossbeam_channel::unbounded();
+        let reqs = records
+            .into_iter()
+            .map(|meta| crate::wal::AppendRequest {
+                payload: Vec::new(),
+                meta,
+                tag: 0,
+                reply: reply.clone(),
+                notify: None,
+            })
+            .collect::<Vec<_>>();
+        let n = reqs.len();
+        drop(reply);
+        if journal.appender().submit_batch(reqs).is_err() {
+            return Err("the journal log is closed".into());
+        }
+        for _ in 0..n {
+            match done.recv() {
+                Ok(d) => d.result.map(|_| ()).map_err(|e| e.to_string())?,
+                Err(_) => return Err("the journal writer stopped".into()),
+            }
+        }
+        Ok(())
     }
 
     /// The durable state of every lane with the pending updates applied.
@@ -433,6 +502,71 @@ mod tests {
         (0..n)
             .map(|i| log.register_reader(&format!("l{i}"), Offset(0)))
             .collect()
+    }
+
+    /// The journal rides ahead of the cursors: whenever power fails, a
+    /// cursor that survived never passes an attempt the journal lost.
+    /// Seen failing with the journal append moved after the cursor write.
+    #[test]
+    fn a_durable_cursor_never_passes_a_journal_record_lost_to_power_loss() {
+        let sim = SimStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let config = crate::delivery::journal::journal_log_config;
+        let journal = Arc::new(
+            crate::wal::Log::open_with(storage.clone(), Path::new("/j"), config()).unwrap(),
+        );
+        let (store, _) = CursorStore::open(
+            storage.clone(),
+            Path::new("/c"),
+            "ehr",
+            ROUTING,
+            1,
+            positions(1),
+            Duration::ZERO,
+        )
+        .unwrap();
+        store.attach_journal(journal.clone());
+        // What a power loss would leave at the start of every sync.
+        let images: Arc<Mutex<Vec<SimStorage>>> = Arc::default();
+        let seen = images.clone();
+        sim.set_sync_hook(Some(Arc::new(move |s: &SimStorage| {
+            let mut seen = seen.lock();
+            let seed = seen.len() as u64;
+            seen.push(s.synced_only());
+            seen.push(s.power_loss(seed));
+        })));
+        for i in 0..12u64 {
+            let c = LaneCursor {
+                next_offset: Offset(i + 1),
+                head: None,
+            };
+            store.submit_with_journal(0, c, vec![vec![1, 1, 0, b'x']]);
+            assert!(store.wait_durable(0, Duration::from_secs(10)));
+        }
+        sim.set_sync_hook(None);
+        let images = std::mem::take(&mut *images.lock());
+        assert!(images.len() > 4);
+        for (n, image) in images.into_iter().enumerate() {
+            let storage: Arc<dyn Storage> = Arc::new(image);
+            let (_s, got) = CursorStore::open(
+                storage.clone(),
+                Path::new("/c"),
+                "ehr",
+                ROUTING,
+                1,
+                positions(1),
+                PACE,
+            )
+            .unwrap();
+            let end = crate::wal::Log::open_with(storage, Path::new("/j"), config())
+                .unwrap()
+                .end_offset();
+            assert!(
+                got[0].next_offset <= end,
+                "image {n}: cursor {} but only {end} journal records",
+                got[0].next_offset
+            );
+        }
     }
 
     #[test]

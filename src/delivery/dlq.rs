@@ -22,7 +22,12 @@ pub fn dlq_log_config() -> LogConfig {
 pub struct Context<'a> {
     pub destination: &'a str,
     pub lane: u16,
+    pub channel: super::journal::Channel,
     pub queue: &'a str,
+    /// The message's offset in `queue`.
+    pub source_offset: Offset,
+    /// The replay-log record that carried it (replay lane only).
+    pub replay_offset: Option<Offset>,
     pub head: &'a HeadState,
     pub last_ack: Option<&'a [u8]>,
     pub reason: &'a str,
@@ -43,7 +48,8 @@ pub fn dead_letter(
     m.push(MetaKey::Destination, ctx.destination.as_bytes())
         .push(MetaKey::Lane, &ctx.lane.to_le_bytes())
         .push(MetaKey::SourceQueue, ctx.queue.as_bytes())
-        .push(MetaKey::SourceOffset, &record.offset.0.to_le_bytes())
+        .push(MetaKey::SourceOffset, &ctx.source_offset.0.to_le_bytes())
+        .push(MetaKey::Channel, ctx.channel.name().as_bytes())
         .push(MetaKey::ErrorClass, ctx.head.class.name().as_bytes())
         .push(MetaKey::Attempts, &ctx.head.attempts.to_le_bytes())
         .push(
@@ -56,6 +62,9 @@ pub fn dead_letter(
         )
         .push(MetaKey::ErrorText, ctx.head.text.as_bytes())
         .push(MetaKey::Reason, ctx.reason.as_bytes());
+    if let Some(r) = ctx.replay_offset {
+        m.push(MetaKey::ReplayOffset, &r.0.to_le_bytes());
+    }
     if let Some(ack) = ctx.last_ack {
         m.push(MetaKey::LastAck, ack);
     }

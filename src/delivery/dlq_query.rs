@@ -29,7 +29,7 @@ pub struct DlqFilter {
     pub since_ms: Option<u64>,
     /// Dead-lettered before, ms since the epoch.
     pub until_ms: Option<u64>,
-    /// `open` or `discarded` (`None`: both).
+    /// `open`, `discarded` or `resubmitted` (`None`: all).
     #[serde(default)]
     pub status: Option<String>,
 }
@@ -61,6 +61,9 @@ pub struct DlqEntry {
     pub status_by: String,
     #[serde(default)]
     pub status_reason: String,
+    /// For an edited resubmission: the field diff, one change a line.
+    #[serde(default)]
+    pub edit_diff: String,
 }
 
 /// A whole dead-letter record for `show`: its entry, the message, the
@@ -137,6 +140,7 @@ pub fn entry_of(destination: &str, rec: &OwnedRecord) -> DlqEntry {
         status: "open".into(),
         status_by: String::new(),
         status_reason: String::new(),
+        edit_diff: String::new(),
     }
 }
 
@@ -146,6 +150,7 @@ pub struct StatusRecord {
     pub status: String,
     pub by: String,
     pub reason: String,
+    pub diff: String,
 }
 
 /// The status record in `meta`, if it is one (key `Event`).
@@ -157,6 +162,7 @@ pub fn status_of(meta: &[u8]) -> Option<StatusRecord> {
         status: String::from_utf8_lossy(status).into_owned(),
         by: view.get_str(MetaKey::Actor),
         reason: view.get_str(MetaKey::Reason),
+        diff: view.get_str(MetaKey::EditDiff),
     })
 }
 
@@ -174,6 +180,7 @@ fn apply_status(entry: &mut DlqEntry, s: &StatusRecord) {
     entry.status = s.status.clone();
     entry.status_by = s.by.clone();
     entry.status_reason = s.reason.clone();
+    entry.edit_diff = s.diff.clone();
 }
 
 /// The matching records of one destination's dead-letter log, oldest

@@ -4,13 +4,17 @@
 //! with backoff, then handled by policy; a blocked head holds the lane (and
 //! only this lane) until an operator retries or skips it.
 use super::dlq::{self, Context};
+use super::journal::{self, Attempt, Channel, Verdict};
 use super::link::{Link, Outcome};
+use super::policy::RateLimiter;
 use super::policy::{backoff_ms, Jitter};
-use super::{Destination, LaneCommand};
+use super::{Destination, LaneCommand, LaneShared};
 use crate::config::FailurePolicy;
 use crate::constants::DELIVERY_POLL_MS;
+use crate::cursor::CursorStore;
 use crate::cursor::{clamp_to_log_start, ErrorClass, HeadState, HeadStatus, LaneCursor};
 use crate::wal::meta::{MetaKey, MetaView};
+use crate::wal::Log;
 use crate::wal::{now_ms, Offset, OwnedRecord, WalError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,22 +42,30 @@ pub struct Lane {
     /// The record at the head of the lane, once read.
     current: Option<OwnedRecord>,
     skipped_uncommitted: u64,
+    /// The queue's partition lanes, or the destination's replay lane.
+    channel: Channel,
+    /// Journal records of attempts since the last cursor submit.
+    journal: Vec<Vec<u8>>,
 }
 
 impl Lane {
     pub fn new(
         dest: Arc<Destination>,
+        channel: Channel,
         lane: u16,
         stop: Arc<AtomicBool>,
         start: LaneCursor,
     ) -> Lane {
-        let log_start = dest.log.start_offset();
-        let next = clamp_to_log_start(&start, log_start);
+        let log = match channel {
+            Channel::Live => &dest.log,
+            Channel::Replay => &dest.replay.log,
+        };
+        let next = clamp_to_log_start(&start, log.start_offset());
         if next != start.next_offset {
-            tracing::error!(destination = %dest.config.name, lane, from = start.next_offset.0, to = next.0, "cursor points before the queue's start (deleted by retention); continuing at the start");
+            tracing::error!(destination = %dest.config.name, channel = channel.name(), lane, from = start.next_offset.0, to = next.0, "cursor points before the log's start (deleted by retention); continuing at the start");
         }
         let head = start.head.filter(|h| h.offset == next);
-        let reader = dest.log.reader(next);
+        let reader = log.reader(next);
         let seed = now_ms() ^ (u64::from(lane) << 32) ^ dest.config.name.len() as u64;
         let link = Link::new(
             &dest.config.connect,
@@ -71,15 +83,108 @@ impl Lane {
             head,
             current: None,
             skipped_uncommitted: 0,
+            channel,
+            journal: Vec::new(),
         };
         l.update_status();
         l
     }
 
+    fn log(&self) -> &Log {
+        match self.channel {
+            Channel::Live => &self.dest.log,
+            Channel::Replay => &self.dest.replay.log,
+        }
+    }
+
+    fn cursors(&self) -> &CursorStore {
+        match self.channel {
+            Channel::Live => &self.dest.cursors,
+            Channel::Replay => &self.dest.replay.cursors,
+        }
+    }
+
+    fn shared(&self) -> &LaneShared {
+        match self.channel {
+            Channel::Live => &self.dest.lanes[usize::from(self.lane)],
+            Channel::Replay => &self.dest.replay.lane,
+        }
+    }
+
+    fn limiter(&self) -> &RateLimiter {
+        match self.channel {
+            Channel::Live => &self.dest.limiter,
+            Channel::Replay => &self.dest.replay.limiter,
+        }
+    }
+
+    /// The lane a record belongs to: the router's choice for the queue;
+    /// the replay lane takes every record of its log.
+    fn lane_of(
+        channel: Channel,
+        dest: &Destination,
+        offset: Offset,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Option<u16> {
+        match channel {
+            Channel::Live => dest.router.lane_of(offset, meta, payload),
+            Channel::Replay => Some(0),
+        }
+    }
+
+    /// The replay lane never blocks: a replayed or resubmitted message
+    /// that fails goes (back) to the dead-letter queue, where it can be
+    /// resubmitted again; live traffic's policy is the destination's.
+    fn policy(&self, configured: FailurePolicy) -> FailurePolicy {
+        match self.channel {
+            Channel::Live => configured,
+            Channel::Replay => FailurePolicy::DeadLetter,
+        }
+    }
+
+    /// Where the head record came from in the queue, and the replay-log
+    /// record that carries it (replay lane only).
+    fn source_of(&self, rec: &OwnedRecord) -> (Offset, Option<Offset>) {
+        match self.channel {
+            Channel::Live => (rec.offset, None),
+            Channel::Replay => (
+                dlq::source_offset(&rec.meta).unwrap_or(Offset(u64::MAX)),
+                Some(rec.offset),
+            ),
+        }
+    }
+
+    /// Notes an attempt for the journal; it becomes durable with the next
+    /// cursor commit, before that commit.
+    fn journal_attempt(&mut self, verdict: Verdict, h: Option<&HeadState>) {
+        let Some(rec) = self.current.as_ref() else {
+            return;
+        };
+        let (source_offset, replay_offset) = self.source_of(rec);
+        let control_id = MetaView::new(&rec.meta)
+            .get(MetaKey::ControlId)
+            .unwrap_or_default();
+        let attempt = Attempt {
+            channel: self.channel,
+            lane: self.lane,
+            source_offset,
+            replay_offset,
+            control_id,
+            attempt: h.map_or(1, |h| h.attempts),
+            verdict,
+            class: h.map(|h| h.class),
+            ack_code: self.link.last_ack_code(),
+            text: h.map_or("", |h| h.text.as_str()),
+        };
+        let meta = journal::encode(&attempt, now_ms());
+        self.journal.push(meta);
+    }
+
     pub fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             self.handle_commands(Duration::ZERO);
-            if self.dest.halted()
+            if (self.channel == Channel::Live && self.dest.halted())
                 || self.dest.paused.load(Ordering::Relaxed)
                 || self
                     .head
@@ -121,7 +226,9 @@ impl Lane {
                 }
                 Err(e) => return Err(e),
             };
-            if self.dest.router.lane_of(rec.offset, rec.meta, rec.payload) == Some(self.lane) {
+            if Self::lane_of(self.channel, &self.dest, rec.offset, rec.meta, rec.payload)
+                == Some(self.lane)
+            {
                 self.current = Some(OwnedRecord::from(rec));
                 return Ok(true);
             }
@@ -142,7 +249,7 @@ impl Lane {
         if self.skipped_uncommitted > 0 {
             self.commit();
         }
-        if !self.dest.log.wait_for(self.next, POLL) {
+        if !self.log().wait_for(self.next, POLL) {
             self.handle_commands(Duration::ZERO);
         }
     }
@@ -161,7 +268,7 @@ impl Lane {
             .dest
             .breaker
             .permit(now)
-            .and_then(|_| self.dest.limiter.acquire(now))
+            .and_then(|_| self.limiter().acquire(now))
         {
             self.handle_commands(wait.min(POLL));
             return;
@@ -179,7 +286,13 @@ impl Lane {
             Outcome::Delivered => {
                 self.dest.breaker.record(true, Instant::now());
                 let offset = rec.offset;
-                self.dest.stats_delivered(self.lane);
+                let attempt = self.head.as_ref().map(|h| HeadState {
+                    attempts: h.attempts + 1,
+                    text: String::new(),
+                    ..h.clone()
+                });
+                self.journal_attempt(Verdict::Delivered, attempt.as_ref());
+                self.shared().delivered.fetch_add(1, Ordering::Relaxed);
                 self.advance(Offset(offset.0 + 1));
             }
             Outcome::Failed { .. } if self.stop.load(Ordering::Relaxed) => {}
@@ -210,21 +323,23 @@ impl Lane {
         h.text =
             crate::cursor::record::truncate_utf8(&text, crate::constants::ERROR_TEXT_BYTES_MAX)
                 .to_string();
-        let cfg = &self.dest.config;
+        let dest = self.dest.clone();
+        let cfg = &dest.config;
         let policy = if class.is_transient() {
             self.dest.breaker.record(false, Instant::now());
             if h.attempts < cfg.retry.max_attempts {
                 h.status = HeadStatus::Retrying;
                 h.next_retry_ms = now + backoff_ms(&cfg.retry, h.attempts, self.jitter.next_unit());
-                tracing::warn!(destination = %cfg.name, lane = self.lane, offset = rec_offset.0, attempts = h.attempts, class = class.name(), error = %h.text, retry_in_ms = h.next_retry_ms - now, "delivery failed; will retry");
+                tracing::warn!(destination = %cfg.name, channel = self.channel.name(), lane = self.lane, offset = rec_offset.0, attempts = h.attempts, class = class.name(), error = %h.text, retry_in_ms = h.next_retry_ms - now, "delivery failed; will retry");
+                self.journal_attempt(Verdict::Retrying, Some(&h));
                 self.head = Some(h);
                 self.commit();
                 return;
             }
-            cfg.on_exhausted
+            self.policy(cfg.on_exhausted)
         } else {
             self.dest.breaker.release_trial();
-            cfg.on_reject
+            self.policy(cfg.on_reject)
         };
         match policy {
             FailurePolicy::DeadLetter => {
@@ -242,6 +357,7 @@ impl Lane {
 
     fn block(&mut self, mut h: HeadState) {
         h.status = HeadStatus::Blocked;
+        self.journal_attempt(Verdict::Blocked, Some(&h));
         tracing::error!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, attempts = h.attempts, class = h.class.name(), error = %h.text, "lane blocked: nothing behind this message is delivered until an operator runs `orderly ctl retry` or `orderly ctl skip`");
         self.head = Some(h);
         self.commit();
@@ -256,18 +372,23 @@ impl Lane {
     ) -> Result<(), String> {
         let rec = self.current.as_ref().expect("filled");
         let offset = rec.offset;
+        let (source_offset, replay_offset) = self.source_of(rec);
         let ctx = Context {
             destination: &self.dest.config.name,
             lane: self.lane,
+            channel: self.channel,
             queue: &self.dest.config.queue,
+            source_offset,
+            replay_offset,
             head: &h,
             last_ack: ack,
             reason,
         };
         match dlq::dead_letter(&self.dest.dlq, rec, &ctx) {
             Ok(a) => {
-                tracing::warn!(destination = %self.dest.config.name, lane = self.lane, offset = offset.0, dlq_offset = a.offset.0, class = h.class.name(), %reason, "message dead-lettered");
-                self.dest.stats_dead_lettered(self.lane);
+                tracing::warn!(destination = %self.dest.config.name, channel = self.channel.name(), lane = self.lane, offset = source_offset.0, dlq_offset = a.offset.0, class = h.class.name(), %reason, "message dead-lettered");
+                self.journal_attempt(Verdict::DeadLettered, Some(&h));
+                self.shared().dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.advance(Offset(offset.0 + 1));
                 Ok(())
             }
@@ -316,9 +437,9 @@ impl Lane {
         self.head = None;
         self.current = None;
         self.commit();
-        while !self.dest.cursors.wait_lead(self.lane, POLL) && !self.stop.load(Ordering::Relaxed) {
+        while !self.cursors().wait_lead(self.lane, POLL) && !self.stop.load(Ordering::Relaxed) {
             // A failed cursor store answers at once; wait here instead of spinning.
-            let wait = if self.dest.cursors.failure().is_some() {
+            let wait = if self.cursors().failure().is_some() {
                 POLL
             } else {
                 Duration::ZERO
@@ -330,25 +451,27 @@ impl Lane {
     fn commit(&mut self) {
         self.skipped_uncommitted = 0;
         let next = self.head.as_ref().map_or(self.next, |h| h.offset);
-        self.dest.cursors.submit(
+        let journal = std::mem::take(&mut self.journal);
+        self.cursors().submit_with_journal(
             self.lane,
             LaneCursor {
                 next_offset: next,
                 head: self.head.clone(),
             },
+            journal,
         );
         self.update_status();
     }
 
     fn update_status(&self) {
-        let mut s = self.dest.lanes[usize::from(self.lane)].status.lock();
+        let mut s = self.shared().status.lock();
         s.next_offset = self.head.as_ref().map_or(self.next, |h| h.offset);
         s.head = self.head.clone();
     }
 
     /// Runs operator commands, waiting up to `wait` for the first.
     fn handle_commands(&mut self, wait: Duration) {
-        let rx = self.dest.lanes[usize::from(self.lane)].commands.1.clone();
+        let rx = self.shared().commands.1.clone();
         let first = if wait.is_zero() {
             rx.try_recv().ok()
         } else {
@@ -440,7 +563,7 @@ impl Lane {
     /// answer says how many remain. A damaged record stops it (it needs a
     /// `skip`, which keeps what is left of its bytes).
     fn clear(&mut self, reason: &str) -> Result<String, String> {
-        let end = self.dest.log.end_offset();
+        let end = self.log().end_offset();
         let reason = format!("operator clear: {reason}");
         let mut moved = 0usize;
         while self.next < end && moved < CLEAR_MAX {
@@ -500,10 +623,10 @@ impl Lane {
     /// per damaged run, not per record. Bounded per command.
     fn skip_damaged_run(&mut self, reason: &str) -> Result<(), String> {
         for _ in 0..DAMAGED_RUN_SKIP_MAX {
-            if self.next >= self.dest.log.end_offset() {
+            if self.next >= self.log().end_offset() {
                 return Ok(());
             }
-            let class = match self.dest.log.read(self.next) {
+            let class = match self.log().read(self.next) {
                 Err(WalError::Corrupt { .. }) => ErrorClass::Corrupt,
                 Err(WalError::Unreadable { .. }) => ErrorClass::Unreadable,
                 _ => return Ok(()),
@@ -539,14 +662,14 @@ impl Lane {
             meta: Vec::new(),
             payload,
         };
-        match self.dest.log.read(h.offset) {
+        match self.log().read(h.offset) {
             Ok(rec) => Ok((rec, None)),
             Err(e @ (WalError::Corrupt { .. } | WalError::Unreadable { .. })) => {
                 let class = match e {
                     WalError::Unreadable { .. } => ErrorClass::Unreadable,
                     _ => ErrorClass::Corrupt,
                 };
-                let bytes = self.dest.log.damaged_bytes(h.offset).ok().flatten();
+                let bytes = self.log().damaged_bytes(h.offset).ok().flatten();
                 Ok((remains(bytes.unwrap_or_default()), Some(class)))
             }
             Err(WalError::Deleted { .. }) => Ok((remains(Vec::new()), None)),

@@ -41,6 +41,8 @@ pub struct Link {
     /// Socket timeouts currently set on `stream`, so the per-message path
     /// makes no `setsockopt` call when they have not changed.
     timeouts: SocketTimeouts,
+    /// MSA-1 of the answer to the last message sent (`""`: none yet).
+    last_code: String,
 }
 
 #[derive(Default)]
@@ -62,7 +64,13 @@ impl Link {
             consumed: VecDeque::new(),
             frame: Vec::new(),
             timeouts: SocketTimeouts::default(),
+            last_code: String::new(),
         }
+    }
+
+    /// MSA-1 of the answer to the last message sent, `""` if none came.
+    pub fn last_ack_code(&self) -> &str {
+        &self.last_code
     }
 
     /// Drops the connection (the next send reconnects).
@@ -102,6 +110,7 @@ impl Link {
         stop: &AtomicBool,
     ) -> Outcome {
         let deadline = Instant::now() + timeout;
+        self.last_code.clear();
         if let Err(e) = self.drain() {
             // Closed by the downstream since the last answer (some close
             // after every message): reconnect now rather than fail a send.
@@ -149,6 +158,7 @@ impl Link {
             };
             match classify(&ack, control_id, &ctx) {
                 Some(outcome) => {
+                    self.last_code = super::journal::ack_code(&ack);
                     push_bounded(&mut self.consumed, fingerprint(&ack));
                     push_bounded(&mut self.recent, control_id.to_vec());
                     return outcome;

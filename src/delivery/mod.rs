@@ -8,9 +8,12 @@
 //! in its lane is delivered; other lanes and destinations are unaffected.
 pub mod dlq;
 pub mod dlq_query;
+pub mod journal;
 mod lane;
 pub mod link;
 pub mod policy;
+pub mod reconcile;
+pub mod replay;
 pub mod route;
 pub mod trace;
 pub mod verdict;
@@ -37,6 +40,12 @@ pub enum DeliveryError {
     #[error("destination `{destination}`: dead-letter log: {source}")]
     Dlq {
         destination: String,
+        source: WalError,
+    },
+    #[error("destination `{destination}`: {what}: {source}")]
+    Log {
+        destination: String,
+        what: &'static str,
         source: WalError,
     },
     #[error("destination `{destination}`: {source}")]
@@ -94,11 +103,36 @@ pub struct LaneShared {
     dead_lettered: AtomicU64,
 }
 
+impl LaneShared {
+    fn new() -> LaneShared {
+        LaneShared {
+            commands: unbounded(),
+            status: Mutex::new(LaneStatus::default()),
+            delivered: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A destination's replay lane: its own log of messages to send again
+/// (replays, resubmissions), cursor and rate limit, beside the live lanes.
+pub struct ReplayFeed {
+    pub log: Arc<Log>,
+    pub cursors: CursorStore,
+    lane: LaneShared,
+    limiter: RateLimiter,
+}
+
 /// One configured destination and everything its lanes share.
 pub struct Destination {
     pub config: DestinationConfig,
     pub log: Arc<Log>,
     pub dlq: Log,
+    /// Every delivery attempt of every lane (see `journal.rs`).
+    pub journal: Arc<Log>,
+    pub replay: ReplayFeed,
+    /// The last scheduled reconciliation (`reconcile_every_s`).
+    last_reconcile: Mutex<Option<reconcile::ReconcileReport>>,
     pub cursors: CursorStore,
     pub router: Router,
     pub breaker: Breaker,
@@ -113,18 +147,6 @@ pub struct Destination {
 impl Destination {
     pub fn halted(&self) -> bool {
         self.halt.lock().is_some()
-    }
-
-    fn stats_delivered(&self, lane: u16) {
-        self.lanes[usize::from(lane)]
-            .delivered
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn stats_dead_lettered(&self, lane: u16) {
-        self.lanes[usize::from(lane)]
-            .dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -152,6 +174,10 @@ pub struct DestinationReport {
     pub halt: Option<String>,
     pub cursor_failure: Option<String>,
     pub lanes: Vec<LaneReport>,
+    /// The replay lane (replays and resubmissions).
+    pub replay: LaneReport,
+    /// One line about the last scheduled reconciliation, if any ran.
+    pub last_reconcile: Option<String>,
 }
 
 pub struct Engine {
@@ -173,10 +199,30 @@ impl Engine {
         let mut destinations = Vec::new();
         let mut threads = Vec::new();
         for d in &config.destinations {
-            let (dest, starts) = open_destination(config, d, logs, storage.clone())?;
-            for (lane, start) in starts.into_iter().enumerate() {
-                let worker = lane::Lane::new(dest.clone(), lane as u16, stop.clone(), start);
-                let name = format!("orderly-{}-{lane}", d.name);
+            let (dest, starts, replay_start) = open_destination(config, d, logs, storage.clone())?;
+            let mut workers: Vec<(String, lane::Lane)> = starts
+                .into_iter()
+                .enumerate()
+                .map(|(lane, start)| {
+                    let w = lane::Lane::new(
+                        dest.clone(),
+                        journal::Channel::Live,
+                        lane as u16,
+                        stop.clone(),
+                        start,
+                    );
+                    (format!("orderly-{}-{lane}", d.name), w)
+                })
+                .collect();
+            let replay = lane::Lane::new(
+                dest.clone(),
+                journal::Channel::Replay,
+                0,
+                stop.clone(),
+                replay_start,
+            );
+            workers.push((format!("orderly-{}-replay", d.name), replay));
+            for (name, worker) in workers {
                 threads.push(
                     std::thread::Builder::new()
                         .name(name)
@@ -339,6 +385,151 @@ impl Engine {
         dlq_query::record(dest, &d.dlq, offset).map_err(|e| format!("{id}: {e}"))
     }
 
+    /// Queues the messages `req` selects on the destination's replay lane
+    /// (or, in a dry run, only counts them).
+    pub fn replay(
+        &self,
+        req: &replay::ReplayRequest,
+        actor: &str,
+        reason: &str,
+    ) -> Result<replay::ReplayOutcome, String> {
+        let d = self.find(&req.destination)?;
+        let out = replay::replay(d, req, actor, reason)?;
+        tracing::warn!(destination = %req.destination, matched = out.matched, queued = out.queued, skipped_acknowledged = out.already_acknowledged, dry_run = req.dry_run, force = req.force, actor, reason, "operator replay");
+        Ok(out)
+    }
+
+    /// Classifies a window of the destination's messages (see `reconcile.rs`).
+    pub fn reconcile(
+        &self,
+        req: &reconcile::ReconcileRequest,
+        actor: &str,
+        reason: &str,
+    ) -> Result<reconcile::ReconcileReport, String> {
+        let d = self.find(&req.destination)?;
+        reconcile::reconcile(d, req, actor, reason)
+    }
+
+    /// The last scheduled reconciliation of `name`, if one ran.
+    pub fn last_reconcile(&self, name: &str) -> Result<Option<reconcile::ReconcileReport>, String> {
+        Ok(self.find(name)?.last_reconcile.lock().clone())
+    }
+
+    /// Runs the scheduled reconciliations that are due (`reconcile_every_s`);
+    /// called by the maintenance thread.
+    pub fn scheduled_reconciliations(&self, now_ms: u64) {
+        for d in &self.destinations {
+            let every_ms = d.config.reconcile_every_s * 1000;
+            if every_ms == 0 {
+                continue;
+            }
+            let due = d
+                .last_reconcile
+                .lock()
+                .as_ref()
+                .is_none_or(|r| now_ms >= r.at_ms + every_ms);
+            if !due {
+                continue;
+            }
+            let req = reconcile::ReconcileRequest {
+                destination: d.config.name.clone(),
+                ..Default::default()
+            };
+            match reconcile::reconcile(d, &req, "orderly (schedule)", "reconcile_every_s") {
+                Ok(r) => {
+                    tracing::info!(destination = %d.config.name, selected = r.counts.selected, delivered = r.counts.delivered, pending = r.counts.pending, dead_lettered = r.counts.dead_lettered, blocked = r.counts.blocked, missing = r.counts.missing, "scheduled reconciliation");
+                    *d.last_reconcile.lock() = Some(r);
+                }
+                Err(e) => {
+                    tracing::error!(destination = %d.config.name, error = %e, "scheduled reconciliation failed")
+                }
+            }
+        }
+    }
+
+    /// Logs of the destinations that retention trims with their queue's
+    /// policy: delivery journals and replay logs.
+    pub fn retained_logs(&self) -> Vec<(String, Arc<Log>)> {
+        self.destinations
+            .iter()
+            .flat_map(|d| {
+                [
+                    (d.config.queue.clone(), d.journal.clone()),
+                    (d.config.queue.clone(), d.replay.log.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Resends a dead letter through the replay lane, as it is or as the
+    /// operator corrected it (its field diff against the original is kept
+    /// with the resend and the dead letter). Durable before this returns.
+    pub fn dlq_resubmit(
+        &self,
+        id: &str,
+        edited: Option<Vec<u8>>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<String, String> {
+        let shown = self.dlq_show(id)?;
+        if shown.entry.status != "open" {
+            return Err(format!(
+                "{id} is already {} (by {}: {}); nothing was changed",
+                shown.entry.status, shown.entry.status_by, shown.entry.status_reason
+            ));
+        }
+        let (dest, offset) = dlq_query::parse_id(id).expect("dlq_show parsed it");
+        let d = self.find(dest)?;
+        let letter = d.dlq.read(offset).map_err(|e| format!("{id}: {e}"))?;
+        let source = dlq::source_offset(&letter.meta).unwrap_or(Offset(u64::MAX));
+        let (payload, diff, meta_from) = match edited {
+            None => (letter.payload.clone(), String::new(), letter.meta.clone()),
+            Some(new) => {
+                let header = crate::hl7::parse_header(&new).map_err(|e| {
+                    format!("the edited message is not HL7 v2 ({e}); nothing was changed")
+                })?;
+                let diff = crate::hl7::diff::field_diff(&letter.payload, &new).join("\n");
+                if diff.is_empty() {
+                    return Err("the edited message is the same as the dead letter; resubmit without --edited to resend it as is".into());
+                }
+                let meta = edited_meta(&letter.meta, &header);
+                (new, diff, meta)
+            }
+        };
+        let meta = replay::replay_meta(
+            &shown.entry.queue,
+            source,
+            "resubmit",
+            actor,
+            reason,
+            Some(id),
+            &diff,
+            &meta_from,
+        );
+        replay::append_all(&d.replay.log, vec![(meta, payload)])?;
+        let mut status = crate::wal::meta::MetaBuilder::from_bytes(dlq_query::status_meta(
+            offset,
+            "resubmitted",
+            actor,
+            reason,
+        ));
+        if !diff.is_empty() {
+            status.push(crate::wal::meta::MetaKey::EditDiff, diff.as_bytes());
+        }
+        d.dlq.append(&status.finish(), &[]).map_err(|e| {
+            format!("{id}: queued for resending, but its status could not be recorded ({e}): it still shows as open")
+        })?;
+        tracing::warn!(destination = dest, dlq_offset = offset.0, control_id = %shown.entry.control_id, edited = !diff.is_empty(), actor, reason, "dead letter resubmitted");
+        Ok(if diff.is_empty() {
+            format!("{id} resubmitted as it was; the replay lane sends it")
+        } else {
+            format!(
+                "{id} resubmitted with {} changed field(s); the replay lane sends it",
+                diff.split("\n").count()
+            )
+        })
+    }
+
     /// The lifecycle of every message with this control id.
     pub fn trace(&self, control_id: &str) -> trace::Trace {
         trace::trace(control_id, &self.queues, &self.destinations)
@@ -378,8 +569,33 @@ impl Engine {
             for lane in 0..d.lanes.len() as u16 {
                 d.cursors.wait_durable(lane, Duration::from_secs(5));
             }
+            d.replay.cursors.wait_durable(0, Duration::from_secs(5));
         }
     }
+}
+
+/// The dead letter's metadata with the header fields the edit changed
+/// (control id, type, sender) taken from the edited message.
+fn edited_meta(original: &[u8], header: &crate::hl7::MshHeader<'_>) -> Vec<u8> {
+    use crate::wal::meta::{MetaBuilder, MetaKey, MetaView};
+    let replaced = [
+        (MetaKey::ControlId, header.control_id()),
+        (MetaKey::MessageType, header.message_type()),
+        (MetaKey::SendingApp, header.sending_application()),
+        (MetaKey::SendingFacility, header.sending_facility()),
+    ];
+    let mut m = MetaBuilder::new();
+    for (k, v) in &replaced {
+        m.push(*k, v);
+    }
+    for (key, value) in MetaView::new(original).iter() {
+        if replaced.iter().all(|(k, _)| *k as u8 != key) {
+            if let Some(k) = replay::message_key(key) {
+                m.push(k, value);
+            }
+        }
+    }
+    m.finish()
 }
 
 fn ask(
@@ -421,12 +637,18 @@ fn ask_text(
     })?
 }
 
+type Opened = (
+    Arc<Destination>,
+    Vec<crate::cursor::LaneCursor>,
+    crate::cursor::LaneCursor,
+);
+
 fn open_destination(
     config: &Config,
     d: &DestinationConfig,
     logs: &BTreeMap<String, Arc<Log>>,
     storage: Arc<dyn Storage>,
-) -> Result<(Arc<Destination>, Vec<crate::cursor::LaneCursor>), DeliveryError> {
+) -> Result<Opened, DeliveryError> {
     let log = logs
         .get(&d.queue)
         .cloned()
@@ -443,11 +665,23 @@ fn open_destination(
         destination: d.name.clone(),
         source,
     })?;
+    let layout = config.layout();
+    let open_log = |path: std::path::PathBuf, what: &'static str| {
+        Log::open_with(storage.clone(), &path, journal::journal_log_config())
+            .map(Arc::new)
+            .map_err(|source| DeliveryError::Log {
+                destination: d.name.clone(),
+                what,
+                source,
+            })
+    };
+    let journal = open_log(layout.journal(&d.name), "delivery journal")?;
+    let replay_log = open_log(layout.replay_log(&d.name), "replay log")?;
     let positions = (0..d.lanes())
         .map(|l| log.register_reader(&format!("{}/{l}", d.name), log.start_offset()))
         .collect();
     let (cursors, starts) = CursorStore::open(
-        storage,
+        storage.clone(),
         &config.layout().cursors(),
         &d.name,
         &route::routing_description(&d.queue, &d.ordering),
@@ -459,19 +693,37 @@ fn open_destination(
         destination: d.name.clone(),
         source,
     })?;
-    let lanes = (0..d.lanes())
-        .map(|_| LaneShared {
-            commands: unbounded(),
-            status: Mutex::new(LaneStatus::default()),
-            delivered: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-        })
-        .collect();
+    cursors.attach_journal(journal.clone());
+    let replay_position =
+        replay_log.register_reader(&format!("{}/replay", d.name), replay_log.start_offset());
+    let (replay_cursors, replay_starts) = CursorStore::open(
+        storage,
+        &layout.replay_cursors(),
+        &d.name,
+        "replay-log",
+        1,
+        vec![replay_position],
+        Duration::from_millis(d.cursor_sync_interval_ms),
+    )
+    .map_err(|source| DeliveryError::Cursor {
+        destination: d.name.clone(),
+        source,
+    })?;
+    replay_cursors.attach_journal(journal.clone());
+    let replay_start = replay_starts.into_iter().next().unwrap_or_default();
+    let lanes = (0..d.lanes()).map(|_| LaneShared::new()).collect();
     let halt = cursors_past_the_end(d, &log, &starts);
     let dest = Destination {
         config: d.clone(),
         log,
         dlq,
+        journal,
+        replay: ReplayFeed {
+            log: replay_log,
+            cursors: replay_cursors,
+            lane: LaneShared::new(),
+            limiter: RateLimiter::new(d.replay_rate_limit_per_s),
+        },
         cursors,
         router: Router::new(d.filter.clone(), d.ordering.clone()),
         breaker: Breaker::new(d.circuit_breaker.clone()),
@@ -479,8 +731,9 @@ fn open_destination(
         paused: AtomicBool::new(false),
         halt: Mutex::new(halt),
         lanes,
+        last_reconcile: Mutex::new(None),
     };
-    Ok((Arc::new(dest), starts))
+    Ok((Arc::new(dest), starts, replay_start))
 }
 
 /// A cursor past the log's end means the log lost records this destination
@@ -512,37 +765,45 @@ fn cursors_past_the_end(
     Some(Halt { why, log_end: end })
 }
 
+fn lane_report(lane: u16, l: &LaneShared, log: &Log, cursors: &CursorStore) -> LaneReport {
+    let end = log.end_offset();
+    let s = l.status.lock().clone();
+    let lag_records = end.0.saturating_sub(s.next_offset.0);
+    let lag_seconds = if lag_records == 0 {
+        0.0
+    } else {
+        log.read(s.next_offset)
+            .map(|r| crate::wal::now_ms().saturating_sub(r.timestamp_ms) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    };
+    LaneReport {
+        lane,
+        committed: s.next_offset,
+        durable: cursors.durable(lane).next_offset,
+        log_end: end,
+        lag_records,
+        lag_seconds,
+        head: s.head,
+        delivered: l.delivered.load(Ordering::Relaxed),
+        dead_lettered: l.dead_lettered.load(Ordering::Relaxed),
+    }
+}
+
 fn report(d: &Destination) -> DestinationReport {
-    let end = d.log.end_offset();
-    let now = crate::wal::now_ms();
     let lanes = d
         .lanes
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let s = l.status.lock().clone();
-            let lag_records = end.0.saturating_sub(s.next_offset.0);
-            let lag_seconds = if lag_records == 0 {
-                0.0
-            } else {
-                d.log
-                    .read(s.next_offset)
-                    .map(|r| now.saturating_sub(r.timestamp_ms) as f64 / 1000.0)
-                    .unwrap_or(0.0)
-            };
-            LaneReport {
-                lane: i as u16,
-                committed: s.next_offset,
-                durable: d.cursors.durable(i as u16).next_offset,
-                log_end: end,
-                lag_records,
-                lag_seconds,
-                head: s.head,
-                delivered: l.delivered.load(Ordering::Relaxed),
-                dead_lettered: l.dead_lettered.load(Ordering::Relaxed),
-            }
-        })
+        .map(|(i, l)| lane_report(i as u16, l, &d.log, &d.cursors))
         .collect();
+    let replay = lane_report(0, &d.replay.lane, &d.replay.log, &d.replay.cursors);
+    let last_reconcile = d.last_reconcile.lock().as_ref().map(|r| {
+        let c = &r.counts;
+        format!(
+            "at {}: {} selected, {} delivered, {} pending, {} dead-lettered, {} blocked, {} missing",
+            r.at_ms, c.selected, c.delivered, c.pending, c.dead_lettered, c.blocked, c.missing
+        )
+    });
     let circuit = match d.breaker.state() {
         BreakerState::Closed { .. } => "closed",
         BreakerState::Open { .. } => "open",
@@ -559,8 +820,10 @@ fn report(d: &Destination) -> DestinationReport {
         circuit: circuit.into(),
         paused: d.paused.load(Ordering::Relaxed),
         halt: d.halt.lock().as_ref().map(|h| h.why.clone()),
-        cursor_failure: d.cursors.failure(),
+        cursor_failure: d.cursors.failure().or(d.replay.cursors.failure()),
         lanes,
+        replay,
+        last_reconcile,
     }
 }
 
@@ -601,6 +864,14 @@ pub fn render_status(reports: &[DestinationReport]) -> String {
                     h.text
                 )),
             }
+        }
+        let r = &d.replay;
+        out.push_str(&format!(
+            "  replay committed={} end={} lag={} delivered={} dead_lettered={}\n",
+            r.committed, r.log_end, r.lag_records, r.delivered, r.dead_lettered
+        ));
+        if let Some(line) = &d.last_reconcile {
+            out.push_str(&format!("  last reconciliation {line}\n"));
         }
     }
     out

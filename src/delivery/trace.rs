@@ -62,6 +62,12 @@ pub struct TracedDelivery {
     /// or `not-for-this-destination` (its filter leaves it out).
     pub state: String,
     pub detail: String,
+    /// Every journaled attempt, live and replay lanes, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<super::journal::JournalEntry>,
+    /// Replays and resubmissions queued for it, with who and why.
+    #[serde(default)]
+    pub replays: Vec<super::replay::ReplayEntry>,
 }
 
 /// Traces `control_id` through every queue in `queues` and the
@@ -79,7 +85,46 @@ pub fn trace(
     for (queue, log) in queues {
         scan_queue(control_id, queue, log, destinations, &mut out);
     }
+    for m in &mut out.messages {
+        for t in &mut m.destinations {
+            let Some(d) = destinations.iter().find(|d| d.config.name == t.destination) else {
+                continue;
+            };
+            add_history(d, control_id, m.offset, m.durable_ms, t);
+        }
+    }
     out
+}
+
+/// The journal's attempts and the replay log's entries for the message.
+fn add_history(
+    d: &Destination,
+    control_id: &str,
+    offset: u64,
+    since_ms: u64,
+    t: &mut TracedDelivery,
+) {
+    super::journal::scan(&d.journal, since_ms, |e| {
+        if e.source_offset == offset && e.control_id == control_id {
+            t.attempts.push(e);
+        }
+    });
+    let mut reader = d.replay.log.reader(d.replay.log.start_offset());
+    while let Ok(Some(r)) = reader.next() {
+        let e = super::replay::entry_of(r.offset, r.timestamp_ms, r.meta);
+        if e.source_offset == Some(offset)
+            && MetaView::new(r.meta).get(MetaKey::SourceQueue) == Some(d.config.queue.as_bytes())
+        {
+            t.replays.push(e);
+        }
+    }
+    if t.attempts.iter().any(|a| a.delivered()) && t.state != "delivered" {
+        t.detail = format!(
+            "acknowledged (journal); before that {}: {}",
+            t.state, t.detail
+        );
+        t.state = "delivered".into();
+    }
 }
 
 fn scan_queue(
@@ -164,6 +209,8 @@ fn where_it_stands(
             lane: None,
             state: "not-for-this-destination".into(),
             detail: "its filter leaves this message out".into(),
+            attempts: Vec::new(),
+            replays: Vec::new(),
         };
     };
     let filter = DlqFilter {
@@ -218,5 +265,7 @@ fn where_it_stands(
         lane: Some(lane),
         state,
         detail,
+        attempts: Vec::new(),
+        replays: Vec::new(),
     }
 }

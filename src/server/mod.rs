@@ -50,7 +50,8 @@ pub enum ServeError {
     Delivery(#[from] DeliveryError),
 }
 
-/// Applies the retention policy every minute, in the background.
+/// Applies the retention policy every minute, and runs scheduled
+/// reconciliations when due, in the background.
 struct Maintenance {
     stop: crossbeam_channel::Sender<()>,
     thread: std::thread::JoinHandle<()>,
@@ -59,26 +60,43 @@ struct Maintenance {
 impl Maintenance {
     fn start(
         logs: &BTreeMap<String, Arc<Log>>,
+        engine: Arc<Engine>,
         config: &Config,
     ) -> Result<Option<Maintenance>, ServeError> {
+        // A destination's journal and replay log age with its queue.
         let logs: Vec<(String, Arc<Log>, RetentionPolicy)> = logs
             .iter()
-            .map(|(q, l)| (q.clone(), l.clone(), config.queue(q).retention))
+            .map(|(q, l)| (q.clone(), l.clone()))
+            .chain(engine.retained_logs())
+            .map(|(q, l)| (q.clone(), l, config.queue(&q).retention))
             .filter(|(_, _, p)| p.max_age_ms.is_some() || p.max_bytes.is_some())
             .collect();
-        if logs.is_empty() {
+        let reconciling = config.destinations.iter().any(|d| d.reconcile_every_s > 0);
+        if logs.is_empty() && !reconciling {
             return Ok(None);
         }
+        let tick = if reconciling {
+            RECONCILE_TICK
+        } else {
+            RETENTION_INTERVAL
+        };
         let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new().name("orderly-retention".into()).spawn(move || loop {
-            for (queue, log, policy) in &logs {
-                match log.enforce_retention(policy, crate::wal::now_ms()) {
-                    Ok(deleted) if !deleted.is_empty() => tracing::info!(%queue, segments = deleted.len(), "retention deleted segments every reader had passed"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(%queue, error = %e, "retention failed"),
+        let mut last_retention: Option<std::time::Instant> = None;
+        let thread = std::thread::Builder::new().name("orderly-maintenance".into()).spawn(move || loop {
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
+                last_retention = Some(std::time::Instant::now());
+                for (queue, log, policy) in &logs {
+                    match log.enforce_retention(policy, crate::wal::now_ms()) {
+                        Ok(deleted) if !deleted.is_empty() => tracing::info!(%queue, segments = deleted.len(), log = %log.dir().display(), "retention deleted segments every reader had passed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(%queue, error = %e, "retention failed"),
+                    }
                 }
             }
-            match stopped.recv_timeout(RETENTION_INTERVAL) {
+            if reconciling {
+                engine.scheduled_reconciliations(crate::wal::now_ms());
+            }
+            match stopped.recv_timeout(tick) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
@@ -94,6 +112,8 @@ impl Maintenance {
 
 /// How often retention runs.
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often due reconciliations are looked for (`reconcile_every_s` >= 10).
+const RECONCILE_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A started broker: logs open, sockets bound, not yet serving.
 pub struct Server {
@@ -182,7 +202,7 @@ impl Server {
                 dir: config.data_dir.clone(),
                 source,
             })?;
-        let maintenance = Maintenance::start(&logs, config)?;
+        let maintenance = Maintenance::start(&logs, engine.clone(), config)?;
         Ok(Server {
             logs,
             engine,

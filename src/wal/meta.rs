@@ -93,6 +93,26 @@ pub enum MetaKey {
     /// Who did an operator action recorded in a log (a dead-letter
     /// `discarded` record): the identity `orderly ctl` ran as.
     Actor = 45,
+    // Delivery journal, replay and resubmission (see delivery/journal.rs,
+    // delivery/replay.rs).
+    /// A delivery attempt's outcome, as text: `delivered`, `retrying`,
+    /// `dead-lettered` or `blocked`.
+    Outcome = 46,
+    /// MSA-1 of the downstream's answer (absent without an answer).
+    AckCode = 47,
+    /// When a delivery attempt ended, ms since the epoch, u64 LE.
+    AttemptAtMs = 48,
+    /// Which lane of a destination sent: `live` or `replay`.
+    Channel = 49,
+    /// The offset of a replay-log record an attempt sent, u64 LE.
+    ReplayOffset = 50,
+    /// Why a replay-log record exists: `replay`, `resubmit` or `reconcile`.
+    ReplayKind = 51,
+    /// The field-level diff of an edited resubmission against the
+    /// original, as text (one `FIELD: old -> new` a line).
+    EditDiff = 52,
+    /// The dead-letter id (`<destination>:<offset>`) a record refers to.
+    DlqId = 53,
 }
 
 /// Whether a record is an ingest event rather than a message.
