@@ -9,15 +9,25 @@
 #     lockstep MLLP client (orderly-load, 1 connection) against its own
 #     orderly-ackd while the 32-connection load runs into the ingest-only
 #     broker. It reads no log and commits no cursor.
+#     Also: the share of acknowledged messages already delivered when the load
+#     ended (the lane's committed offset at that moment / messages acknowledged).
 #  2. Against a sink with 1 ms ACK latency: N queued messages drained by a strict
 #     destination vs a partitioned one with 8 lanes (keyed on PID-3.1).
-#  usage: tools/bench-delivery.sh [seconds] [drain-messages]   (drain 0 skips part 2)
+#  3. What a replay costs live delivery: two identical brokers, each with a strict
+#     destination to its own fast sink; in one, a replay runs at the destination's
+#     replay_rate_limit_per_s (default 100) throughout. Each drains $replay_n
+#     queued messages, alternating, 3 times; medians of the drain rates, and
+#     their ratio. (The replaying broker's 100 msgs/s also run during the other's
+#     drains: a fraction of a percent of the CPU, which if anything hides cost.)
+#  usage: tools/bench-delivery.sh [seconds] [drain-messages] [replay-drain-messages]
+#         (drain 0 skips part 2, replay-drain 0 skips part 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 drain=${2:-3000}
-cargo build --release --bins >&2
-bin=target/release
+replay_n=${3:-20000}
+[ -n "${ORDERLY_BIN_DIR:-}" ] || cargo build --release --bins >&2
+bin=${ORDERLY_BIN_DIR:-target/release}
 work=target/bench-delivery
 rm -rf "$work" && mkdir -p "$work"
 # Daemons start inside $(...) subshells, so their PIDs go to a file, and
@@ -47,6 +57,8 @@ lag_zero_at() { # broker-name -> waits until every lane's lag is 0, prints epoch
     # One status read per poll: two could disagree, and each is a process.
     local status
     status=$("$bin/orderly" ctl --config "$work/$1/orderly.toml" status)
+    # Live lanes only: the replay lane has its own line (`replay ... lag=`).
+    status=$(grep '^  lane ' <<<"$status" || true)
     if grep -q "lag=" <<<"$status" && ! grep -q "lag=[1-9]" <<<"$status"; then
       date +%s.%N; return
     fi
@@ -62,6 +74,7 @@ e2e=$(start_broker e2e "$(dest sink "$fast" "")")
 "$bin/orderly-load" --to "$plain" --connections 32 --duration-s "$secs" --json > "$work/ingest-only.json"
 t0=$(date +%s.%N)
 "$bin/orderly-load" --to "$e2e" --connections 32 --duration-s "$secs" --json > "$work/e2e-ingest.json"
+at_end=$("$bin/orderly" ctl --config "$work/e2e/orderly.toml" status | sed -n 's/^  lane 0 committed=\([0-9]*\).*/\1/p')
 t1=$(lag_zero_at e2e)
 sleep 1.2 # the sink rewrites its latency file every second
 e2e_lat=$(cat "$work/fast.lat")
@@ -94,11 +107,43 @@ partition_key = "PID-3.1"
 lanes = 8')
 fi
 
-python3 - "$work" "$t0" "$t1" "$e2e_lat" "$strict_rate" "$part_rate" <<'PY'
+live_alone=0 live_replaying=0
+if [ "$replay_n" -gt 0 ]; then
+  echo "3. drain $replay_n messages (fast sink), alone and while a replay runs at its rate limit" >&2
+  live_drain() { # broker-name listener -> msgs/s of one drain of $replay_n messages
+    local cfg="$work/$1/orderly.toml" t0 t1
+    "$bin/orderly" ctl --config "$cfg" pause d > /dev/null
+    "$bin/orderly-load" --to "$2" --connections 8 --count $((replay_n / 8)) --json > /dev/null
+    t0=$(date +%s.%N)
+    "$bin/orderly" ctl --config "$cfg" resume d > /dev/null
+    t1=$(lag_zero_at "$1")
+    python3 -c "print(($replay_n // 8 * 8) / ($t1 - $t0))"
+  }
+  median() { python3 -c "import sys, statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+  alone_addr=$(start_broker alone "$(dest d "$(start_ackd sinkalone 0)" "")")
+  busy_addr=$(start_broker busy "$(dest d "$(start_ackd sinkbusy 0)" "")")
+  # Something to replay: one drain's worth, then the replay of all of it
+  # (at 100/s it outlasts the measurement).
+  live_drain busy "$busy_addr" > /dev/null
+  "$bin/orderly" ctl --config "$work/busy/orderly.toml" replay --destination d --since 1h --force --reason bench > /dev/null
+  alone_rates=() busy_rates=()
+  for _ in 1 2 3; do
+    alone_rates+=("$(live_drain alone "$alone_addr")")
+    busy_rates+=("$(live_drain busy "$busy_addr")")
+  done
+  echo "drain rates alone: ${alone_rates[*]}; while replaying: ${busy_rates[*]}" >&2
+  grep '^  replay' <<<"$("$bin/orderly" ctl --config "$work/busy/orderly.toml" status)" >&2
+  live_alone=$(median "${alone_rates[@]}")
+  live_replaying=$(median "${busy_rates[@]}")
+fi
+
+python3 - "$work" "$t0" "$t1" "$e2e_lat" "$strict_rate" "$part_rate" "$at_end" "$live_alone" "$live_replaying" <<'PY'
 import sys, json
 work, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 lat = sys.argv[4].split()
 strict, part = float(sys.argv[5]), float(sys.argv[6])
+at_end = int(sys.argv[7] or 0)
+alone, replaying = float(sys.argv[8]), float(sys.argv[9])
 ingest_only = json.load(open(f"{work}/ingest-only.json"))
 e2e = json.load(open(f"{work}/e2e-ingest.json"))
 delivered = e2e["acked"] / (t1 - t0)
@@ -107,9 +152,13 @@ print(f"ingest with one strict destination:      {e2e['msgs_per_s']:9.0f} msgs/s
 print(f"delivered (all {e2e['acked']} delivered after {t1-t0:.2f} s): {delivered:9.0f} msgs/s")
 print(f"ratio delivered / ingest-only:           {delivered/ingest_only['msgs_per_s']:.2f}  (target >= 0.8)")
 print(f"end-to-end latency send→sink: p50={lat[1]}us p99={lat[2]}us over {lat[0]} messages")
+print(f"delivered when the load ended: {at_end} of {e2e['acked']} = {at_end/e2e['acked']:.2f}  (target >= 0.9)")
+print(f"ingest with destination / ingest-only:   {e2e['msgs_per_s']/ingest_only['msgs_per_s']:.2f}  (target >= 0.8)")
+if alone > 0:
+    print(f"live drain, medians of 3: alone {alone:9.0f} msgs/s; while a replay runs {replaying:9.0f} msgs/s; cost {1 - replaying/alone:+.1%}  (target < 10%)")
 ceiling = json.load(open(f"{work}/ceiling.json"))["msgs_per_s"]
 print(f"lockstep ceiling (bare 1-conn client under the same load): {ceiling:9.0f} msgs/s = {ceiling/ingest_only['msgs_per_s']:.2f} of ingest-only; delivered = {delivered/ceiling:.2f} of it")
-if strict == 0: sys.exit(0)
+if strict == 0: sys.exit(0)  # part 2 skipped
 print(f"1 ms sink, strict:                       {strict:9.0f} msgs/s")
 print(f"1 ms sink, partitioned 8 lanes:          {part:9.0f} msgs/s")
 print(f"ratio partitioned / strict:              {part/strict:.2f}  (target >= 6)")
