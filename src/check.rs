@@ -1,5 +1,6 @@
 //! Offline checks of a whole data directory for `orderly verify`: every
-//! queue's log, every dead-letter log and every cursor file. Read-only and
+//! queue's log, every dead-letter log, delivery journal and replay log, and
+//! every cursor file (live and replay lanes). Read-only and
 //! safe beside a running broker.
 use crate::cursor;
 use crate::layout::DataDir;
@@ -13,7 +14,10 @@ use std::path::PathBuf;
 pub enum Kind {
     Queue,
     DeadLetters,
+    Journal,
+    Replay,
     Cursors,
+    ReplayCursors,
 }
 
 impl Kind {
@@ -21,7 +25,10 @@ impl Kind {
         match self {
             Kind::Queue => "queue",
             Kind::DeadLetters => "dlq",
+            Kind::Journal => "journal",
+            Kind::Replay => "replay",
             Kind::Cursors => "cursors",
+            Kind::ReplayCursors => "replay-cursors",
         }
     }
 }
@@ -81,20 +88,36 @@ pub fn data_dir(
         let path = dir.dlq(&d);
         out.push(check_log(storage, Kind::DeadLetters, d, path, writer));
     }
+    for d in dir.list_journals(storage)? {
+        let path = dir.journal(&d);
+        out.push(check_log(storage, Kind::Journal, d, path, writer));
+    }
+    for d in dir.list_replay_logs(storage)? {
+        let path = dir.replay_log(&d);
+        out.push(check_log(storage, Kind::Replay, d, path, writer));
+    }
     for d in dir.list_cursor_files(storage)? {
         let path = dir.cursor_file(&d);
-        let outcome = match cursor::check_file(storage, &path) {
-            Ok(r) => Outcome::Cursors(r),
-            Err(reason) => Outcome::Unusable(reason),
-        };
-        out.push(Checked {
-            kind: Kind::Cursors,
-            name: d,
-            path,
-            outcome,
-        });
+        out.push(check_cursors(storage, Kind::Cursors, d, path));
+    }
+    for d in dir.list_replay_cursor_files(storage)? {
+        let path = dir.replay_cursors().join(format!("{d}.cur"));
+        out.push(check_cursors(storage, Kind::ReplayCursors, d, path));
     }
     Ok(out)
+}
+
+fn check_cursors(storage: &dyn Storage, kind: Kind, name: String, path: PathBuf) -> Checked {
+    let outcome = match cursor::check_file(storage, &path) {
+        Ok(r) => Outcome::Cursors(r),
+        Err(reason) => Outcome::Unusable(reason),
+    };
+    Checked {
+        kind,
+        name,
+        path,
+        outcome,
+    }
 }
 
 fn check_log(

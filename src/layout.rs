@@ -60,12 +60,20 @@ impl DataDir {
         self.dlqs().join(destination)
     }
 
+    pub fn journals(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+
     pub fn journal(&self, destination: &str) -> PathBuf {
-        self.root.join("journal").join(destination)
+        self.journals().join(destination)
+    }
+
+    pub fn replay_logs(&self) -> PathBuf {
+        self.root.join("replay")
     }
 
     pub fn replay_log(&self, destination: &str) -> PathBuf {
-        self.root.join("replay").join(destination)
+        self.replay_logs().join(destination)
     }
 
     pub fn replay_cursors(&self) -> PathBuf {
@@ -90,20 +98,38 @@ impl DataDir {
         subdirs(storage, &self.dlqs())
     }
 
+    /// Names of the destinations that have a delivery journal, sorted.
+    pub fn list_journals(&self, storage: &dyn Storage) -> std::io::Result<Vec<String>> {
+        subdirs(storage, &self.journals())
+    }
+
+    /// Names of the destinations that have a replay log, sorted.
+    pub fn list_replay_logs(&self, storage: &dyn Storage) -> std::io::Result<Vec<String>> {
+        subdirs(storage, &self.replay_logs())
+    }
+
     /// Names of the destinations that have a cursor file, sorted.
     pub fn list_cursor_files(&self, storage: &dyn Storage) -> std::io::Result<Vec<String>> {
-        let dir = self.cursors();
-        if !storage.exists(&dir) {
-            return Ok(Vec::new());
-        }
-        let mut names: Vec<String> = storage
-            .list(&dir)?
-            .into_iter()
-            .filter_map(|n| n.strip_suffix(".cur").map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
+        cur_files(storage, &self.cursors())
     }
+
+    /// Names of the destinations whose replay lane has a cursor file, sorted.
+    pub fn list_replay_cursor_files(&self, storage: &dyn Storage) -> std::io::Result<Vec<String>> {
+        cur_files(storage, &self.replay_cursors())
+    }
+}
+
+fn cur_files(storage: &dyn Storage, dir: &Path) -> std::io::Result<Vec<String>> {
+    if !storage.exists(dir) {
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<String> = storage
+        .list(dir)?
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".cur").map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn subdirs(storage: &dyn Storage, dir: &Path) -> std::io::Result<Vec<String>> {

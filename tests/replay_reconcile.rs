@@ -396,4 +396,19 @@ fn a_queued_replay_and_the_journal_survive_kill_9() {
     let r = json(&config, &["reconcile", "--destination", "ehr", "--json"]);
     assert_eq!(r["counts"]["delivered"], 5, "{r}");
     assert_eq!(r["counts"]["missing"], 0, "{r}");
+    // verify checks the journal, the replay log and the replay cursor too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+        .args(["verify", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "journal ehr: OK",
+        "replay ehr: OK: 1 segment(s), 5 record(s)",
+        "replay-cursors ehr: OK: 1 lane(s) at [5]",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }
