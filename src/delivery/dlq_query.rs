@@ -185,6 +185,8 @@ fn apply_status(entry: &mut DlqEntry, s: &StatusRecord) {
 
 /// The matching records of one destination's dead-letter log, oldest
 /// first, at most `room` of them; damaged records are counted in `skipped`.
+/// Two passes: the status records first (small, and any may come after
+/// its dead letter), so a status filter applies before the cap.
 pub fn search(
     destination: &str,
     dlq: &Log,
@@ -200,46 +202,60 @@ pub fn search(
     {
         return;
     }
-    let end = dlq.end_offset();
-    let mut reader = dlq.reader(dlq.start_offset());
-    // Matching entries by offset; a status record later in the log
-    // updates (or, with a status filter, drops) its entry.
-    let mut found: std::collections::BTreeMap<u64, DlqEntry> = Default::default();
-    let mut statuses: Vec<StatusRecord> = Vec::new();
+    let mut statuses: std::collections::HashMap<u64, StatusRecord> = Default::default();
+    scan(dlq, &mut |rec| {
+        if let Some(s) = status_of(rec.meta) {
+            statuses.insert(s.of.0, s);
+        }
+        true
+    });
+    let before = out.len();
+    *skipped += scan(dlq, &mut |rec| {
+        if status_of(rec.meta).is_some() {
+            return true;
+        }
+        if out.len() - before >= room {
+            return false;
+        }
+        let rec = OwnedRecord::from(rec);
+        let mut entry = entry_of(destination, &rec);
+        if let Some(s) = statuses.get(&rec.offset.0) {
+            apply_status(&mut entry, s);
+        }
+        if filter.matches_meta(&entry)
+            && filter.matches_status(&entry)
+            && filter.matches_payload(&rec.payload)
+        {
+            out.push(entry);
+        }
+        true
+    });
+}
+
+/// Calls `f` with each readable record in order until it returns false;
+/// the number of damaged records passed over.
+fn scan(log: &Log, f: &mut dyn FnMut(crate::wal::record::RecordView<'_>) -> bool) -> u64 {
+    let end = log.end_offset();
+    let mut reader = log.reader(log.start_offset());
+    let mut damaged = 0;
     loop {
         match reader.next() {
             Ok(Some(rec)) => {
-                if let Some(s) = status_of(rec.meta) {
-                    statuses.push(s);
-                    continue;
-                }
-                if found.len() >= room {
-                    continue;
-                }
-                let rec = OwnedRecord::from(rec);
-                let entry = entry_of(destination, &rec);
-                if filter.matches_meta(&entry) && filter.matches_payload(&rec.payload) {
-                    found.insert(rec.offset.0, entry);
+                if !f(rec) {
+                    return damaged;
                 }
             }
-            Ok(None) => break,
+            Ok(None) => return damaged,
             Err(_) => {
-                *skipped += 1;
+                damaged += 1;
                 let next = Offset(reader.position().0 + 1);
                 if next >= end {
-                    break;
+                    return damaged;
                 }
                 reader.seek(next);
             }
         }
     }
-    for s in &statuses {
-        if let Some(e) = found.get_mut(&s.of.0) {
-            apply_status(e, s);
-        }
-    }
-    out.extend(found.into_values().filter(|e| filter.matches_status(e)));
-    out.truncate(room);
 }
 
 /// The latest status record about dead letter `of`, if any.
@@ -281,4 +297,49 @@ pub fn record(destination: &str, dlq: &Log, offset: Offset) -> Result<DlqRecord,
 pub fn parse_id(id: &str) -> Option<(&str, Offset)> {
     let (dest, offset) = id.rsplit_once(':')?;
     Some((dest, Offset(offset.parse().ok()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SimStorage;
+    use crate::wal::meta::MetaBuilder;
+    use std::sync::Arc;
+
+    /// Seen failing before the two-pass search: the cap was applied
+    /// before the status filter, so the first open letters filled it and
+    /// the discarded ones further on were never listed.
+    #[test]
+    fn a_status_filter_applies_before_the_cap() {
+        let log = Log::open_with(
+            Arc::new(SimStorage::new()),
+            std::path::Path::new("/dlq"),
+            super::super::dlq::dlq_log_config(),
+        )
+        .unwrap();
+        for i in 0..5u32 {
+            let mut m = MetaBuilder::new();
+            m.push(MetaKey::ControlId, format!("C{i}").as_bytes());
+            log.append(&m.finish(), b"MSH|^~\\&|A").unwrap();
+        }
+        for of in [3u64, 4] {
+            log.append(&status_meta(Offset(of), "discarded", "me", "why"), &[])
+                .unwrap();
+        }
+        let filter = DlqFilter {
+            status: Some("discarded".into()),
+            ..DlqFilter::default()
+        };
+        let (mut out, mut skipped) = (Vec::new(), 0);
+        search("d", &log, &filter, 2, &mut out, &mut skipped);
+        let ids: Vec<&str> = out.iter().map(|e| e.control_id.as_str()).collect();
+        assert_eq!(ids, vec!["C3", "C4"]);
+        let (mut open, mut skipped) = (Vec::new(), 0);
+        let filter = DlqFilter {
+            status: Some("open".into()),
+            ..DlqFilter::default()
+        };
+        search("d", &log, &filter, 10, &mut open, &mut skipped);
+        assert_eq!(open.len(), 3);
+    }
 }
