@@ -122,9 +122,13 @@ fn serve(conn: UnixStream, ctx: &Ctx) {
 }
 
 fn dispatch(words: &[&str], actor: &str, ctx: &Ctx) -> Result<String, String> {
-    let lane = |s: &str| {
-        s.parse::<u16>()
-            .map_err(|_| format!("`{s}` is not a lane number"))
+    let lane = |s: &str| match s {
+        "replay" => Ok(crate::delivery::REPLAY_LANE),
+        n => n
+            .parse::<u16>()
+            .ok()
+            .filter(|&l| l != crate::delivery::REPLAY_LANE)
+            .ok_or_else(|| format!("`{s}` is not a lane number (or `replay`)")),
     };
     let engine = &ctx.engine;
     let entry = |action, destination, detail, reason| AuditEntry {

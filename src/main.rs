@@ -163,17 +163,23 @@ enum CtlAction {
     Pause { destination: String },
     /// Resume a paused destination.
     Resume { destination: String },
-    /// Retry a failed head now (all lanes with one, or --lane N).
+    /// Retry a failed head now (all lanes with one, or --lane N, or --replay).
     Retry {
         destination: String,
         #[arg(long)]
         lane: Option<u16>,
+        /// The destination's replay lane.
+        #[arg(long, conflicts_with = "lane")]
+        replay: bool,
     },
     /// Move a lane's failed head to the dead-letter queue and continue.
     Skip {
         destination: String,
-        #[arg(long)]
-        lane: u16,
+        #[arg(long, required_unless_present = "replay")]
+        lane: Option<u16>,
+        /// The destination's replay lane.
+        #[arg(long, conflicts_with = "lane")]
+        replay: bool,
         /// Why (kept in the dead-letter record).
         #[arg(long)]
         reason: String,
@@ -481,20 +487,23 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
         CtlAction::Retry {
             destination,
             lane: None,
+            replay: false,
         } => vec!["retry", destination],
         CtlAction::Retry {
             destination,
-            lane: Some(l),
+            lane,
+            replay,
         } => {
-            lane_text = l.to_string();
+            lane_text = lane_word(*lane, *replay);
             vec!["retry", destination, &lane_text]
         }
         CtlAction::Skip {
             destination,
             lane,
+            replay,
             reason,
         } => {
-            lane_text = lane.to_string();
+            lane_text = lane_word(*lane, *replay);
             vec!["skip", destination, &lane_text, reason]
         }
         CtlAction::Clear {
@@ -524,6 +533,14 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
             eprintln!("orderly: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// How a lane is named on the control socket: its number, or `replay`.
+fn lane_word(lane: Option<u16>, replay: bool) -> String {
+    match (lane, replay) {
+        (Some(l), false) => l.to_string(),
+        _ => "replay".into(),
     }
 }
 

@@ -412,3 +412,64 @@ fn a_queued_replay_and_the_journal_survive_kill_9() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[test]
+fn a_damaged_replay_record_blocks_only_the_replay_lane_until_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
+    let mut broker = Broker::start(&config);
+    let sent = ids("D", 3);
+    send_all(&broker, &sent);
+    sink.wait_accepted(&sent, WAIT);
+    // Queue the replay while delivery is paused, then stop cleanly.
+    ctl(&config, &["pause", "ehr"]);
+    let out = json(
+        &config,
+        &[
+            "replay",
+            "--destination",
+            "ehr",
+            "--since",
+            "1h",
+            "--force",
+            "--reason",
+            "drill",
+            "--json",
+        ],
+    );
+    assert_eq!(out["queued"], 3, "{out}");
+    assert!(broker.terminate().success());
+
+    // One bit of D1's copy in the replay log rots on disk.
+    let segment = dir.path().join("data/replay/ehr/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"|D1|")
+        .expect("D1's copy in the replay log");
+    bytes[at + 1] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let _broker = Broker::start(&config);
+    // D0 is resent; the replay lane then holds at the damaged copy, visibly,
+    // and live delivery goes on.
+    let status = ctl_status_until(&config, WAIT, |s| {
+        s.contains("head=BLOCKED") && s.contains("replay committed=1")
+    });
+    assert!(status.contains("class=corrupt"), "{status}");
+    let mut c = Client::connect(_broker.addr());
+    assert!(c.roundtrip(&oru("LIVE", "DOE^J")).0.is_positive());
+    sink.wait_accepted(&["LIVE".to_string()], WAIT);
+
+    let out = ctl(
+        &config,
+        &["skip", "ehr", "--replay", "--reason", "replay copy damaged"],
+    );
+    assert!(out.contains("lane replay"), "{out}");
+    replay_lane_done(&config, 3);
+    let got = receipts(&sink);
+    assert_eq!((got["D0"], got["D1"], got["D2"]), (2, 1, 2), "{got:?}");
+    let letters = json(&config, &["dlq", "list", "--error", "corrupt", "--json"]);
+    assert_eq!(letters["entries"].as_array().unwrap().len(), 1, "{letters}");
+}

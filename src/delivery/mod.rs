@@ -70,6 +70,10 @@ pub enum LaneCommand {
     Clear(String, Sender<Result<String, String>>),
 }
 
+/// The lane number that names a destination's replay lane in operator
+/// commands (`retry`, `skip`): never a live lane (those are 0..256).
+pub const REPLAY_LANE: u16 = u16::MAX;
+
 /// A destination stopped at start because a cursor was past the log's end.
 #[derive(Debug, Clone)]
 pub struct Halt {
@@ -256,7 +260,8 @@ impl Engine {
             // not at the end of its current wait. Any queued command wakes it
             // as well, so at most one Wake waits per lane (the channel is
             // unbounded, and a lane may sit in a long ACK wait).
-            for l in d.lanes.iter().filter(|l| l.commands.0.is_empty()) {
+            let all = d.lanes.iter().chain([&d.replay.lane]);
+            for l in all.filter(|l| l.commands.0.is_empty()) {
                 let _ = l.commands.0.send(LaneCommand::Wake);
             }
         }
@@ -270,7 +275,8 @@ impl Engine {
         let lanes: Vec<u16> = match lane {
             Some(l) => vec![l],
             None => (0..d.lanes.len() as u16)
-                .filter(|&l| d.lanes[usize::from(l)].status.lock().head.is_some())
+                .chain([REPLAY_LANE])
+                .filter(|&l| lane_shared(d, l).is_some_and(|s| s.status.lock().head.is_some()))
                 .collect(),
         };
         if lanes.is_empty() {
@@ -281,7 +287,8 @@ impl Engine {
         for l in &lanes {
             ask(d, *l, LaneCommand::Retry)?;
         }
-        Ok(format!("retrying lane(s) {lanes:?}"))
+        let names: Vec<String> = lanes.iter().map(|&l| lane_name(l)).collect();
+        Ok(format!("retrying lane(s) {}", names.join(", ")))
     }
 
     /// Dead-letters the failed head of `lane` with the operator's reason.
@@ -289,7 +296,10 @@ impl Engine {
         let d = self.find(name)?;
         let r = reason.to_string();
         ask(d, lane, move |reply| LaneCommand::Skip(r, reply))?;
-        Ok(format!("lane {lane}: head moved to the dead-letter queue"))
+        Ok(format!(
+            "lane {}: head moved to the dead-letter queue",
+            lane_name(lane)
+        ))
     }
 
     /// Moves every message still pending for `name` (all lanes, or one) to
@@ -485,6 +495,7 @@ impl Engine {
         let (payload, diff, meta_from) = match edited {
             None => (letter.payload.clone(), String::new(), letter.meta.clone()),
             Some(new) => {
+                check_edited(&new)?;
                 let header = crate::hl7::parse_header(&new).map_err(|e| {
                     format!("the edited message is not HL7 v2 ({e}); nothing was changed")
                 })?;
@@ -574,6 +585,20 @@ impl Engine {
     }
 }
 
+/// An edited message must be one HL7 v2 message that MLLP can carry
+/// unchanged: no framing bytes inside, and it must parse.
+fn check_edited(new: &[u8]) -> Result<(), String> {
+    if let Some(at) = new.iter().position(|&b| b == 0x0B || b == 0x1C) {
+        return Err(format!(
+            "the edited message holds an MLLP framing byte (0x{:02X}) at byte {at}; nothing was changed",
+            new[at]
+        ));
+    }
+    crate::hl7::Message::parse(new).map(|_| ()).map_err(|e| {
+        format!("the edited message does not parse as HL7 v2 ({e}); nothing was changed")
+    })
+}
+
 /// The dead letter's metadata with the header fields the edit changed
 /// (control id, type, sender) taken from the edited message.
 fn edited_meta(original: &[u8], header: &crate::hl7::MshHeader<'_>) -> Vec<u8> {
@@ -603,9 +628,9 @@ fn ask(
     lane: u16,
     make: impl FnOnce(Sender<Result<(), String>>) -> LaneCommand,
 ) -> Result<(), String> {
-    let shared = d.lanes.get(usize::from(lane)).ok_or_else(|| {
+    let shared = lane_shared(d, lane).ok_or_else(|| {
         format!(
-            "destination `{}` has lanes 0..{}",
+            "destination `{}` has lanes 0..{} (and `replay`)",
             d.config.name,
             d.lanes.len()
         )
@@ -618,6 +643,23 @@ fn ask(
         .map_err(|_| "lane is not running".to_string())?;
     rx.recv_timeout(Duration::from_secs(60))
         .map_err(|_| "lane did not answer within 60 s (it may be waiting for an ACK)".to_string())?
+}
+
+/// A live lane by number, or the replay lane for [`REPLAY_LANE`].
+fn lane_shared(d: &Destination, lane: u16) -> Option<&LaneShared> {
+    if lane == REPLAY_LANE {
+        Some(&d.replay.lane)
+    } else {
+        d.lanes.get(usize::from(lane))
+    }
+}
+
+fn lane_name(lane: u16) -> String {
+    if lane == REPLAY_LANE {
+        "replay".into()
+    } else {
+        lane.to_string()
+    }
 }
 
 fn ask_text(
@@ -827,6 +869,24 @@ fn report(d: &Destination) -> DestinationReport {
     }
 }
 
+/// The end of a lane's status line: its head.
+fn head_text(head: &Option<HeadState>) -> String {
+    match head {
+        None => " head=ok\n".into(),
+        Some(h) => format!(
+            " head={} offset={} attempts={} class={} error={:?}\n",
+            match h.status {
+                crate::cursor::HeadStatus::Blocked => "BLOCKED",
+                crate::cursor::HeadStatus::Retrying => "retrying",
+            },
+            h.offset,
+            h.attempts,
+            h.class.name(),
+            h.text
+        ),
+    }
+}
+
 /// `orderly ctl status` text.
 pub fn render_status(reports: &[DestinationReport]) -> String {
     let mut out = String::new();
@@ -850,26 +910,14 @@ pub fn render_status(reports: &[DestinationReport]) -> String {
         }
         for l in &d.lanes {
             out.push_str(&format!("  lane {} committed={} durable={} end={} lag={} lag_s={:.1} delivered={} dead_lettered={}", l.lane, l.committed, l.durable, l.log_end, l.lag_records, l.lag_seconds, l.delivered, l.dead_lettered));
-            match &l.head {
-                None => out.push_str(" head=ok\n"),
-                Some(h) => out.push_str(&format!(
-                    " head={} offset={} attempts={} class={} error={:?}\n",
-                    match h.status {
-                        crate::cursor::HeadStatus::Blocked => "BLOCKED",
-                        crate::cursor::HeadStatus::Retrying => "retrying",
-                    },
-                    h.offset,
-                    h.attempts,
-                    h.class.name(),
-                    h.text
-                )),
-            }
+            out.push_str(&head_text(&l.head));
         }
         let r = &d.replay;
         out.push_str(&format!(
-            "  replay committed={} end={} lag={} delivered={} dead_lettered={}\n",
+            "  replay committed={} end={} lag={} delivered={} dead_lettered={}",
             r.committed, r.log_end, r.lag_records, r.delivered, r.dead_lettered
         ));
+        out.push_str(&head_text(&r.head));
         if let Some(line) = &d.last_reconcile {
             out.push_str(&format!("  last reconciliation {line}\n"));
         }

@@ -230,9 +230,14 @@ fn where_it_stands(
         .into_iter()
         .find(|e| e.queue == d.config.queue && e.source_offset == Some(offset.0));
     let (state, detail) = if let Some(e) = letter {
+        let status = if e.status == "open" {
+            e.status.clone()
+        } else {
+            format!("{} by {}: {}", e.status, e.status_by, e.status_reason)
+        };
         (
             "dead-lettered".to_string(),
-            format!("{} ({}, {}): {}", e.id, e.error_class, e.status, e.reason),
+            format!("{} ({}, {status}): {}", e.id, e.error_class, e.reason),
         )
     } else {
         let status = d.lanes[usize::from(lane)].status.lock().clone();
