@@ -217,6 +217,54 @@ fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
 }
 
 /// The offset of the blocked head in a status text.
+/// A read error that goes away (a flaky cable, a retried controller) must
+/// not cost the messages of the other lanes: lane 0 blocks on the record it
+/// cannot read, the other lanes wait for lane 0 to pass it, and once it
+/// reads again every message reaches its own lane. Seen failing before: the
+/// other lanes passed over the unreadable records, lane 0 later found them
+/// theirs, and nobody delivered them.
+#[test]
+fn a_transient_read_error_costs_no_message_on_a_partitioned_destination() {
+    use delivery_common::{accept_all, Sink};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new();
+    let sink = Sink::start(accept_all());
+    let extra = format!(
+        "[[destination]]\nname = \"ehr\"\nqueue = \"lab\"\nconnect = \"{}\"\nack_timeout_ms = 2000\nordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4\n",
+        sink.addr
+    );
+    let text = format!("data_dir = {:?}\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{extra}\n[[queue]]\nname = \"lab\"\nidempotency_key = []\n", dir.path().display().to_string());
+    let config = Config::parse(&text, "test.toml").expect("config");
+    let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
+    let (addr, engine, stop) = (
+        server.bound()[0].1,
+        server.engine(),
+        server.shutdown_handle(),
+    );
+    let join = std::thread::spawn(move || server.run().expect("run"));
+    engine.pause("ehr", true).unwrap();
+    let mut c = Client::connect(addr);
+    let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for id in &ids {
+        assert!(c.roundtrip(&oru(id, 800)).0.is_positive());
+    }
+    let first = dir.path().join("queues/lab/00000000000000000000.log");
+    let bytes = sim.contents(&first).unwrap();
+    let pos = (0..10).fold(64usize, |p, _| {
+        p + u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize
+    });
+    sim.fail_reads(&first, pos as u64 + 100, 1);
+    engine.pause("ehr", false).unwrap();
+    let status = wait_status(&engine, |s| s.contains("BLOCKED"));
+    assert!(status.contains("class=unreadable-record"), "{status}");
+    // The error was transient: the block reads again.
+    sim.heal_reads(&first);
+    engine.retry("ehr", Some(0)).unwrap();
+    sink.wait_accepted(&ids, std::time::Duration::from_secs(30));
+    stop.shutdown();
+    join.join().unwrap();
+}
+
 fn blocked_at(status: &str) -> u64 {
     let at = status.find("BLOCKED offset=").expect("a blocked head") + "BLOCKED offset=".len();
     status[at..].split(' ').next().unwrap().parse().unwrap()

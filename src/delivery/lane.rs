@@ -46,6 +46,8 @@ pub struct Lane {
     channel: Channel,
     /// Journal records of attempts since the last cursor submit.
     journal: Vec<Vec<u8>>,
+    /// Waiting for lane 0 to pass an unreadable record (see `fill_current`).
+    stalled: bool,
 }
 
 impl Lane {
@@ -60,7 +62,14 @@ impl Lane {
             Channel::Live => &dest.log,
             Channel::Replay => &dest.replay.log,
         };
-        let next = clamp_to_log_start(&start, log.start_offset());
+        let mut next = clamp_to_log_start(&start, log.start_offset());
+        if channel == Channel::Replay && next > log.end_offset() {
+            // The replay log lost records its lane had already sent (a
+            // restored backup): new resends would land below the cursor
+            // and never go out. Go on from the log's end.
+            tracing::error!(destination = %dest.config.name, cursor = next.0, end = log.end_offset().0, "replay cursor past the end of the replay log; continuing at its end (resends queued before the loss are gone: check `dlq list --status resubmitted`)");
+            next = log.end_offset();
+        }
         if next != start.next_offset {
             tracing::error!(destination = %dest.config.name, channel = channel.name(), lane, from = start.next_offset.0, to = next.0, "cursor points before the log's start (deleted by retention); continuing at the start");
         }
@@ -85,6 +94,7 @@ impl Lane {
             skipped_uncommitted: 0,
             channel,
             journal: Vec::new(),
+            stalled: false,
         };
         l.update_status();
         l
@@ -157,7 +167,10 @@ impl Lane {
 
     /// Notes an attempt for the journal; it becomes durable with the next
     /// cursor commit, before that commit.
-    fn journal_attempt(&mut self, verdict: Verdict, h: Option<&HeadState>) {
+    /// `h` is the head's failure state after this attempt (none for a
+    /// first-time delivery); `ack_code` the answer's MSA-1 (`""` when
+    /// nothing was sent or nothing came back).
+    fn journal_attempt(&mut self, verdict: Verdict, h: Option<&HeadState>, ack_code: &str) {
         let Some(rec) = self.current.as_ref() else {
             return;
         };
@@ -168,14 +181,17 @@ impl Lane {
         let attempt = Attempt {
             channel: self.channel,
             lane: self.lane,
+            queue: &self.dest.config.queue,
             source_offset,
             replay_offset,
             control_id,
             attempt: h.map_or(1, |h| h.attempts),
             verdict,
-            class: h.map(|h| h.class),
-            ack_code: self.link.last_ack_code(),
-            text: h.map_or("", |h| h.text.as_str()),
+            class: h.filter(|_| verdict != Verdict::Delivered).map(|h| h.class),
+            ack_code,
+            text: h
+                .filter(|_| verdict != Verdict::Delivered)
+                .map_or("", |h| h.text.as_str()),
         };
         let meta = journal::encode(&attempt, now_ms());
         self.journal.push(meta);
@@ -219,7 +235,16 @@ impl Lane {
                 Ok(None) => return Ok(false),
                 // A damaged record's key cannot be read: like a message
                 // without one, it belongs to lane 0, which blocks on it
-                // (visibly); the other lanes pass over it.
+                // (visibly); the other lanes pass over it. A read error may
+                // be transient, and then the record may be theirs: they
+                // wait until lane 0 has passed it (delivered, skipped or
+                // found it another lane's) and read it again first.
+                Err(WalError::Unreadable { .. })
+                    if self.lane != 0 && !lane_zero_passed(&self.dest, self.next) =>
+                {
+                    self.stalled = true;
+                    return Ok(false);
+                }
                 Err(WalError::Corrupt { .. } | WalError::Unreadable { .. }) if self.lane != 0 => {
                     self.pass_over();
                     continue;
@@ -248,6 +273,10 @@ impl Lane {
     fn wait_for_records(&mut self) {
         if self.skipped_uncommitted > 0 {
             self.commit();
+        }
+        if std::mem::take(&mut self.stalled) {
+            self.handle_commands(POLL);
+            return;
         }
         if !self.log().wait_for(self.next, POLL) {
             self.handle_commands(Duration::ZERO);
@@ -291,7 +320,8 @@ impl Lane {
                     text: String::new(),
                     ..h.clone()
                 });
-                self.journal_attempt(Verdict::Delivered, attempt.as_ref());
+                let code = self.link.last_ack_code().to_string();
+                self.journal_attempt(Verdict::Delivered, attempt.as_ref(), &code);
                 self.shared().delivered.fetch_add(1, Ordering::Relaxed);
                 self.advance(Offset(offset.0 + 1));
             }
@@ -331,7 +361,8 @@ impl Lane {
                 h.status = HeadStatus::Retrying;
                 h.next_retry_ms = now + backoff_ms(&cfg.retry, h.attempts, self.jitter.next_unit());
                 tracing::warn!(destination = %cfg.name, channel = self.channel.name(), lane = self.lane, offset = rec_offset.0, attempts = h.attempts, class = class.name(), error = %h.text, retry_in_ms = h.next_retry_ms - now, "delivery failed; will retry");
-                self.journal_attempt(Verdict::Retrying, Some(&h));
+                let code = self.link.last_ack_code().to_string();
+                self.journal_attempt(Verdict::Retrying, Some(&h), &code);
                 self.head = Some(h);
                 self.commit();
                 return;
@@ -351,13 +382,18 @@ impl Lane {
                 // On failure the lane is blocked and the error logged by dead_letter.
                 let _ = self.dead_letter(h, ack.as_deref(), reason);
             }
-            FailurePolicy::Block => self.block(h),
+            FailurePolicy::Block => {
+                let code = self.link.last_ack_code().to_string();
+                self.block(h, &code)
+            }
         }
     }
 
-    fn block(&mut self, mut h: HeadState) {
+    /// Holds the lane at `h`; `ack_code` is the last answer's when an
+    /// attempt just failed, `""` otherwise.
+    fn block(&mut self, mut h: HeadState, ack_code: &str) {
         h.status = HeadStatus::Blocked;
-        self.journal_attempt(Verdict::Blocked, Some(&h));
+        self.journal_attempt(Verdict::Blocked, Some(&h), ack_code);
         tracing::error!(destination = %self.dest.config.name, lane = self.lane, offset = h.offset.0, attempts = h.attempts, class = h.class.name(), error = %h.text, "lane blocked: nothing behind this message is delivered until an operator runs `orderly ctl retry` or `orderly ctl skip`");
         self.head = Some(h);
         self.commit();
@@ -387,7 +423,8 @@ impl Lane {
         match dlq::dead_letter(&self.dest.dlq, rec, &ctx) {
             Ok(a) => {
                 tracing::warn!(destination = %self.dest.config.name, channel = self.channel.name(), lane = self.lane, offset = source_offset.0, dlq_offset = a.offset.0, class = h.class.name(), %reason, "message dead-lettered");
-                self.journal_attempt(Verdict::DeadLettered, Some(&h));
+                let code = ack.map(journal::ack_code).unwrap_or_default();
+                self.journal_attempt(Verdict::DeadLettered, Some(&h), &code);
                 self.shared().dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.advance(Offset(offset.0 + 1));
                 Ok(())
@@ -396,7 +433,10 @@ impl Lane {
                 let mut h = h;
                 h.text = format!("dead-letter write failed: {e}");
                 let msg = h.text.clone();
-                self.block(h);
+                self.block(h, "");
+                // Read it again on retry: for a damaged head `current` held
+                // only what was left of its bytes, never to be sent.
+                self.current = None;
                 Err(msg)
             }
         }
@@ -427,7 +467,7 @@ impl Lane {
                     next_retry_ms: 0,
                     text: other.to_string(),
                 };
-                self.block(h);
+                self.block(h, "");
             }
         }
     }
@@ -679,4 +719,9 @@ impl Lane {
             )),
         }
     }
+}
+
+/// Whether lane 0 of `dest` has moved past `offset`.
+fn lane_zero_passed(dest: &Destination, offset: Offset) -> bool {
+    dest.lanes[0].status.lock().next_offset > offset
 }

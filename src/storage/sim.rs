@@ -249,6 +249,14 @@ impl SimStorage {
         st.files[ino].bad.push((pos, pos + len));
     }
 
+    /// Ends every read error [`Self::fail_reads`] put on `path` (the
+    /// error was transient: a cable, a controller retry).
+    pub fn heal_reads(&self, path: &Path) {
+        let mut st = self.state.lock();
+        let ino = *st.names.get(path).expect("heal_reads: no such file");
+        st.files[ino].bad.clear();
+    }
+
     /// Installs (or removes) the hook run at the start of every sync.
     pub fn set_sync_hook(&self, hook: Option<SyncHook>) {
         *self.sync_hook.lock() = hook;
