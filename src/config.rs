@@ -100,8 +100,8 @@ pub struct DestinationConfig {
     /// sends at most (replays and resubmissions; live traffic keeps
     /// priority). Never 0 (unlimited).
     pub replay_rate_limit_per_s: u32,
-    /// `reconcile_every_s`: run a reconciliation of the last period on
-    /// this schedule and keep the result (0: never).
+    /// `reconcile_every_s`: reconcile everything retained on this
+    /// schedule and keep the result (0: never).
     pub reconcile_every_s: u64,
     /// Least time between two cursor fsyncs of this destination (0 = back to back).
     pub cursor_sync_interval_ms: u64,

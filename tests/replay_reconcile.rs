@@ -473,3 +473,57 @@ fn a_damaged_replay_record_blocks_only_the_replay_lane_until_skipped() {
     let letters = json(&config, &["dlq", "list", "--error", "corrupt", "--json"]);
     assert_eq!(letters["entries"].as_array().unwrap().len(), 1, "{letters}");
 }
+
+#[test]
+fn what_the_live_lanes_will_send_again_is_never_replayed_nor_queued_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
+    let broker = Broker::start(&config);
+    let sent = ids("P", 5);
+    send_all(&broker, &sent);
+    sink.wait_accepted(&sent, WAIT);
+    ctl_status_until(&config, WAIT, |s| s.contains("durable=5"));
+    let args = [
+        "replay",
+        "--destination",
+        "ehr",
+        "--since",
+        "1h",
+        "--force",
+        "--reason",
+        "x",
+        "--json",
+    ];
+    // Queued once, then not again while it waits on the replay lane.
+    ctl(&config, &["pause", "ehr"]);
+    let first = json(&config, &args);
+    assert_eq!(first["queued"], 5, "{first}");
+    let second = json(&config, &args);
+    assert_eq!(
+        (&second["queued"], &second["already_queued"]),
+        (&0.into(), &5.into()),
+        "{second}"
+    );
+    // After a reset-cursor below them the live lane sends them again:
+    // acknowledged before or not, a forced replay must not add a copy.
+    ctl(
+        &config,
+        &[
+            "reset-cursor",
+            "ehr",
+            "--to-offset",
+            "0",
+            "--reason",
+            "EHR lost a day",
+        ],
+    );
+    let mut dry = args.to_vec();
+    dry.insert(dry.len() - 1, "--dry-run");
+    let out = json(&config, &dry);
+    assert_eq!(
+        (&out["pending"], &out["to_send"]),
+        (&5.into(), &0.into()),
+        "{out}"
+    );
+}

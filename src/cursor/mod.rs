@@ -262,6 +262,16 @@ impl Drop for CursorStore {
     }
 }
 
+/// How often a full journal is tried again.
+const JOURNAL_FULL_RETRY: Duration = Duration::from_millis(500);
+
+enum JournalFailure {
+    /// No space: try again later, nothing is lost.
+    Full(String),
+    /// Anything else: the store stops (like a failed cursor write).
+    Other(String),
+}
+
 struct Committer {
     inner: Arc<Inner>,
     file: CursorFile,
@@ -275,7 +285,30 @@ impl Committer {
         let lanes = self.inner.positions.len();
         let mut latest: Vec<Option<(u64, LaneCursor)>> = vec![None; lanes];
         let mut last_sync: Option<Instant> = None;
-        while let Ok(first) = rx.recv() {
+        // Journal records not yet durable (a full disk holds them here, and
+        // the cursor updates behind them, until there is space again).
+        let mut journal: Vec<Vec<u8>> = Vec::new();
+        let mut full_since: Option<Instant> = None;
+        loop {
+            let first = if journal.is_empty() {
+                match rx.recv() {
+                    Ok(u) => Some(u),
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(JOURNAL_FULL_RETRY) {
+                    Ok(u) => Some(u),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    // Closing: one last try below, then what is left is
+                    // delivered again after the restart.
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        if self.flush_journal(&mut journal, &mut full_since) {
+                            self.commit(&mut latest);
+                        }
+                        return;
+                    }
+                }
+            };
             // Pacing: a lone update after a quiet spell commits at once; a
             // busy lane's updates gather until the interval is up, so they
             // share one flush. Sleeping (not waiting on the channel) spares
@@ -287,8 +320,7 @@ impl Committer {
                 }
             }
             last_sync = Some(Instant::now());
-            let mut next = Some(first);
-            let mut journal = Vec::new();
+            let mut next = first;
             while let Some(u) = next {
                 latest[usize::from(u.lane)] = Some((u.seq, u.cursor));
                 journal.extend(u.journal);
@@ -296,13 +328,40 @@ impl Committer {
             }
             if self.inner.failure.lock().is_some() {
                 latest.iter_mut().for_each(|l| *l = None);
+                journal.clear();
                 continue;
             }
-            if let Err(e) = self.write_journal(journal) {
+            if self.flush_journal(&mut journal, &mut full_since) {
+                self.commit(&mut latest);
+            }
+        }
+    }
+
+    /// Makes the pending journal records durable; true when none is left.
+    /// A full disk keeps them (and so the cursors behind them) for the next
+    /// try: lanes stop at their lead limit and go on once there is space.
+    fn flush_journal(&self, journal: &mut Vec<Vec<u8>>, full_since: &mut Option<Instant>) -> bool {
+        match self.write_journal(journal) {
+            Ok(()) => {
+                if let Some(t) = full_since.take() {
+                    tracing::warn!(path = %self.inner.path.display(), waited_s = t.elapsed().as_secs(), "delivery journal writable again; cursors move on");
+                }
+                journal.clear();
+                true
+            }
+            Err((written, JournalFailure::Full(e))) => {
+                journal.drain(..written);
+                if full_since.is_none() {
+                    tracing::error!(path = %self.inner.path.display(), error = %e, "delivery journal: storage full; deliveries wait (cursors do not move past unjournaled attempts) until there is space");
+                    *full_since = Some(Instant::now());
+                }
+                false
+            }
+            Err((_, JournalFailure::Other(e))) => {
                 self.fail(format!("delivery journal: {e}"));
-                continue;
+                journal.clear();
+                false
             }
-            self.commit(&mut latest);
         }
     }
 
@@ -338,7 +397,9 @@ impl Committer {
 
     /// Appends `records` to the journal as one group commit and waits
     /// until they are durable.
-    fn write_journal(&self, records: Vec<Vec<u8>>) -> Result<(), String> {
+    /// Appends `records` to the journal as one group commit and waits
+    /// until they are durable; on failure, how many leading records were.
+    fn write_journal(&self, records: &[Vec<u8>]) -> Result<(), (usize, JournalFailure)> {
         let Some(journal) = self.inner.journal.get() else {
             return Ok(());
         };
@@ -347,24 +408,37 @@ impl Committer {
         }
         let (reply, done) = crossbeam_channel::unbounded();
         let reqs = records
-            .into_iter()
-            .map(|meta| crate::wal::AppendRequest {
+            .iter()
+            .enumerate()
+            .map(|(i, meta)| crate::wal::AppendRequest {
                 payload: Vec::new(),
-                meta,
-                tag: 0,
+                meta: meta.clone(),
+                tag: i as u64,
                 reply: reply.clone(),
                 notify: None,
             })
             .collect::<Vec<_>>();
-        let n = reqs.len();
         drop(reply);
         if journal.appender().submit_batch(reqs).is_err() {
-            return Err("the journal log is closed".into());
+            return Err((0, JournalFailure::Other("the journal log is closed".into())));
         }
-        for _ in 0..n {
+        // Completions arrive in order; the first failure decides.
+        let mut written = 0;
+        for _ in 0..records.len() {
             match done.recv() {
-                Ok(d) => d.result.map(|_| ()).map_err(|e| e.to_string())?,
-                Err(_) => return Err("the journal writer stopped".into()),
+                Ok(d) => match d.result {
+                    Ok(_) => written += 1,
+                    Err(crate::wal::AppendError::StorageFull(e)) => {
+                        return Err((written, JournalFailure::Full(e)))
+                    }
+                    Err(e) => return Err((written, JournalFailure::Other(e.to_string()))),
+                },
+                Err(_) => {
+                    return Err((
+                        written,
+                        JournalFailure::Other("the journal writer stopped".into()),
+                    ))
+                }
             }
         }
         Ok(())
@@ -784,6 +858,55 @@ mod tests {
     /// Regression: every open rewrote the file through a new temp file, so
     /// a full disk stopped the broker from starting; and every commit needs
     /// room. The file is preallocated: opening and committing allocate nothing.
+    /// A full disk holds the journal, and so the cursors behind it, until
+    /// there is space: no failure, no journal record lost or doubled, and
+    /// never a durable cursor past the journal. Seen failing with a full
+    /// journal treated like any write error (the store failed for good:
+    /// `delivery journal: No space left on device`).
+    #[test]
+    fn a_full_journal_holds_the_cursors_until_there_is_space() {
+        let sim = SimStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let small = crate::wal::LogConfig {
+            segment_bytes: 64 * 1024,
+            ..crate::delivery::journal::journal_log_config()
+        };
+        let journal =
+            Arc::new(crate::wal::Log::open_with(storage.clone(), Path::new("/j"), small).unwrap());
+        let (store, _) = CursorStore::open(
+            storage,
+            Path::new("/c"),
+            "d",
+            ROUTING,
+            2,
+            positions(2),
+            Duration::ZERO,
+        )
+        .unwrap();
+        store.attach_journal(journal.clone());
+        sim.inject(crate::storage::SimFault::NoSpaceAfter(0));
+        const N: u64 = 3000;
+        for i in 1..=N {
+            store.submit_with_journal(0, at(i), vec![vec![1, 1, 0, b'x']]);
+        }
+        // The first (preallocated) segment fills; the next cannot be made.
+        assert!(
+            !store.wait_durable(0, Duration::from_secs(2)),
+            "held while full"
+        );
+        assert!(store.failure().is_none(), "{:?}", store.failure());
+        let held = store.durable(0).next_offset;
+        assert!(
+            held.0 < N && held.0 <= journal.end_offset().0,
+            "{held} vs {}",
+            journal.end_offset()
+        );
+        sim.clear_faults();
+        assert!(store.wait_durable(0, Duration::from_secs(10)));
+        assert_eq!(store.durable(0).next_offset, Offset(N));
+        assert_eq!(journal.end_offset(), Offset(N), "each record once");
+    }
+
     #[test]
     fn a_full_disk_neither_stops_the_store_from_opening_nor_its_commits() {
         let sim = SimStorage::new();

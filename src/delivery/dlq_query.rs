@@ -153,8 +153,9 @@ pub struct StatusRecord {
     pub diff: String,
 }
 
-/// The status record in `meta`, if it is one (key `Event`).
-pub fn status_of(meta: &[u8]) -> Option<StatusRecord> {
+/// The status record in `meta`, if it is one (key `Event`); an edited
+/// resubmission's field diff is its payload.
+pub fn status_of(meta: &[u8], payload: &[u8]) -> Option<StatusRecord> {
     let view = MetaView::new(meta);
     let status = view.get(MetaKey::Event)?;
     Some(StatusRecord {
@@ -162,7 +163,8 @@ pub fn status_of(meta: &[u8]) -> Option<StatusRecord> {
         status: String::from_utf8_lossy(status).into_owned(),
         by: view.get_str(MetaKey::Actor),
         reason: view.get_str(MetaKey::Reason),
-        diff: view.get_str(MetaKey::EditDiff),
+        // The whole diff is the payload (a field holds 1 KiB at most).
+        diff: String::from_utf8_lossy(payload).into_owned(),
     })
 }
 
@@ -204,14 +206,14 @@ pub fn search(
     }
     let mut statuses: std::collections::HashMap<u64, StatusRecord> = Default::default();
     scan(dlq, &mut |rec| {
-        if let Some(s) = status_of(rec.meta) {
+        if let Some(s) = status_of(rec.meta, rec.payload) {
             statuses.insert(s.of.0, s);
         }
         true
     });
     let before = out.len();
     *skipped += scan(dlq, &mut |rec| {
-        if status_of(rec.meta).is_some() {
+        if status_of(rec.meta, rec.payload).is_some() {
             return true;
         }
         if out.len() - before >= room {
@@ -263,7 +265,7 @@ pub fn latest_status(dlq: &Log, of: Offset) -> Option<StatusRecord> {
     let mut reader = dlq.reader(Offset(of.0 + 1));
     let mut latest = None;
     while let Ok(Some(rec)) = reader.next() {
-        if let Some(s) = status_of(rec.meta).filter(|s| s.of == of) {
+        if let Some(s) = status_of(rec.meta, rec.payload).filter(|s| s.of == of) {
             latest = Some(s);
         }
     }
@@ -273,7 +275,7 @@ pub fn latest_status(dlq: &Log, of: Offset) -> Option<StatusRecord> {
 /// One dead-letter record by offset (not a status record).
 pub fn record(destination: &str, dlq: &Log, offset: Offset) -> Result<DlqRecord, String> {
     let rec = dlq.read(offset).map_err(|e: WalError| e.to_string())?;
-    if status_of(&rec.meta).is_some() {
+    if status_of(&rec.meta, &rec.payload).is_some() {
         return Err(format!(
             "{destination}:{} is an operator's status record, not a dead letter",
             offset.0

@@ -17,11 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use super::dlq::meta_u64_view;
 
-/// Journal logs: small records, written in batches by the cursor committer.
+/// Journal logs: small records, written in batches by the cursor
+/// committer. Segments are preallocated, so a disk that fills up stops the
+/// journal (and with it the cursors: see `cursor::CursorStore`) only when a
+/// segment of about 100,000 attempts is used up.
 pub fn journal_log_config() -> LogConfig {
     LogConfig {
         segment_bytes: 16 * 1024 * 1024,
-        preallocate: false,
+        preallocate: true,
         prepare_segments: false,
         ..LogConfig::default()
     }
@@ -72,6 +75,8 @@ impl Verdict {
 pub struct Attempt<'a> {
     pub channel: Channel,
     pub lane: u16,
+    /// The queue the message came from.
+    pub queue: &'a str,
     /// The queue offset of the message sent (for a replay, of the original).
     pub source_offset: Offset,
     /// The replay-log record sent, for the replay lane.
@@ -89,6 +94,7 @@ pub fn encode(a: &Attempt<'_>, at_ms: u64) -> Vec<u8> {
     let mut m = MetaBuilder::new();
     m.push(MetaKey::Channel, a.channel.name().as_bytes())
         .push(MetaKey::Lane, &a.lane.to_le_bytes())
+        .push(MetaKey::SourceQueue, a.queue.as_bytes())
         .push(MetaKey::SourceOffset, &a.source_offset.0.to_le_bytes())
         .push(MetaKey::ControlId, a.control_id)
         .push(MetaKey::Attempts, &a.attempt.to_le_bytes())
@@ -115,6 +121,7 @@ pub struct JournalEntry {
     pub journal_offset: u64,
     pub channel: String,
     pub lane: u16,
+    pub queue: String,
     pub source_offset: u64,
     pub replay_offset: Option<u64>,
     pub control_id: String,
@@ -138,6 +145,7 @@ pub fn decode(journal_offset: Offset, meta: &[u8]) -> Option<JournalEntry> {
         journal_offset: journal_offset.0,
         channel: v.get_str(MetaKey::Channel),
         lane: meta_u64_view(&v, MetaKey::Lane)? as u16,
+        queue: v.get_str(MetaKey::SourceQueue),
         source_offset: meta_u64_view(&v, MetaKey::SourceOffset)?,
         replay_offset: meta_u64_view(&v, MetaKey::ReplayOffset),
         control_id: v.get_str(MetaKey::ControlId),
@@ -154,13 +162,18 @@ pub fn decode(journal_offset: Offset, meta: &[u8]) -> Option<JournalEntry> {
 /// reconciliation's time; the search-index issue indexes the journal).
 pub const JOURNAL_SCAN_MAX: u64 = 50_000_000;
 
+/// Margin a scan starts before the window, against wall-clock steps between
+/// a message's timestamp and its attempts'.
+const SCAN_MARGIN_MS: u64 = 3600 * 1000;
+
 /// Calls `f` with every readable journal entry written at or after
-/// `since_ms` (attempts never precede the message they send, so a window
-/// of messages starting at `since_ms` needs nothing older). Damaged
-/// records are passed over and counted.
+/// `since_ms` less a margin (attempts never precede the message they send,
+/// so a window of messages starting at `since_ms` needs nothing older).
+/// Damaged records are passed over and counted; so is stopping at
+/// [`JOURNAL_SCAN_MAX`].
 pub fn scan(journal: &Log, since_ms: u64, mut f: impl FnMut(JournalEntry)) -> u64 {
     let start = journal
-        .offset_for_time(since_ms)
+        .offset_for_time(since_ms.saturating_sub(SCAN_MARGIN_MS))
         .ok()
         .flatten()
         .unwrap_or_else(|| journal.start_offset())
@@ -168,7 +181,12 @@ pub fn scan(journal: &Log, since_ms: u64, mut f: impl FnMut(JournalEntry)) -> u6
     let end = journal.end_offset();
     let mut reader = journal.reader(start);
     let (mut visited, mut damaged) = (0u64, 0u64);
-    while visited < JOURNAL_SCAN_MAX {
+    loop {
+        if visited >= JOURNAL_SCAN_MAX {
+            tracing::warn!(journal = %journal.dir().display(), "journal scan stopped at its limit; later attempts were not read");
+            damaged += 1;
+            break;
+        }
         visited += 1;
         match reader.next() {
             Ok(Some(r)) => {
@@ -222,6 +240,7 @@ mod tests {
         let a = Attempt {
             channel: Channel::Replay,
             lane: 0,
+            queue: "lab",
             source_offset: Offset(42),
             replay_offset: Some(Offset(7)),
             control_id: b"CTRL1",

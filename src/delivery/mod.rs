@@ -70,6 +70,24 @@ pub enum LaneCommand {
     Clear(String, Sender<Result<String, String>>),
 }
 
+/// Margin kept beyond the queue's oldest message, against wall-clock steps
+/// between a message's timestamp and its attempts'.
+const JOURNAL_RETENTION_MARGIN_MS: u64 = 3600 * 1000;
+
+/// The age policy that keeps every journal record written after the
+/// queue's oldest message (less a margin); `None` when that cannot be read.
+fn journal_retention(queue: &Log, now_ms: u64) -> Option<crate::wal::RetentionPolicy> {
+    let oldest_ms = if queue.start_offset() >= queue.end_offset() {
+        now_ms
+    } else {
+        queue.read(queue.start_offset()).ok()?.timestamp_ms
+    };
+    Some(crate::wal::RetentionPolicy {
+        max_age_ms: Some(now_ms.saturating_sub(oldest_ms) + JOURNAL_RETENTION_MARGIN_MS),
+        max_bytes: None,
+    })
+}
+
 /// The lane number that names a destination's replay lane in operator
 /// commands (`retry`, `skip`): never a live lane (those are 0..256).
 pub const REPLAY_LANE: u16 = u16::MAX;
@@ -457,18 +475,35 @@ impl Engine {
         }
     }
 
-    /// Logs of the destinations that retention trims with their queue's
-    /// policy: delivery journals and replay logs.
-    pub fn retained_logs(&self) -> Vec<(String, Arc<Log>)> {
+    /// Replay logs, which retention trims with their queue's policy (their
+    /// lane's cursor protects what it has not sent).
+    pub fn replay_logs(&self) -> Vec<(String, Arc<Log>)> {
         self.destinations
             .iter()
-            .flat_map(|d| {
-                [
-                    (d.config.queue.clone(), d.journal.clone()),
-                    (d.config.queue.clone(), d.replay.log.clone()),
-                ]
-            })
+            .map(|d| (d.config.queue.clone(), d.replay.log.clone()))
             .collect()
+    }
+
+    /// Applies retention to every delivery journal: a journal segment goes
+    /// only when all its records are older than the oldest message its
+    /// queue still holds (an attempt is never older than its message), so
+    /// reconcile and replay always find the attempts of what the queue
+    /// keeps, however long a slow destination keeps it.
+    pub fn trim_journals(&self, now_ms: u64) {
+        for d in &self.destinations {
+            let Some(policy) = journal_retention(&d.log, now_ms) else {
+                continue;
+            };
+            match d.journal.enforce_retention(&policy, now_ms) {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(destination = %d.config.name, segments = deleted.len(), "retention deleted delivery-journal segments older than anything the queue holds")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(destination = %d.config.name, error = %e, "journal retention failed")
+                }
+            }
+        }
     }
 
     /// Resends a dead letter through the replay lane, as it is or as the
@@ -482,14 +517,19 @@ impl Engine {
         reason: &str,
     ) -> Result<String, String> {
         let shown = self.dlq_show(id)?;
+        let (dest, offset) = dlq_query::parse_id(id).expect("dlq_show parsed it");
+        let d = self.find(dest)?;
+        if let Some(at) = replay::resubmission_of(d, id) {
+            return Err(format!(
+                "{id} was already resubmitted (replay-log record {at}); nothing was changed"
+            ));
+        }
         if shown.entry.status != "open" {
             return Err(format!(
                 "{id} is already {} (by {}: {}); nothing was changed",
                 shown.entry.status, shown.entry.status_by, shown.entry.status_reason
             ));
         }
-        let (dest, offset) = dlq_query::parse_id(id).expect("dlq_show parsed it");
-        let d = self.find(dest)?;
         let letter = d.dlq.read(offset).map_err(|e| format!("{id}: {e}"))?;
         let source = dlq::source_offset(&letter.meta).unwrap_or(Offset(u64::MAX));
         let (payload, diff, meta_from) = match edited {
@@ -518,16 +558,8 @@ impl Engine {
             &meta_from,
         );
         replay::append_all(&d.replay.log, vec![(meta, payload)])?;
-        let mut status = crate::wal::meta::MetaBuilder::from_bytes(dlq_query::status_meta(
-            offset,
-            "resubmitted",
-            actor,
-            reason,
-        ));
-        if !diff.is_empty() {
-            status.push(crate::wal::meta::MetaKey::EditDiff, diff.as_bytes());
-        }
-        d.dlq.append(&status.finish(), &[]).map_err(|e| {
+        let status = dlq_query::status_meta(offset, "resubmitted", actor, reason);
+        d.dlq.append(&status, diff.as_bytes()).map_err(|e| {
             format!("{id}: queued for resending, but its status could not be recorded ({e}): it still shows as open")
         })?;
         tracing::warn!(destination = dest, dlq_offset = offset.0, control_id = %shown.entry.control_id, edited = !diff.is_empty(), actor, reason, "dead letter resubmitted");
@@ -923,4 +955,51 @@ pub fn render_status(reports: &[DestinationReport]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::SimStorage;
+
+    /// The journal keeps the attempts of everything its queue still holds,
+    /// however old (a slow destination keeps the queue's segments); the
+    /// queue's own age limit, applied to the journal as before, deleted
+    /// them two hours on.
+    #[test]
+    fn journal_retention_follows_what_the_queue_still_holds() {
+        let sim: Arc<dyn Storage> = Arc::new(SimStorage::new());
+        let small = crate::wal::LogConfig {
+            segment_bytes: 64 * 1024,
+            ..journal::journal_log_config()
+        };
+        let journal =
+            Log::open_with(sim.clone(), std::path::Path::new("/j"), small.clone()).unwrap();
+        let queue = Log::open_with(sim, std::path::Path::new("/q"), small).unwrap();
+        queue.append(b"", b"MSH|^~\\&|A").unwrap();
+        for _ in 0..3000 {
+            journal.append(&[1, 1, 0, b'x'], &[]).unwrap();
+        }
+        let segments_before = journal.start_offset();
+        let later = crate::wal::now_ms() + 2 * 3600 * 1000;
+        let policy = journal_retention(&queue, later).expect("the queue's first record reads");
+        let deleted = journal.enforce_retention(&policy, later).unwrap();
+        assert!(
+            deleted.is_empty(),
+            "kept while the queue holds its message: {deleted:?}"
+        );
+        assert_eq!(journal.start_offset(), segments_before);
+        // Once the queue's message is gone too (an empty queue), they may go.
+        let empty = Log::open_with(
+            Arc::new(SimStorage::new()),
+            std::path::Path::new("/e"),
+            journal::journal_log_config(),
+        )
+        .unwrap();
+        let policy = journal_retention(&empty, later).unwrap();
+        assert!(!journal
+            .enforce_retention(&policy, later)
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -77,8 +77,10 @@ pub struct ReconcileReport {
     pub against: Option<Against>,
     /// Queued on the replay lane by `--replay-missing`.
     pub replayed: u64,
-    /// Damaged records passed over (queue and journal).
+    /// Damaged records passed over (queue, journal, dead letters).
     pub unreadable: u64,
+    /// The window held more records than one scan reads: narrow it.
+    pub truncated: bool,
 }
 
 impl ReconcileReport {
@@ -119,8 +121,9 @@ pub fn reconcile(
         .iter()
         .map(|l| l.status.lock().head.as_ref().map(|h| (h.offset, h.status)))
         .collect();
-    let dead = dead_lettered_offsets(d);
+    let (dead, dead_unreadable) = dead_lettered_offsets(d);
     let acked = replay::acknowledged(d, since_ms);
+    let queued = replay::queued_for_replay(d);
     let listed: Option<HashSet<&str>> = req.against.as_ref().map(|ids| {
         ids.iter()
             .map(|s| s.trim())
@@ -130,8 +133,8 @@ pub fn reconcile(
     let mut seen_ids: HashSet<String> = HashSet::new();
     let mut missing_downstream: Vec<Item> = Vec::new();
     let mut to_replay: Vec<Offset> = Vec::new();
-    let mut unreadable = 0;
-    replay::scan_window(
+    let mut unreadable = dead_unreadable + acked.unreadable;
+    let complete = replay::scan_window(
         &d.log,
         since_ms,
         req.until_ms,
@@ -144,7 +147,7 @@ pub fn reconcile(
                 return true;
             };
             let control_id = MetaView::new(meta).get_str(MetaKey::ControlId);
-            let state = if acked.contains(&offset.0) {
+            let state = if acked.contains(offset.0) {
                 "delivered"
             } else if dead.contains_key(&offset.0) {
                 "dead-lettered"
@@ -177,10 +180,18 @@ pub fn reconcile(
             if let Some(list) = list.filter(|l| l.len() < RECONCILE_LIST_MAX) {
                 list.push(item());
             }
+            // Held downstream under its own control id, or under the one an
+            // edited resubmission of it was acknowledged with.
+            let sent_as = acked.by_offset.get(&offset.0);
             let lacking = match &listed {
                 Some(ids) => {
                     seen_ids.insert(control_id.clone());
+                    seen_ids.extend(sent_as.into_iter().flatten().cloned());
                     !ids.contains(control_id.as_str())
+                        && !sent_as
+                            .into_iter()
+                            .flatten()
+                            .any(|id| ids.contains(id.as_str()))
                 }
                 None => false,
             };
@@ -193,12 +204,16 @@ pub fn reconcile(
                     .get_or_insert_with(Against::default)
                     .missing_downstream_count += 1;
             }
-            // The live lanes still hold pending and blocked messages: replaying
-            // those would send them twice.
-            let replayable = match &listed {
-                Some(_) => lacking && !matches!(state, "pending" | "blocked"),
-                None => state == "missing",
-            };
+            // What the live lanes have yet to pass (pending, blocked, or
+            // below a reset cursor) they send; what is queued on the replay
+            // lane it sends: queueing either again would send it twice.
+            let live_sends = cursors[usize::from(lane)] <= offset;
+            let replayable = !live_sends
+                && !queued.contains(&offset.0)
+                && match &listed {
+                    Some(_) => lacking,
+                    None => state == "missing",
+                };
             if req.replay_missing && replayable && (to_replay.len() as u64) < replay::REPLAY_MAX {
                 to_replay.push(offset);
             }
@@ -206,6 +221,7 @@ pub fn reconcile(
         },
     );
     report.unreadable = unreadable;
+    report.truncated = !complete;
     if let Some(ids) = &listed {
         let a = report.against.get_or_insert_with(Against::default);
         a.listed = ids.len() as u64;
@@ -229,8 +245,8 @@ pub fn reconcile(
 }
 
 /// Queue offsets this destination dead-lettered (any status), from its
-/// dead-letter log.
-fn dead_lettered_offsets(d: &Destination) -> HashMap<u64, u64> {
+/// dead-letter log; with the damaged records passed over.
+fn dead_lettered_offsets(d: &Destination) -> (HashMap<u64, u64>, u64) {
     let mut out = HashMap::new();
     let filter = super::dlq_query::DlqFilter::default();
     let (mut entries, mut skipped) = (Vec::new(), 0);
@@ -250,5 +266,5 @@ fn dead_lettered_offsets(d: &Destination) -> HashMap<u64, u64> {
             }
         }
     }
-    out
+    (out, skipped)
 }

@@ -17,7 +17,7 @@ use crate::hl7::{FieldPath, Message};
 use crate::wal::meta::{is_event, MetaBuilder, MetaKey, MetaView};
 use crate::wal::{AppendRequest, Log, Offset};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Messages one replay (or one reconciliation's `--replay-missing`)
 /// queues at most: bounds the command's time and the replay log's growth.
@@ -59,14 +59,19 @@ pub struct ReplayOutcome {
     /// Not yet passed by the live lanes, which will deliver them: never
     /// replayed.
     pub pending: u64,
-    /// Records of the window that could not be read (damaged).
+    /// Already queued on the replay lane by an earlier replay or
+    /// reconciliation and not yet sent: not queued twice.
+    pub already_queued: u64,
+    /// Records of the window that could not be read (damaged), and
+    /// damaged journal records.
     pub unreadable: u64,
     pub dry_run: bool,
     pub force: bool,
     /// Queued on the replay lane (0 in a dry run).
     pub queued: u64,
-    /// The window held more than [`REPLAY_MAX`] to send: only the first
-    /// were queued; run again from the last one's time.
+    /// The window held more than [`REPLAY_MAX`] to send, or more records
+    /// than one scan reads: only the first were taken; run again from the
+    /// last one's time.
     pub truncated: bool,
 }
 
@@ -94,28 +99,78 @@ pub fn patient_of(payload: &[u8]) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.raw()).into_owned())
 }
 
-/// Queue offsets the destination acknowledged (any lane, live or replay),
-/// from the journal entries written at or after `since_ms`.
-pub fn acknowledged(d: &Destination, since_ms: u64) -> HashSet<u64> {
-    let mut acked = HashSet::new();
-    journal::scan(&d.journal, since_ms, |e| {
-        if e.delivered() {
-            acked.insert(e.source_offset);
+/// What the journal says the destination acknowledged.
+#[derive(Default)]
+pub struct Acknowledged {
+    /// Queue offset → the control ids it was acknowledged under (an
+    /// edited resubmission may carry another than the original's).
+    pub by_offset: HashMap<u64, Vec<String>>,
+    /// Damaged journal records passed over.
+    pub unreadable: u64,
+}
+
+impl Acknowledged {
+    pub fn contains(&self, offset: u64) -> bool {
+        self.by_offset.contains_key(&offset)
+    }
+}
+
+/// Queue offsets of `d`'s queue the destination acknowledged (any lane,
+/// live or replay), from the journal entries written at or after `since_ms`.
+pub fn acknowledged(d: &Destination, since_ms: u64) -> Acknowledged {
+    let mut by_offset: HashMap<u64, Vec<String>> = HashMap::new();
+    let unreadable = journal::scan(&d.journal, since_ms, |e| {
+        if e.delivered() && e.queue == d.config.queue {
+            by_offset
+                .entry(e.source_offset)
+                .or_default()
+                .push(e.control_id);
         }
     });
-    acked
+    Acknowledged {
+        by_offset,
+        unreadable,
+    }
+}
+
+/// Source offsets of this queue already queued on the replay lane and not
+/// yet sent: queueing them again would send them twice.
+pub fn queued_for_replay(d: &Destination) -> HashSet<u64> {
+    let log = &d.replay.log;
+    let from = d
+        .replay
+        .cursors
+        .durable(0)
+        .next_offset
+        .max(log.start_offset());
+    let mut out = HashSet::new();
+    let mut reader = log.reader(from);
+    while let Ok(Some(r)) = reader.next() {
+        let v = MetaView::new(r.meta);
+        if v.get(MetaKey::SourceQueue) == Some(d.config.queue.as_bytes()) {
+            if let Some(o) = meta_u64_view(&v, MetaKey::SourceOffset) {
+                out.insert(o);
+            }
+        }
+    }
+    out
 }
 
 /// Where each live lane stands, durably: below it, every message of the
 /// lane was acknowledged or dead-lettered, and its journal entry (or dead
-/// letter) is durable. Take it before reading the journal.
+/// letter) is durable. Take it before reading the journal. While the
+/// destination is halted (a cursor past its queue's end), the queue's end
+/// when the halt began: what arrived since is still to be delivered.
 pub fn live_cursors(d: &Destination) -> Vec<Offset> {
+    let halted_at = d.halt.lock().as_ref().map(|h| h.log_end);
     (0..d.lanes.len() as u16)
         .map(|l| {
             let c = d.cursors.durable(l);
-            c.head
+            let at = c
+                .head
                 .as_ref()
-                .map_or(c.next_offset, |h| h.offset.min(c.next_offset))
+                .map_or(c.next_offset, |h| h.offset.min(c.next_offset));
+            halted_at.map_or(at, |end| at.min(end))
         })
         .collect()
 }
@@ -138,8 +193,9 @@ pub fn replay(
     // attempt in the journal already (see journal.rs).
     let cursors = live_cursors(d);
     let acked = acknowledged(d, req.since_ms);
+    let queued = queued_for_replay(d);
     let mut chosen: Vec<Offset> = Vec::new();
-    scan_window(
+    let complete = scan_window(
         &d.log,
         req.since_ms,
         req.until_ms,
@@ -155,14 +211,21 @@ pub fn replay(
                 return true;
             }
             out.matched += 1;
-            if acked.contains(&offset.0) {
+            // Not yet passed by the live lanes: they send it (even if an
+            // earlier attempt was acknowledged, e.g. after a reset-cursor).
+            if cursors[usize::from(lane)] <= offset {
+                out.pending += 1;
+                return true;
+            }
+            if queued.contains(&offset.0) {
+                out.already_queued += 1;
+                return true;
+            }
+            if acked.contains(offset.0) {
                 out.already_acknowledged += 1;
                 if !req.force {
                     return true;
                 }
-            } else if cursors[usize::from(lane)] <= offset {
-                out.pending += 1;
-                return true;
             }
             if out.to_send >= REPLAY_MAX {
                 out.truncated = true;
@@ -173,6 +236,8 @@ pub fn replay(
             true
         },
     );
+    out.unreadable += acked.unreadable;
+    out.truncated |= !complete;
     if !req.dry_run {
         out.queued = queue_offsets(d, &chosen, "replay", actor, reason)?;
     }
@@ -181,14 +246,15 @@ pub fn replay(
 
 /// Calls `f(offset, meta, payload)` for each readable record received in
 /// `[since_ms, until_ms)`, in log order, until it returns false; damaged
-/// records are counted in `unreadable`.
+/// records are counted in `unreadable`. False if it stopped at
+/// [`REPLAY_SCAN_MAX`] records with more in the window.
 pub fn scan_window(
     log: &Log,
     since_ms: u64,
     until_ms: Option<u64>,
     unreadable: &mut u64,
     mut f: impl FnMut(Offset, &[u8], &[u8]) -> bool,
-) {
+) -> bool {
     let start = log
         .offset_for_time(since_ms)
         .ok()
@@ -204,23 +270,24 @@ pub fn scan_window(
                     continue;
                 }
                 if until_ms.is_some_and(|u| r.timestamp_ms >= u) {
-                    return;
+                    return true;
                 }
                 if !f(r.offset, r.meta, r.payload) {
-                    return;
+                    return true;
                 }
             }
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(_) => {
                 *unreadable += 1;
                 let next = Offset(reader.position().0 + 1);
                 if next >= end {
-                    return;
+                    return true;
                 }
                 reader.seek(next);
             }
         }
     }
+    reader.position() >= end
 }
 
 /// Copies the queue records at `offsets` into the replay log (one group
@@ -276,7 +343,16 @@ pub fn replay_meta(
         m.push(MetaKey::DlqId, id.as_bytes());
     }
     if !diff.is_empty() {
-        m.push(MetaKey::EditDiff, diff.as_bytes());
+        // A field holds 1 KiB; the whole diff is kept with the dead letter.
+        const NOTE: &str = "\n... (the whole diff: `orderly ctl dlq show`)";
+        let room = crate::constants::META_FIELD_BYTES_MAX - NOTE.len();
+        let cut = crate::cursor::record::truncate_utf8(diff, room);
+        let text = if cut.len() < diff.len() {
+            format!("{cut}{NOTE}")
+        } else {
+            diff.to_string()
+        };
+        m.push(MetaKey::EditDiff, text.as_bytes());
     }
     for (key, value) in MetaView::new(original_meta).iter() {
         if let Some(k) = message_key(key) {
@@ -347,6 +423,18 @@ pub fn append_all(log: &Log, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, St
             "the replay log refused records ({e}); {appended} of {n} were queued and will be sent"
         )),
     }
+}
+
+/// The replay-log offset of an earlier resubmission of dead letter `id`.
+pub fn resubmission_of(d: &Destination, id: &str) -> Option<u64> {
+    let log = &d.replay.log;
+    let mut reader = log.reader(log.start_offset());
+    while let Ok(Some(r)) = reader.next() {
+        if MetaView::new(r.meta).get(MetaKey::DlqId) == Some(id.as_bytes()) {
+            return Some(r.offset.0);
+        }
+    }
+    None
 }
 
 /// What a replay-log record says about itself, for trace.

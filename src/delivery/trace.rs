@@ -90,22 +90,16 @@ pub fn trace(
             let Some(d) = destinations.iter().find(|d| d.config.name == t.destination) else {
                 continue;
             };
-            add_history(d, control_id, m.offset, m.durable_ms, t);
+            add_history(d, m.offset, m.durable_ms, t);
         }
     }
     out
 }
 
 /// The journal's attempts and the replay log's entries for the message.
-fn add_history(
-    d: &Destination,
-    control_id: &str,
-    offset: u64,
-    since_ms: u64,
-    t: &mut TracedDelivery,
-) {
+fn add_history(d: &Destination, offset: u64, since_ms: u64, t: &mut TracedDelivery) {
     super::journal::scan(&d.journal, since_ms, |e| {
-        if e.source_offset == offset && e.control_id == control_id {
+        if e.source_offset == offset && e.queue == d.config.queue {
             t.attempts.push(e);
         }
     });

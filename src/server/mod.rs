@@ -67,12 +67,12 @@ impl Maintenance {
         let logs: Vec<(String, Arc<Log>, RetentionPolicy)> = logs
             .iter()
             .map(|(q, l)| (q.clone(), l.clone()))
-            .chain(engine.retained_logs())
+            .chain(engine.replay_logs())
             .map(|(q, l)| (q.clone(), l, config.queue(&q).retention))
             .filter(|(_, _, p)| p.max_age_ms.is_some() || p.max_bytes.is_some())
             .collect();
         let reconciling = config.destinations.iter().any(|d| d.reconcile_every_s > 0);
-        if logs.is_empty() && !reconciling {
+        if logs.is_empty() && !reconciling && config.destinations.is_empty() {
             return Ok(None);
         }
         let tick = if reconciling {
@@ -92,6 +92,7 @@ impl Maintenance {
                         Err(e) => tracing::error!(%queue, error = %e, "retention failed"),
                     }
                 }
+                engine.trim_journals(crate::wal::now_ms());
             }
             if reconciling {
                 engine.scheduled_reconciliations(crate::wal::now_ms());
