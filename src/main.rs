@@ -243,7 +243,7 @@ enum DlqAction {
         #[arg(long)]
         until: Option<String>,
         /// Only `open` or only `discarded` records (default: both).
-        #[arg(long, value_parser = ["open", "discarded", "resubmitted"])]
+        #[arg(long, value_parser = ["open", "discarded", "resubmitted", "replayed"])]
         status: Option<String>,
         /// One JSON document instead of text.
         #[arg(long)]

@@ -255,6 +255,13 @@ fn replaying_a_window_half_delivered_sends_only_the_rest_unless_forced() {
         ],
     );
     assert_eq!(done["queued"], 10, "{done}");
+    // Their dead letters say so, and cannot be resubmitted a second time.
+    let replayed = json(&config, &["dlq", "list", "--status", "replayed", "--json"]);
+    let letters = replayed["entries"].as_array().unwrap();
+    assert_eq!(letters.len(), 10, "{replayed}");
+    let one = letters[0]["id"].as_str().unwrap();
+    let (_, err) = ctl_fails(&config, &["dlq", "resubmit", one, "--reason", "again"]);
+    assert!(err.contains("already replayed"), "{err}");
     sink.wait_accepted(&cleared, WAIT);
     replay_lane_done(&config, 10);
     let r = receipts(&sink);

@@ -238,3 +238,41 @@ fn zero_filled_segments_on_real_files_roll_reopen_and_verify() {
         assert_eq!((*off, p), (Offset(i as u64), &payload(i as u64, 1500)));
     }
 }
+
+/// `Log::scan`, the one loop every search uses: a damaged record in the
+/// middle is passed over and counted, the records after it are read, and
+/// a limit says the scan is incomplete.
+#[test]
+fn a_scan_passes_over_damage_and_says_when_it_stopped_at_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q");
+    let log = Log::open(&path, small_config(false)).expect("open");
+    for i in 0..10u64 {
+        log.append(&meta(i), &payload(i, 200)).expect("append");
+    }
+    log.close().expect("close");
+    // Flip a byte inside record 4's payload, found by its bytes.
+    let seg = path.join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let needle = payload(4, 200);
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("record 4's payload");
+    bytes[at + 50] ^= 0xFF;
+    std::fs::write(&seg, bytes).unwrap();
+    let log = Log::open(&path, small_config(false)).expect("reopen");
+    let mut seen = Vec::new();
+    let end = log.scan(Offset(0), u64::MAX, |r| {
+        seen.push(r.offset.0);
+        true
+    });
+    assert_eq!(seen, vec![0, 1, 2, 3, 5, 6, 7, 8, 9]);
+    assert_eq!((end.damaged, end.complete), (1, true));
+    let mut first = Vec::new();
+    let end = log.scan(Offset(0), 3, |r| {
+        first.push(r.offset.0);
+        true
+    });
+    assert_eq!((first, end.complete), (vec![0, 1, 2], false));
+}

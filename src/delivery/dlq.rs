@@ -39,12 +39,8 @@ pub fn dead_letter(
     record: &OwnedRecord,
     ctx: &Context<'_>,
 ) -> Result<Appended, AppendError> {
+    // Context first: the area is capped, and only copied fields may be cut.
     let mut m = MetaBuilder::new();
-    for (key, value) in MetaView::new(&record.meta).iter() {
-        if key < MetaKey::Destination as u8 {
-            push_raw(&mut m, key, value);
-        }
-    }
     m.push(MetaKey::Destination, ctx.destination.as_bytes())
         .push(MetaKey::Lane, &ctx.lane.to_le_bytes())
         .push(MetaKey::SourceQueue, ctx.queue.as_bytes())
@@ -68,11 +64,22 @@ pub fn dead_letter(
     if let Some(ack) = ctx.last_ack {
         m.push(MetaKey::LastAck, ack);
     }
+    for (key, value) in MetaView::new(&record.meta).iter() {
+        push_raw(&mut m, key, value);
+    }
     dlq.append(&m.finish(), &record.payload)
 }
 
 fn push_raw(m: &mut MetaBuilder, key: u8, value: &[u8]) {
-    let known = [
+    if let Some(k) = message_key(key) {
+        m.push(k, value);
+    }
+}
+
+/// The keys that describe a message (not delivery context): what a copy
+/// of it (a dead letter, a replay-log record) keeps.
+pub fn message_key(key: u8) -> Option<MetaKey> {
+    [
         MetaKey::Listener,
         MetaKey::Peer,
         MetaKey::ControlId,
@@ -84,10 +91,10 @@ fn push_raw(m: &mut MetaBuilder, key: u8, value: &[u8]) {
         MetaKey::EventTime,
         MetaKey::Version,
         MetaKey::ReceivedAtMs,
-    ];
-    if let Some(k) = known.into_iter().find(|k| *k as u8 == key) {
-        m.push(k, value);
-    }
+        MetaKey::PayloadSha256,
+    ]
+    .into_iter()
+    .find(|k| *k as u8 == key)
 }
 
 /// Reads a little-endian integer stored under `key`.

@@ -205,70 +205,47 @@ pub fn search(
         return;
     }
     let mut statuses: std::collections::HashMap<u64, StatusRecord> = Default::default();
-    scan(dlq, &mut |rec| {
+    // Damage is counted by the second pass.
+    dlq.scan(Offset(0), u64::MAX, |rec| {
         if let Some(s) = status_of(rec.meta, rec.payload) {
             statuses.insert(s.of.0, s);
         }
         true
     });
     let before = out.len();
-    *skipped += scan(dlq, &mut |rec| {
-        if status_of(rec.meta, rec.payload).is_some() {
-            return true;
-        }
-        if out.len() - before >= room {
-            return false;
-        }
-        let rec = OwnedRecord::from(rec);
-        let mut entry = entry_of(destination, &rec);
-        if let Some(s) = statuses.get(&rec.offset.0) {
-            apply_status(&mut entry, s);
-        }
-        if filter.matches_meta(&entry)
-            && filter.matches_status(&entry)
-            && filter.matches_payload(&rec.payload)
-        {
-            out.push(entry);
-        }
-        true
-    });
-}
-
-/// Calls `f` with each readable record in order until it returns false;
-/// the number of damaged records passed over.
-fn scan(log: &Log, f: &mut dyn FnMut(crate::wal::record::RecordView<'_>) -> bool) -> u64 {
-    let end = log.end_offset();
-    let mut reader = log.reader(log.start_offset());
-    let mut damaged = 0;
-    loop {
-        match reader.next() {
-            Ok(Some(rec)) => {
-                if !f(rec) {
-                    return damaged;
-                }
+    *skipped += dlq
+        .scan(Offset(0), u64::MAX, |rec| {
+            if status_of(rec.meta, rec.payload).is_some() {
+                return true;
             }
-            Ok(None) => return damaged,
-            Err(_) => {
-                damaged += 1;
-                let next = Offset(reader.position().0 + 1);
-                if next >= end {
-                    return damaged;
-                }
-                reader.seek(next);
+            if out.len() - before >= room {
+                return false;
             }
-        }
-    }
+            let rec = OwnedRecord::from(rec);
+            let mut entry = entry_of(destination, &rec);
+            if let Some(s) = statuses.get(&rec.offset.0) {
+                apply_status(&mut entry, s);
+            }
+            if filter.matches_meta(&entry)
+                && filter.matches_status(&entry)
+                && filter.matches_payload(&rec.payload)
+            {
+                out.push(entry);
+            }
+            true
+        })
+        .damaged;
 }
 
 /// The latest status record about dead letter `of`, if any.
 pub fn latest_status(dlq: &Log, of: Offset) -> Option<StatusRecord> {
-    let mut reader = dlq.reader(Offset(of.0 + 1));
     let mut latest = None;
-    while let Ok(Some(rec)) = reader.next() {
+    dlq.scan(Offset(of.0 + 1), u64::MAX, |rec| {
         if let Some(s) = status_of(rec.meta, rec.payload).filter(|s| s.of == of) {
             latest = Some(s);
         }
-    }
+        true
+    });
     latest
 }
 

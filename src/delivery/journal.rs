@@ -172,40 +172,17 @@ const SCAN_MARGIN_MS: u64 = 3600 * 1000;
 /// Damaged records are passed over and counted; so is stopping at
 /// [`JOURNAL_SCAN_MAX`].
 pub fn scan(journal: &Log, since_ms: u64, mut f: impl FnMut(JournalEntry)) -> u64 {
-    let start = journal
-        .offset_for_time(since_ms.saturating_sub(SCAN_MARGIN_MS))
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| journal.start_offset())
-        .max(journal.start_offset());
-    let end = journal.end_offset();
-    let mut reader = journal.reader(start);
-    let (mut visited, mut damaged) = (0u64, 0u64);
-    loop {
-        if visited >= JOURNAL_SCAN_MAX {
-            tracing::warn!(journal = %journal.dir().display(), "journal scan stopped at its limit; later attempts were not read");
-            damaged += 1;
-            break;
+    let from = crate::wal::first_at_or_after(journal, since_ms.saturating_sub(SCAN_MARGIN_MS));
+    let scanned = journal.scan(from, JOURNAL_SCAN_MAX, |r| {
+        if let Some(e) = decode(r.offset, r.meta) {
+            f(e);
         }
-        visited += 1;
-        match reader.next() {
-            Ok(Some(r)) => {
-                if let Some(e) = decode(r.offset, r.meta) {
-                    f(e);
-                }
-            }
-            Ok(None) => break,
-            Err(_) => {
-                damaged += 1;
-                let next = Offset(reader.position().0 + 1);
-                if next >= end {
-                    break;
-                }
-                reader.seek(next);
-            }
-        }
+        true
+    });
+    if !scanned.complete {
+        tracing::warn!(journal = %journal.dir().display(), "journal scan stopped at its limit; later attempts were not read");
     }
-    damaged
+    scanned.damaged + u64::from(!scanned.complete)
 }
 
 /// MSA-1 of an acknowledgment frame (`""` if it has none).

@@ -647,7 +647,7 @@ fn edited_meta(original: &[u8], header: &crate::hl7::MshHeader<'_>) -> Vec<u8> {
     }
     for (key, value) in MetaView::new(original).iter() {
         if replaced.iter().all(|(k, _)| *k as u8 != key) {
-            if let Some(k) = replay::message_key(key) {
+            if let Some(k) = dlq::message_key(key) {
                 m.push(k, value);
             }
         }

@@ -144,15 +144,15 @@ pub fn queued_for_replay(d: &Destination) -> HashSet<u64> {
         .next_offset
         .max(log.start_offset());
     let mut out = HashSet::new();
-    let mut reader = log.reader(from);
-    while let Ok(Some(r)) = reader.next() {
+    log.scan(from, u64::MAX, |r| {
         let v = MetaView::new(r.meta);
         if v.get(MetaKey::SourceQueue) == Some(d.config.queue.as_bytes()) {
             if let Some(o) = meta_u64_view(&v, MetaKey::SourceOffset) {
                 out.insert(o);
             }
         }
-    }
+        true
+    });
     out
 }
 
@@ -255,39 +255,18 @@ pub fn scan_window(
     unreadable: &mut u64,
     mut f: impl FnMut(Offset, &[u8], &[u8]) -> bool,
 ) -> bool {
-    let start = log
-        .offset_for_time(since_ms)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| log.start_offset())
-        .max(log.start_offset());
-    let end = log.end_offset();
-    let mut reader = log.reader(start);
-    for _ in 0..REPLAY_SCAN_MAX {
-        match reader.next() {
-            Ok(Some(r)) => {
-                if r.timestamp_ms < since_ms {
-                    continue;
-                }
-                if until_ms.is_some_and(|u| r.timestamp_ms >= u) {
-                    return true;
-                }
-                if !f(r.offset, r.meta, r.payload) {
-                    return true;
-                }
-            }
-            Ok(None) => return true,
-            Err(_) => {
-                *unreadable += 1;
-                let next = Offset(reader.position().0 + 1);
-                if next >= end {
-                    return true;
-                }
-                reader.seek(next);
-            }
+    let from = crate::wal::first_at_or_after(log, since_ms);
+    let scanned = log.scan(from, REPLAY_SCAN_MAX, |r| {
+        if r.timestamp_ms < since_ms {
+            return true;
         }
-    }
-    reader.position() >= end
+        if until_ms.is_some_and(|u| r.timestamp_ms >= u) {
+            return false;
+        }
+        f(r.offset, r.meta, r.payload)
+    });
+    *unreadable += scanned.damaged;
+    scanned.complete
 }
 
 /// Copies the queue records at `offsets` into the replay log (one group
@@ -317,7 +296,51 @@ pub fn queue_offsets(
         );
         records.push((meta, rec.payload));
     }
-    append_all(&d.replay.log, records)
+    let queued = append_all(&d.replay.log, records)?;
+    mark_letters_replayed(d, offsets, kind, actor, reason);
+    Ok(queued)
+}
+
+/// Marks the open dead letters of the messages just queued `replayed`, so
+/// a later resubmit of the same letter cannot send it a second time. A
+/// failed mark leaves the letter open (logged): the resend is queued.
+fn mark_letters_replayed(
+    d: &Destination,
+    offsets: &[Offset],
+    kind: &str,
+    actor: &str,
+    reason: &str,
+) {
+    let wanted: HashSet<u64> = offsets.iter().map(|o| o.0).collect();
+    let filter = super::dlq_query::DlqFilter {
+        status: Some("open".into()),
+        ..Default::default()
+    };
+    let (mut open, mut skipped) = (Vec::new(), 0);
+    super::dlq_query::search(
+        &d.config.name,
+        &d.dlq,
+        &filter,
+        usize::MAX,
+        &mut open,
+        &mut skipped,
+    );
+    let why = format!("{kind}: {reason}");
+    for e in open {
+        let Some(source) = e
+            .source_offset
+            .filter(|o| e.queue == d.config.queue && wanted.contains(o))
+        else {
+            continue;
+        };
+        let Some((_, at)) = super::dlq_query::parse_id(&e.id) else {
+            continue;
+        };
+        let meta = super::dlq_query::status_meta(at, "replayed", actor, &why);
+        if let Err(err) = d.dlq.append(&meta, &[]) {
+            tracing::error!(destination = %d.config.name, dlq_offset = at.0, source_offset = source, error = %err, "a replayed message's dead letter could not be marked replayed; it still shows as open");
+        }
+    }
 }
 
 /// The metadata of a replay-log record: where it came from first (so the
@@ -355,31 +378,11 @@ pub fn replay_meta(
         m.push(MetaKey::EditDiff, text.as_bytes());
     }
     for (key, value) in MetaView::new(original_meta).iter() {
-        if let Some(k) = message_key(key) {
+        if let Some(k) = super::dlq::message_key(key) {
             m.push(k, value);
         }
     }
     m.finish()
-}
-
-/// The message-describing keys a copy keeps (not delivery context).
-pub fn message_key(key: u8) -> Option<MetaKey> {
-    [
-        MetaKey::Listener,
-        MetaKey::Peer,
-        MetaKey::ControlId,
-        MetaKey::MessageType,
-        MetaKey::SendingApp,
-        MetaKey::SendingFacility,
-        MetaKey::ReceivingApp,
-        MetaKey::ReceivingFacility,
-        MetaKey::EventTime,
-        MetaKey::Version,
-        MetaKey::ReceivedAtMs,
-        MetaKey::PayloadSha256,
-    ]
-    .into_iter()
-    .find(|k| *k as u8 == key)
 }
 
 /// Appends every record as one group commit (split by the writer's batch
@@ -428,13 +431,14 @@ pub fn append_all(log: &Log, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, St
 /// The replay-log offset of an earlier resubmission of dead letter `id`.
 pub fn resubmission_of(d: &Destination, id: &str) -> Option<u64> {
     let log = &d.replay.log;
-    let mut reader = log.reader(log.start_offset());
-    while let Ok(Some(r)) = reader.next() {
+    let mut found = None;
+    log.scan(log.start_offset(), u64::MAX, |r| {
         if MetaView::new(r.meta).get(MetaKey::DlqId) == Some(id.as_bytes()) {
-            return Some(r.offset.0);
+            found = Some(r.offset.0);
         }
-    }
-    None
+        found.is_none()
+    });
+    found
 }
 
 /// What a replay-log record says about itself, for trace.

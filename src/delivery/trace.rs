@@ -103,15 +103,16 @@ fn add_history(d: &Destination, offset: u64, since_ms: u64, t: &mut TracedDelive
             t.attempts.push(e);
         }
     });
-    let mut reader = d.replay.log.reader(d.replay.log.start_offset());
-    while let Ok(Some(r)) = reader.next() {
+    let replay = &d.replay.log;
+    replay.scan(replay.start_offset(), u64::MAX, |r| {
         let e = super::replay::entry_of(r.offset, r.timestamp_ms, r.meta);
         if e.source_offset == Some(offset)
             && MetaView::new(r.meta).get(MetaKey::SourceQueue) == Some(d.config.queue.as_bytes())
         {
             t.replays.push(e);
         }
-    }
+        true
+    });
     if t.attempts.iter().any(|a| a.delivered()) && t.state != "delivered" {
         t.detail = format!(
             "acknowledged (journal); before that {}: {}",
@@ -128,24 +129,10 @@ fn scan_queue(
     destinations: &[Arc<Destination>],
     out: &mut Trace,
 ) {
-    let end = log.end_offset();
-    let mut reader = log.reader(log.start_offset());
-    loop {
-        let rec = match reader.next() {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(_) => {
-                let next = Offset(reader.position().0 + 1);
-                if next >= end {
-                    return;
-                }
-                reader.seek(next);
-                continue;
-            }
-        };
+    log.scan(log.start_offset(), u64::MAX, |rec| {
         let meta = MetaView::new(rec.meta);
         if meta.get(MetaKey::ControlId) != Some(control_id.as_bytes()) {
-            continue;
+            return true;
         }
         if let Some(event) = meta.get(MetaKey::Event) {
             out.events.push(TracedEvent {
@@ -157,10 +144,10 @@ fn scan_queue(
                 peer: meta.get_str(MetaKey::Peer),
                 original: meta_u64_view(&meta, MetaKey::OriginalOffset),
             });
-            continue;
+            return true;
         }
         if out.messages.len() >= TRACE_MESSAGES_MAX {
-            continue;
+            return true;
         }
         let deliveries = destinations
             .iter()
@@ -185,7 +172,8 @@ fn scan_queue(
                 .and_then(|_| meta_u64_view(&meta, MetaKey::OriginalOffset)),
             destinations: deliveries,
         });
-    }
+        true
+    });
 }
 
 /// Where the message at `offset` stands for destination `d`.

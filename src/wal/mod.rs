@@ -201,6 +201,26 @@ pub enum AppendError {
     Closed,
 }
 
+/// Where a scan of records appended at or after `timestamp_ms` starts:
+/// the first such offset (the log's end if every record is older; its
+/// start if the time index cannot be read).
+pub fn first_at_or_after(log: &Log, timestamp_ms: u64) -> Offset {
+    match log.offset_for_time(timestamp_ms) {
+        Ok(Some(o)) => o.max(log.start_offset()),
+        Ok(None) => log.end_offset(),
+        Err(_) => log.start_offset(),
+    }
+}
+
+/// How a [`Log::scan`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Damaged records passed over.
+    pub damaged: u64,
+    /// False when it stopped at its limit with records left.
+    pub complete: bool,
+}
+
 /// Where an appended record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -325,6 +345,44 @@ impl Log {
     /// A reader positioned at `from`, yielding durable records in order.
     pub fn reader(&self, from: Offset) -> LogReader {
         LogReader::new(self.shared.clone(), from)
+    }
+
+    /// Calls `f` with each readable record from `from` on, in log order,
+    /// until `f` returns false, the end is reached, or `limit` records were
+    /// visited. Damaged records are passed over (the reader resyncs after
+    /// them) and counted: one scan interface for every search over a log.
+    pub fn scan(
+        &self,
+        from: Offset,
+        limit: u64,
+        mut f: impl FnMut(record::RecordView<'_>) -> bool,
+    ) -> ScanEnd {
+        let end = self.end_offset();
+        let mut reader = self.reader(from.max(self.start_offset()));
+        let mut out = ScanEnd {
+            damaged: 0,
+            complete: true,
+        };
+        for _ in 0..limit {
+            match reader.next() {
+                Ok(Some(r)) => {
+                    if !f(r) {
+                        return out;
+                    }
+                }
+                Ok(None) => return out,
+                Err(_) => {
+                    out.damaged += 1;
+                    let next = Offset(reader.position().0 + 1);
+                    if next >= end {
+                        return out;
+                    }
+                    reader.seek(next);
+                }
+            }
+        }
+        out.complete = reader.position() >= end;
+        out
     }
 
     /// The first offset whose append time is at or after `timestamp_ms`,
