@@ -16,7 +16,8 @@
 #  3. What a replay costs live delivery: two identical brokers, each with a strict
 #     destination to its own fast sink; in one, a replay runs at the destination's
 #     replay_rate_limit_per_s (default 100) throughout. Each drains $replay_n
-#     queued messages, alternating, 3 times; medians of the drain rates, and
+#     queued messages, alternating (the order swapped in round 2), 3 times;
+#     medians of the drain rates, and
 #     their ratio. (The replaying broker's 100 msgs/s also run during the other's
 #     drains: a fraction of a percent of the CPU, which if anything hides cost.)
 #  usage: tools/bench-delivery.sh [seconds] [drain-messages] [replay-drain-messages]
@@ -127,9 +128,15 @@ if [ "$replay_n" -gt 0 ]; then
   live_drain busy "$busy_addr" > /dev/null
   "$bin/orderly" ctl --config "$work/busy/orderly.toml" replay --destination d --since 1h --force --reason bench > /dev/null
   alone_rates=() busy_rates=()
-  for _ in 1 2 3; do
-    alone_rates+=("$(live_drain alone "$alone_addr")")
-    busy_rates+=("$(live_drain busy "$busy_addr")")
+  # Alternating which goes first, so neither always drains second.
+  for round in 1 2 3; do
+    if [ "$round" = 2 ]; then
+      busy_rates+=("$(live_drain busy "$busy_addr")")
+      alone_rates+=("$(live_drain alone "$alone_addr")")
+    else
+      alone_rates+=("$(live_drain alone "$alone_addr")")
+      busy_rates+=("$(live_drain busy "$busy_addr")")
+    fi
   done
   echo "drain rates alone: ${alone_rates[*]}; while replaying: ${busy_rates[*]}" >&2
   grep '^  replay' <<<"$("$bin/orderly" ctl --config "$work/busy/orderly.toml" status)" >&2
