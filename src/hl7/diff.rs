@@ -6,6 +6,8 @@
 //! The lines hold field values: they are stored with the message, never
 //! logged.
 
+use std::collections::HashMap;
+
 /// Lines one diff holds at most (the rest is counted in a last line).
 pub const DIFF_LINES_MAX: usize = 500;
 /// Bytes of one value shown at most.
@@ -14,36 +16,53 @@ const VALUE_BYTES_MAX: usize = 200;
 /// The changes from `old` to `new`, one line each; empty if none.
 pub fn field_diff(old: &[u8], new: &[u8]) -> Vec<String> {
     let (a, b) = (segments(old), segments(new));
+    // Linear in the segments: an edited message may hold tens of thousands.
+    let index = |s: &[Seg<'_>]| -> HashMap<(Vec<u8>, usize), usize> {
+        s.iter()
+            .enumerate()
+            .map(|(n, (id, occ, _))| ((id.to_vec(), *occ), n))
+            .collect()
+    };
+    let (in_a, in_b) = (index(&a), index(&b));
     let mut lines = Vec::new();
     for (id, occurrence, seg) in &a {
-        match b.iter().find(|(i, o, _)| i == id && o == occurrence) {
+        match in_b.get(&(id.to_vec(), *occurrence)) {
             None => lines.push(format!("- {}[{occurrence}]", show_id(id))),
-            Some((_, _, other)) => fields_changed(id, *occurrence, seg, other, &mut lines),
+            Some(&n) => fields_changed(id, *occurrence, seg, b[n].2, &mut lines),
+        }
+        if lines.len() > DIFF_LINES_MAX {
+            break;
         }
     }
     for (id, occurrence, _) in &b {
-        if !a.iter().any(|(i, o, _)| i == id && o == occurrence) {
+        if !in_a.contains_key(&(id.to_vec(), *occurrence)) {
             lines.push(format!("+ {}[{occurrence}]", show_id(id)));
         }
     }
     if lines.len() > DIFF_LINES_MAX {
-        let more = lines.len() - DIFF_LINES_MAX;
         lines.truncate(DIFF_LINES_MAX);
-        lines.push(format!("... and {more} more change(s)"));
+        lines.push(format!(
+            "... more changes (the first {DIFF_LINES_MAX} are shown)"
+        ));
     }
     lines
 }
 
-/// (segment id, occurrence from 1, bytes) of every segment.
-fn segments(msg: &[u8]) -> Vec<(&[u8], usize, &[u8])> {
-    let mut out: Vec<(&[u8], usize, &[u8])> = Vec::new();
+/// A segment: its id, its occurrence among segments of that id (from 1),
+/// its bytes.
+type Seg<'a> = (&'a [u8], usize, &'a [u8]);
+
+fn segments(msg: &[u8]) -> Vec<Seg<'_>> {
+    let mut seen: HashMap<&[u8], usize> = HashMap::new();
+    let mut out = Vec::new();
     for seg in msg.split(|&b| b == b'\r' || b == b'\n') {
         if seg.len() < 3 {
             continue;
         }
         let id = &seg[..3];
-        let occurrence = 1 + out.iter().filter(|(i, _, _)| *i == id).count();
-        out.push((id, occurrence, seg));
+        let occurrence = seen.entry(id).or_insert(0);
+        *occurrence += 1;
+        out.push((id, *occurrence, seg));
     }
     out
 }
