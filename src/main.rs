@@ -191,6 +191,9 @@ enum CtlAction {
         destination: String,
         #[arg(long)]
         lane: Option<u16>,
+        /// Only the resends waiting on the destination's replay lane.
+        #[arg(long, conflicts_with = "lane")]
+        replay: bool,
         /// Why (kept in every dead-letter record and the audit journal).
         #[arg(long)]
         reason: String,
@@ -509,9 +512,14 @@ fn ctl(data_dir: &Path, action: CtlAction) -> ExitCode {
         CtlAction::Clear {
             destination,
             lane,
+            replay,
             reason,
         } => {
-            lane_text = lane.map_or("all".to_string(), |l| l.to_string());
+            lane_text = match (lane, replay) {
+                (_, true) => "replay".to_string(),
+                (Some(l), false) => l.to_string(),
+                (None, false) => "all".to_string(),
+            };
             vec!["clear", destination, &lane_text, reason]
         }
         CtlAction::ResetCursor {

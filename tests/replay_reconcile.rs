@@ -512,6 +512,21 @@ fn what_the_live_lanes_will_send_again_is_never_replayed_nor_queued_twice() {
         (&0.into(), &5.into()),
         "{second}"
     );
+    // Resends waiting on the replay lane are pending for the destination:
+    // clear moves them to the dead-letter queue too.
+    let out = ctl(
+        &config,
+        &[
+            "clear",
+            "--destination",
+            "ehr",
+            "--reason",
+            "downstream gone",
+        ],
+    );
+    assert!(out.contains("lane replay: 5 message(s) moved"), "{out}");
+    let cleared = json(&config, &["dlq", "list", "--error", "cleared", "--json"]);
+    assert_eq!(cleared["entries"].as_array().unwrap().len(), 5, "{cleared}");
     // After a reset-cursor below them the live lane sends them again:
     // acknowledged before or not, a forced replay must not add a copy.
     ctl(

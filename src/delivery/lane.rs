@@ -100,6 +100,14 @@ impl Lane {
         l
     }
 
+    /// How operators name this lane: its number, or `replay`.
+    fn label(&self) -> String {
+        match self.channel {
+            Channel::Live => self.lane.to_string(),
+            Channel::Replay => "replay".into(),
+        }
+    }
+
     fn log(&self) -> &Log {
         match self.channel {
             Channel::Live => &self.dest.log,
@@ -568,14 +576,14 @@ impl Lane {
     fn reset_cursor(&mut self, target: Offset) -> String {
         let at = self.head.as_ref().map_or(self.next, |h| h.offset);
         if at <= target {
-            return format!("lane {}: at {at}, unchanged", self.lane);
+            return format!("lane {}: at {at}, unchanged", self.label());
         }
         tracing::warn!(destination = %self.dest.config.name, lane = self.lane, from = at.0, to = target.0, "operator reset-cursor: messages from the new cursor on are delivered (again)");
         self.next = target;
         self.head = None;
         self.current = None;
         self.commit();
-        format!("lane {}: {at} -> {target}", self.lane)
+        format!("lane {}: {at} -> {target}", self.label())
     }
 
     fn skip(&mut self, h: HeadState, reason: &str) -> Result<(), String> {
@@ -613,7 +621,7 @@ impl Lane {
                 Err(e) => {
                     return Err(format!(
                         "lane {}: {moved} message(s) moved, then offset {} cannot be read ({e}): skip it first",
-                        self.lane, self.next
+                        self.label(), self.next
                     ))
                 }
             }
@@ -648,11 +656,11 @@ impl Lane {
         let left = end.0.saturating_sub(self.next.0);
         tracing::warn!(destination = %self.dest.config.name, lane = self.lane, moved, %reason, "operator clear: pending messages moved to the dead-letter queue");
         Ok(if left > 0 && moved >= CLEAR_MAX {
-            format!("lane {}: {moved} message(s) moved to the dead-letter queue; more remain, run clear again", self.lane)
+            format!("lane {}: {moved} message(s) moved to the dead-letter queue; more remain, run clear again", self.label())
         } else {
             format!(
                 "lane {}: {moved} message(s) moved to the dead-letter queue",
-                self.lane
+                self.label()
             )
         })
     }

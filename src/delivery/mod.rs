@@ -326,14 +326,15 @@ impl Engine {
     pub fn clear(&self, name: &str, lane: Option<u16>, reason: &str) -> Result<String, String> {
         let d = self.find(name)?;
         let lanes: Vec<u16> = match lane {
-            Some(l) if usize::from(l) < d.lanes.len() => vec![l],
+            Some(l) if usize::from(l) < d.lanes.len() || l == REPLAY_LANE => vec![l],
             Some(l) => {
                 return Err(format!(
                     "destination `{name}` has lanes 0..{}; no lane {l}",
                     d.lanes.len()
                 ))
             }
-            None => (0..d.lanes.len() as u16).collect(),
+            // Resends waiting on the replay lane are pending for it too.
+            None => (0..d.lanes.len() as u16).chain([REPLAY_LANE]).collect(),
         };
         let mut lines = Vec::new();
         for l in lanes {
@@ -699,7 +700,7 @@ fn ask_text(
     lane: u16,
     make: impl FnOnce(Sender<Result<String, String>>) -> LaneCommand,
 ) -> Result<String, String> {
-    let shared = &d.lanes[usize::from(lane)];
+    let shared = lane_shared(d, lane).ok_or_else(|| format!("no lane {lane}"))?;
     let (tx, rx) = bounded(1);
     shared
         .commands
