@@ -49,7 +49,8 @@ enum Command {
         #[arg(long)]
         dlq: bool,
     },
-    /// Check every queue, dead-letter log and cursor file; non-zero exit on damage.
+    /// Check every queue, dead-letter log, delivery journal, replay log and
+    /// cursor file; non-zero exit on damage.
     Verify {
         /// Data directory (default: from --config, else ./orderly-data).
         #[arg(long)]
@@ -245,7 +246,7 @@ enum DlqAction {
         /// Dead-lettered before: RFC 3339, or a duration ago.
         #[arg(long)]
         until: Option<String>,
-        /// Only `open` or only `discarded` records (default: both).
+        /// Only records with this status (default: all).
         #[arg(long, value_parser = ["open", "discarded", "resubmitted", "replayed"])]
         status: Option<String>,
         /// One JSON document instead of text.

@@ -527,6 +527,12 @@ pub fn replay(
         "  skipped {} still pending on the live lanes (they deliver them)",
         o.pending
     );
+    if o.already_queued > 0 {
+        println!(
+            "  skipped {} already queued on the replay lane and not yet sent",
+            o.already_queued
+        );
+    }
     if o.unreadable > 0 {
         println!(
             "  {} damaged record(s) in the window could not be read",
@@ -535,8 +541,9 @@ pub fn replay(
     }
     if o.truncated {
         println!(
-            "  (only the first {} were taken: run again from the last one's time)",
-            crate::delivery::replay::REPLAY_MAX
+            "  (the window was cut at {} messages to send or {} records read: narrow it with --since/--until and run again)",
+            crate::delivery::replay::REPLAY_MAX,
+            crate::delivery::replay::REPLAY_SCAN_MAX
         );
     }
     ExitCode::SUCCESS
@@ -624,6 +631,12 @@ fn print_reconcile(r: &crate::delivery::reconcile::ReconcileReport) {
     }
     if r.unreadable > 0 {
         println!("({} damaged record(s) could not be read)", r.unreadable);
+    }
+    if r.truncated {
+        println!(
+            "(the window holds more than {} records, and only those were read: narrow it with --since/--until)",
+            crate::delivery::replay::REPLAY_SCAN_MAX
+        );
     }
 }
 

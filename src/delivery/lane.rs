@@ -547,7 +547,7 @@ impl Lane {
                     }
                     None => Err(format!(
                         "lane {} has no failed message at its head",
-                        self.lane
+                        self.label()
                     )),
                 };
                 let _ = reply.send(result);
@@ -563,7 +563,7 @@ impl Lane {
                     Some(h) => self.skip(h, &reason),
                     None => Err(format!(
                         "lane {} has no failed message at its head",
-                        self.lane
+                        self.label()
                     )),
                 };
                 let _ = reply.send(result);

@@ -398,7 +398,7 @@ impl Engine {
                 &d.config.name,
                 &d.dlq,
                 filter,
-                dlq_query::DLQ_LIST_MAX,
+                dlq_query::DLQ_LIST_MAX.saturating_sub(out.len()),
                 &mut out,
                 &mut skipped,
             );
