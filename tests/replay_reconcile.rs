@@ -54,6 +54,34 @@ fn reconcile_json(config: &std::path::Path, args: &[&str]) -> (i32, serde_json::
     (out.status.code().unwrap_or(-1), value)
 }
 
+/// `ctl replay --destination ehr --since 1h <extra> --json` (a window
+/// holding everything a test sent).
+fn replay_last_hour(config: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["replay", "--destination", "ehr", "--since", "1h"];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    json(config, &args)
+}
+
+/// A broker in a fresh directory delivering queue `lab` to destination
+/// `ehr`, a sink accepting everything (`extra`: more destination keys).
+fn started(extra: &str) -> (tempfile::TempDir, Sink, std::path::PathBuf, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, extra));
+    let broker = Broker::start(&config);
+    (dir, sink, config, broker)
+}
+
+/// Sends `n` messages with ids `<prefix>0..` and waits until the sink
+/// accepted each; their ids.
+fn delivered(broker: &Broker, sink: &Sink, prefix: &str, n: usize) -> Vec<String> {
+    let sent = ids(prefix, n);
+    send_all(broker, &sent);
+    sink.wait_accepted(&sent, WAIT);
+    sent
+}
+
 /// Waits until the replay lane has nothing left to send and its cursor is
 /// durable (`replay committed=N end=N`, N given).
 fn replay_lane_done(config: &std::path::Path, end: u64) {
@@ -156,13 +184,8 @@ fn a_poison_message_resubmitted_with_an_edit_is_delivered_once_and_its_diff_kept
 
 #[test]
 fn replaying_a_window_half_delivered_sends_only_the_rest_unless_forced() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(accept_all());
-    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
-    let broker = Broker::start(&config);
-    let delivered = ids("A", 10);
-    send_all(&broker, &delivered);
-    sink.wait_accepted(&delivered, WAIT);
+    let (dir, sink, config, broker) = started("");
+    let delivered = delivered(&broker, &sink, "A", 10);
     // The other half never reaches the destination: held, then cleared
     // to the dead-letter queue by an operator.
     ctl(&config, &["pause", "ehr"]);
@@ -182,20 +205,7 @@ fn replaying_a_window_half_delivered_sends_only_the_rest_unless_forced() {
     ctl(&config, &["resume", "ehr"]);
     ctl_status_until(&config, WAIT, |s| s.contains("durable=20"));
 
-    let dry = json(
-        &config,
-        &[
-            "replay",
-            "--destination",
-            "ehr",
-            "--since",
-            "1h",
-            "--dry-run",
-            "--reason",
-            "outage",
-            "--json",
-        ],
-    );
+    let dry = replay_last_hour(&config, &["--dry-run", "--reason", "outage"]);
     assert_eq!(
         (
             &dry["matched"],
@@ -206,54 +216,16 @@ fn replaying_a_window_half_delivered_sends_only_the_rest_unless_forced() {
         (&20.into(), &10.into(), &10.into(), &0.into()),
         "{dry}"
     );
-    let forced = json(
-        &config,
-        &[
-            "replay",
-            "--destination",
-            "ehr",
-            "--since",
-            "1h",
-            "--dry-run",
-            "--force",
-            "--reason",
-            "outage",
-            "--json",
-        ],
-    );
+    let forced = replay_last_hour(&config, &["--dry-run", "--force", "--reason", "outage"]);
     assert_eq!(forced["to_send"], 20, "{forced}");
-    let other_type = json(
+    let other_type = replay_last_hour(
         &config,
-        &[
-            "replay",
-            "--destination",
-            "ehr",
-            "--since",
-            "1h",
-            "--message-type",
-            "ADT",
-            "--dry-run",
-            "--reason",
-            "x",
-            "--json",
-        ],
+        &["--message-type", "ADT", "--dry-run", "--reason", "x"],
     );
     assert_eq!(other_type["matched"], 0, "{other_type}");
     assert_eq!(sink.received().len(), 10, "a dry run sends nothing");
 
-    let done = json(
-        &config,
-        &[
-            "replay",
-            "--destination",
-            "ehr",
-            "--since",
-            "1h",
-            "--reason",
-            "outage",
-            "--json",
-        ],
-    );
+    let done = replay_last_hour(&config, &["--reason", "outage"]);
     assert_eq!(done["queued"], 10, "{done}");
     // Their dead letters say so, and cannot be resubmitted a second time.
     let replayed = json(&config, &["dlq", "list", "--status", "replayed", "--json"]);
@@ -280,13 +252,8 @@ fn replaying_a_window_half_delivered_sends_only_the_rest_unless_forced() {
 
 #[test]
 fn reconciling_against_a_list_missing_three_reports_those_and_replays_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(accept_all());
-    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
-    let broker = Broker::start(&config);
-    let sent = ids("R", 12);
-    send_all(&broker, &sent);
-    sink.wait_accepted(&sent, WAIT);
+    let (dir, sink, config, broker) = started("");
+    let sent = delivered(&broker, &sink, "R", 12);
     ctl_status_until(&config, WAIT, |s| s.contains("durable=12"));
 
     // Without a list: everything is delivered, nothing missing (exit 0).
@@ -346,32 +313,11 @@ fn reconciling_against_a_list_missing_three_reports_those_and_replays_them() {
 
 #[test]
 fn a_queued_replay_and_the_journal_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(accept_all());
     // One resend a second: the replay is still under way when the broker dies.
-    let config = config_with(
-        dir.path(),
-        &destination("ehr", sink.addr, "replay_rate_limit_per_s = 1"),
-    );
-    let mut broker = Broker::start(&config);
-    let sent = ids("K", 5);
-    send_all(&broker, &sent);
-    sink.wait_accepted(&sent, WAIT);
+    let (dir, sink, config, mut broker) = started("replay_rate_limit_per_s = 1");
+    let sent = delivered(&broker, &sink, "K", 5);
     ctl_status_until(&config, WAIT, |s| s.contains("durable=5"));
-    let out = json(
-        &config,
-        &[
-            "replay",
-            "--destination",
-            "ehr",
-            "--since",
-            "1h",
-            "--force",
-            "--reason",
-            "drill",
-            "--json",
-        ],
-    );
+    let out = replay_last_hour(&config, &["--force", "--reason", "drill"]);
     assert_eq!(out["queued"], 5, "{out}");
     broker.kill9();
 
@@ -422,29 +368,11 @@ fn a_queued_replay_and_the_journal_survive_kill_9() {
 
 #[test]
 fn a_damaged_replay_record_blocks_only_the_replay_lane_until_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(accept_all());
-    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
-    let mut broker = Broker::start(&config);
-    let sent = ids("D", 3);
-    send_all(&broker, &sent);
-    sink.wait_accepted(&sent, WAIT);
+    let (dir, sink, config, mut broker) = started("");
+    delivered(&broker, &sink, "D", 3);
     // Queue the replay while delivery is paused, then stop cleanly.
     ctl(&config, &["pause", "ehr"]);
-    let out = json(
-        &config,
-        &[
-            "replay",
-            "--destination",
-            "ehr",
-            "--since",
-            "1h",
-            "--force",
-            "--reason",
-            "drill",
-            "--json",
-        ],
-    );
+    let out = replay_last_hour(&config, &["--force", "--reason", "drill"]);
     assert_eq!(out["queued"], 3, "{out}");
     assert!(broker.terminate().success());
 
@@ -483,30 +411,15 @@ fn a_damaged_replay_record_blocks_only_the_replay_lane_until_skipped() {
 
 #[test]
 fn what_the_live_lanes_will_send_again_is_never_replayed_nor_queued_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(accept_all());
-    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
-    let broker = Broker::start(&config);
-    let sent = ids("P", 5);
-    send_all(&broker, &sent);
-    sink.wait_accepted(&sent, WAIT);
+    let (_dir, sink, config, broker) = started("");
+    delivered(&broker, &sink, "P", 5);
     ctl_status_until(&config, WAIT, |s| s.contains("durable=5"));
-    let args = [
-        "replay",
-        "--destination",
-        "ehr",
-        "--since",
-        "1h",
-        "--force",
-        "--reason",
-        "x",
-        "--json",
-    ];
+    let forced = ["--force", "--reason", "x"];
     // Queued once, then not again while it waits on the replay lane.
     ctl(&config, &["pause", "ehr"]);
-    let first = json(&config, &args);
+    let first = replay_last_hour(&config, &forced);
     assert_eq!(first["queued"], 5, "{first}");
-    let second = json(&config, &args);
+    let second = replay_last_hour(&config, &forced);
     assert_eq!(
         (&second["queued"], &second["already_queued"]),
         (&0.into(), &5.into()),
@@ -540,9 +453,7 @@ fn what_the_live_lanes_will_send_again_is_never_replayed_nor_queued_twice() {
             "EHR lost a day",
         ],
     );
-    let mut dry = args.to_vec();
-    dry.insert(dry.len() - 1, "--dry-run");
-    let out = json(&config, &dry);
+    let out = replay_last_hour(&config, &["--dry-run", "--force", "--reason", "x"]);
     assert_eq!(
         (&out["pending"], &out["to_send"]),
         (&5.into(), &0.into()),
