@@ -30,6 +30,38 @@ fn start(
     (addr, handle, join)
 }
 
+/// A config with listener and queue `lab` (no deduplication) delivering to
+/// destination `ehr` at `sink`; `wal` and `dest_extra` add keys.
+fn ehr_config(
+    dir: &std::path::Path,
+    sink: std::net::SocketAddr,
+    wal: &str,
+    dest_extra: &str,
+) -> Config {
+    let text = format!("data_dir = {:?}\n{wal}\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n[[destination]]\nname = \"ehr\"\nqueue = \"lab\"\nconnect = \"{sink}\"\nack_timeout_ms = 2000\n{dest_extra}\n[[queue]]\nname = \"lab\"\nidempotency_key = []\n", dir.display().to_string());
+    Config::parse(&text, "test.toml").expect("config")
+}
+
+/// Runs a broker with `config` over `sim` on its own thread.
+fn serve(
+    config: &Config,
+    sim: &SimStorage,
+) -> (
+    std::net::SocketAddr,
+    Arc<orderly::delivery::Engine>,
+    orderly::server::ShutdownHandle,
+    std::thread::JoinHandle<()>,
+) {
+    let server = Server::start_with(config, Arc::new(sim.clone())).expect("start");
+    let (addr, engine, stop) = (
+        server.bound()[0].1,
+        server.engine(),
+        server.shutdown_handle(),
+    );
+    let join = std::thread::spawn(move || server.run().expect("run"));
+    (addr, engine, stop, join)
+}
+
 #[test]
 fn disk_full_answers_ar_resend_later_and_service_resumes_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,19 +169,8 @@ fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimStorage::new();
     let sink = Sink::start(accept_all());
-    let extra = format!(
-        "[[destination]]\nname = \"ehr\"\nqueue = \"lab\"\nconnect = \"{}\"\nack_timeout_ms = 2000\n",
-        sink.addr
-    );
-    let text = format!("data_dir = {:?}\n[wal]\nsegment_bytes = 65536\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{extra}\n[[queue]]\nname = \"lab\"\nidempotency_key = []\n", dir.path().display().to_string());
-    let config = Config::parse(&text, "test.toml").expect("config");
-    let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
-    let (addr, engine, stop) = (
-        server.bound()[0].1,
-        server.engine(),
-        server.shutdown_handle(),
-    );
-    let join = std::thread::spawn(move || server.run().expect("run"));
+    let config = ehr_config(dir.path(), sink.addr, "[wal]\nsegment_bytes = 65536", "");
+    let (addr, engine, stop, join) = serve(&config, &sim);
     engine.pause("ehr", true).unwrap();
     let mut c = Client::connect(addr);
     for i in 0..200 {
@@ -188,14 +209,8 @@ fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
     segs.sort();
     let last = active.join(segs.last().unwrap());
     sim.fail_reads(&last, 64 + 900, 1);
-    let server =
-        Server::start_with(&config, Arc::new(sim.clone())).expect("restarts over the bad blocks");
-    let (addr, engine, stop) = (
-        server.bound()[0].1,
-        server.engine(),
-        server.shutdown_handle(),
-    );
-    let join = std::thread::spawn(move || server.run().expect("run"));
+    // Restarts over the bad blocks.
+    let (addr, engine, stop, join) = serve(&config, &sim);
     let mut c = Client::connect(addr);
     assert!(c.roundtrip(&oru("after", 800)).0.is_positive());
     let status = wait_status(&engine, |s| s.contains("BLOCKED"));
@@ -229,19 +244,9 @@ fn a_transient_read_error_costs_no_message_on_a_partitioned_destination() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimStorage::new();
     let sink = Sink::start(accept_all());
-    let extra = format!(
-        "[[destination]]\nname = \"ehr\"\nqueue = \"lab\"\nconnect = \"{}\"\nack_timeout_ms = 2000\nordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4\n",
-        sink.addr
-    );
-    let text = format!("data_dir = {:?}\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{extra}\n[[queue]]\nname = \"lab\"\nidempotency_key = []\n", dir.path().display().to_string());
-    let config = Config::parse(&text, "test.toml").expect("config");
-    let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
-    let (addr, engine, stop) = (
-        server.bound()[0].1,
-        server.engine(),
-        server.shutdown_handle(),
-    );
-    let join = std::thread::spawn(move || server.run().expect("run"));
+    let partitioned = "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4";
+    let config = ehr_config(dir.path(), sink.addr, "", partitioned);
+    let (addr, engine, stop, join) = serve(&config, &sim);
     engine.pause("ehr", true).unwrap();
     let mut c = Client::connect(addr);
     let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
