@@ -249,12 +249,9 @@ pub fn dlq(data_dir: &Path, request: Result<DlqRequest, String>) -> ExitCode {
         ),
     };
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let answer = match crate::control::request(data_dir, &words) {
+    let answer = match ask(data_dir, &words) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("orderly: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     if json {
         print!("{answer}");
@@ -372,19 +369,9 @@ pub fn trace(data_dir: &Path, control_id: &str, json: bool) -> ExitCode {
         eprintln!("orderly: a control id cannot hold tabs or line ends");
         return ExitCode::from(2);
     }
-    let answer = match crate::control::request(data_dir, &["trace", control_id]) {
+    let (answer, t): (String, Trace) = match ask_json(data_dir, &["trace", control_id]) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("orderly: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let t: Trace = match serde_json::from_str(&answer) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("orderly: unexpected answer from the broker: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     if json {
         print!("{answer}");
@@ -470,16 +457,22 @@ fn print_trace(t: &crate::delivery::trace::Trace) {
     }
 }
 
+/// Sends `words` to the broker; on failure the message is printed and
+/// the exit code returned.
+fn ask(data_dir: &Path, words: &[&str]) -> Result<String, ExitCode> {
+    crate::control::request(data_dir, words).map_err(|e| {
+        eprintln!("orderly: {e}");
+        ExitCode::from(1)
+    })
+}
+
 /// Sends `words` to the broker and decodes its JSON answer; on failure the
 /// message is printed and the exit code returned.
 fn ask_json<T: serde::de::DeserializeOwned>(
     data_dir: &Path,
     words: &[&str],
 ) -> Result<(String, T), ExitCode> {
-    let answer = crate::control::request(data_dir, words).map_err(|e| {
-        eprintln!("orderly: {e}");
-        ExitCode::from(1)
-    })?;
+    let answer = ask(data_dir, words)?;
     let value = serde_json::from_str(&answer).map_err(|e| {
         eprintln!("orderly: unexpected answer from the broker: {e}");
         ExitCode::from(1)

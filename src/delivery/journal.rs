@@ -169,9 +169,9 @@ const SCAN_MARGIN_MS: u64 = 3600 * 1000;
 /// Calls `f` with every readable journal entry written at or after
 /// `since_ms` less a margin (attempts never precede the message they send,
 /// so a window of messages starting at `since_ms` needs nothing older).
-/// Damaged records are passed over and counted; so is stopping at
-/// [`JOURNAL_SCAN_MAX`].
-pub fn scan(journal: &Log, since_ms: u64, mut f: impl FnMut(JournalEntry)) -> u64 {
+/// Damaged records are passed over and counted; the end says whether it
+/// stopped at [`JOURNAL_SCAN_MAX`].
+pub fn scan(journal: &Log, since_ms: u64, mut f: impl FnMut(JournalEntry)) -> crate::wal::ScanEnd {
     let from = crate::wal::first_at_or_after(journal, since_ms.saturating_sub(SCAN_MARGIN_MS));
     let scanned = journal.scan(from, JOURNAL_SCAN_MAX, |r| {
         if let Some(e) = decode(r.offset, r.meta) {
@@ -182,7 +182,7 @@ pub fn scan(journal: &Log, since_ms: u64, mut f: impl FnMut(JournalEntry)) -> u6
     if !scanned.complete {
         tracing::warn!(journal = %journal.dir().display(), "journal scan stopped at its limit; later attempts were not read");
     }
-    scanned.damaged + u64::from(!scanned.complete)
+    scanned
 }
 
 /// MSA-1 of an acknowledgment frame (`""` if it has none).

@@ -221,7 +221,7 @@ pub fn reconcile(
         },
     );
     report.unreadable = unreadable;
-    report.truncated = !complete;
+    report.truncated = !complete || !acked.complete;
     if let Some(ids) = &listed {
         let a = report.against.get_or_insert_with(Against::default);
         a.listed = ids.len() as u64;

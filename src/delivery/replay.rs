@@ -100,13 +100,14 @@ pub fn patient_of(payload: &[u8]) -> Option<String> {
 }
 
 /// What the journal says the destination acknowledged.
-#[derive(Default)]
 pub struct Acknowledged {
     /// Queue offset → the control ids it was acknowledged under (an
     /// edited resubmission may carry another than the original's).
     pub by_offset: HashMap<u64, Vec<String>>,
     /// Damaged journal records passed over.
     pub unreadable: u64,
+    /// False when the journal scan stopped at its limit.
+    pub complete: bool,
 }
 
 impl Acknowledged {
@@ -119,7 +120,7 @@ impl Acknowledged {
 /// live or replay), from the journal entries written at or after `since_ms`.
 pub fn acknowledged(d: &Destination, since_ms: u64) -> Acknowledged {
     let mut by_offset: HashMap<u64, Vec<String>> = HashMap::new();
-    let unreadable = journal::scan(&d.journal, since_ms, |e| {
+    let scanned = journal::scan(&d.journal, since_ms, |e| {
         if e.delivered() && e.queue == d.config.queue {
             by_offset
                 .entry(e.source_offset)
@@ -129,7 +130,8 @@ pub fn acknowledged(d: &Destination, since_ms: u64) -> Acknowledged {
     });
     Acknowledged {
         by_offset,
-        unreadable,
+        unreadable: scanned.damaged,
+        complete: scanned.complete,
     }
 }
 
@@ -237,7 +239,7 @@ pub fn replay(
         },
     );
     out.unreadable += acked.unreadable;
-    out.truncated |= !complete;
+    out.truncated |= !complete || !acked.complete;
     if !req.dry_run {
         out.queued = queue_offsets(d, &chosen, "replay", actor, reason)?;
     }
