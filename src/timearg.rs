@@ -59,6 +59,7 @@ fn rfc3339_ms(t: &str) -> Option<u64> {
     let offset_min = match rest {
         "Z" | "z" => 0,
         _ if rest.len() == 6
+            && rest.is_ascii()
             && (rest.starts_with('+') || rest.starts_with('-'))
             && &rest[3..4] == ":" =>
         {
@@ -89,6 +90,13 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A UTF-8 character across the offset's colon position made the
+    /// byte slice panic (the CLI died instead of saying the time is bad).
+    #[test]
+    fn a_non_ascii_offset_is_an_error_not_a_panic() {
+        assert!(parse_time("2026-11-27T08:00:00+a\u{e9}00", 0).is_err());
+    }
 
     #[test]
     fn rfc3339_matches_known_epoch_values() {
