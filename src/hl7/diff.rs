@@ -17,16 +17,16 @@ const VALUE_BYTES_MAX: usize = 200;
 pub fn field_diff(old: &[u8], new: &[u8]) -> Vec<String> {
     let (a, b) = (segments(old), segments(new));
     // Linear in the segments: an edited message may hold tens of thousands.
-    let index = |s: &[Seg<'_>]| -> HashMap<(Vec<u8>, usize), usize> {
+    fn index<'a>(s: &[Seg<'a>]) -> HashMap<(&'a [u8], usize), usize> {
         s.iter()
             .enumerate()
-            .map(|(n, (id, occ, _))| ((id.to_vec(), *occ), n))
+            .map(|(n, (id, occ, _))| ((*id, *occ), n))
             .collect()
-    };
+    }
     let (in_a, in_b) = (index(&a), index(&b));
     let mut lines = Vec::new();
     for (id, occurrence, seg) in &a {
-        match in_b.get(&(id.to_vec(), *occurrence)) {
+        match in_b.get(&(*id, *occurrence)) {
             None => lines.push(format!("- {}[{occurrence}]", show_id(id))),
             Some(&n) => fields_changed(id, *occurrence, seg, b[n].2, &mut lines),
         }
@@ -35,7 +35,10 @@ pub fn field_diff(old: &[u8], new: &[u8]) -> Vec<String> {
         }
     }
     for (id, occurrence, _) in &b {
-        if !in_a.contains_key(&(id.to_vec(), *occurrence)) {
+        if lines.len() > DIFF_LINES_MAX {
+            break;
+        }
+        if !in_a.contains_key(&(*id, *occurrence)) {
             lines.push(format!("+ {}[{occurrence}]", show_id(id)));
         }
     }
@@ -79,6 +82,9 @@ fn fields_changed(id: &[u8], occurrence: usize, a: &[u8], b: &[u8], lines: &mut 
             fa.get(n).copied().unwrap_or_default(),
             fb.get(n).copied().unwrap_or_default(),
         );
+        if lines.len() > DIFF_LINES_MAX {
+            return;
+        }
         if x != y {
             lines.push(format!("{name}-{n}: {} -> {}", show(x), show(y)));
         }

@@ -81,29 +81,18 @@ impl QueueDedupe {
         let mut index = DedupeIndex::new(config.dedupe_window_ms, config.dedupe_keys_max);
         let started = std::time::Instant::now();
         let from = window_start(&log, now_ms, config.dedupe_window_ms);
-        let (mut read, mut unreadable) = (0u64, 0u64);
-        let mut reader = log.reader(from);
-        loop {
-            match reader.next() {
-                Ok(Some(rec)) => {
-                    read += 1;
-                    if let Some(o) = stored_original(rec.meta, rec.timestamp_ms) {
-                        index.insert(index.hash(&o.key), rec.offset);
-                    }
+        let mut read = 0u64;
+        // A damaged record cannot be a verified original; the rest of the
+        // log still counts (the scan passes over it).
+        let unreadable = log
+            .scan(from, u64::MAX, |rec| {
+                read += 1;
+                if let Some(o) = stored_original(rec.meta, rec.timestamp_ms) {
+                    index.insert(index.hash(&o.key), rec.offset);
                 }
-                Ok(None) => break,
-                Err(_) => {
-                    // A damaged record cannot be a verified original; the
-                    // rest of the log still counts.
-                    unreadable += 1;
-                    let next = Offset(reader.position().0 + 1);
-                    if next >= log.end_offset() {
-                        break;
-                    }
-                    reader.seek(next);
-                }
-            }
-        }
+                true
+            })
+            .damaged;
         tracing::info!(queue = %config.name, keys = index.len(), records = read, unreadable, from = from.0, ms = started.elapsed().as_millis() as u64, "idempotency index rebuilt from the log");
         Some(QueueDedupe {
             index,
@@ -128,11 +117,7 @@ impl QueueDedupe {
 
 /// The first offset whose message may still be inside the window.
 pub fn window_start(log: &Log, now_ms: u64, window_ms: u64) -> Offset {
-    match log.offset_for_time(now_ms.saturating_sub(window_ms)) {
-        Ok(Some(o)) => o,
-        Ok(None) => log.end_offset(),
-        Err(_) => log.start_offset(),
-    }
+    crate::wal::first_at_or_after(log, now_ms.saturating_sub(window_ms))
 }
 
 /// How a message relates to what was accepted before it.
