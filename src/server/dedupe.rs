@@ -81,18 +81,21 @@ impl QueueDedupe {
         let mut index = DedupeIndex::new(config.dedupe_window_ms, config.dedupe_keys_max);
         let started = std::time::Instant::now();
         let from = window_start(&log, now_ms, config.dedupe_window_ms);
-        let mut read = 0u64;
+        let (mut read, mut evicted) = (0u64, 0usize);
         // A damaged record cannot be a verified original; the rest of the
         // log still counts (the scan passes over it).
         let unreadable = log
             .scan(from, u64::MAX, |rec| {
                 read += 1;
                 if let Some(o) = stored_original(rec.meta, rec.timestamp_ms) {
-                    index.insert(index.hash(&o.key), rec.offset);
+                    evicted += index.insert(index.hash(&o.key), rec.offset).0;
                 }
                 true
             })
             .damaged;
+        if evicted > 0 {
+            tracing::warn!(queue = %config.name, evicted, keys_max = config.dedupe_keys_max, "idempotency index full while rebuilding (dedupe_keys_max): the oldest keys of the window were dropped");
+        }
         tracing::info!(queue = %config.name, keys = index.len(), records = read, unreadable, from = from.0, ms = started.elapsed().as_millis() as u64, "idempotency index rebuilt from the log");
         Some(QueueDedupe {
             index,
@@ -189,6 +192,11 @@ impl DedupeIndex {
 
     pub fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    /// The most keys it holds (`dedupe_keys_max`).
+    pub fn keys_max(&self) -> usize {
+        self.keys_max
     }
 
     pub fn len(&self) -> usize {
@@ -303,11 +311,15 @@ impl DedupeIndex {
         if self.durable.len() <= self.keys_max {
             return Evicted(0);
         }
-        // Full: keep the newest 7/8. At most one key per offset, so every
-        // key left is among the last 7/8 * keys_max offsets.
-        let keep_from = self.newest.saturating_sub((self.keys_max as u64 * 7) / 8);
+        // Full: keep the newest 7/8 of the keys, chosen by count: the
+        // offsets between them (events, unkeyed messages) must not make it
+        // drop more.
+        let keep = (self.keys_max * 7 / 8).max(1);
+        let mut offsets: Vec<u64> = self.durable.values().copied().collect();
+        let drop = offsets.len() - keep;
+        let (_, &mut cutoff, _) = offsets.select_nth_unstable(drop);
         let before = self.durable.len();
-        self.durable.retain(|_, o| *o > keep_from);
+        self.durable.retain(|_, o| *o >= cutoff);
         Evicted(before - self.durable.len())
     }
 
@@ -325,6 +337,19 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
+
+    /// Seen failing with the offset-distance cutoff: with other records
+    /// between the keys (events, unkeyed messages) it dropped 5 of 9 keys
+    /// where the oldest eighth (2) was meant.
+    #[test]
+    fn a_full_index_drops_the_oldest_eighth_of_its_keys_whatever_lies_between() {
+        let mut index = DedupeIndex::new(u64::MAX, 8);
+        let mut evicted = 0;
+        for i in 0..9u64 {
+            evicted += index.insert(i, Offset(i * 2)).0;
+        }
+        assert_eq!((evicted, index.len()), (2, 7));
+    }
 
     #[derive(Default)]
     struct Stored(RefCell<BTreeMap<u64, Original>>);

@@ -752,7 +752,7 @@ pub(super) fn settle(
                 let evicted = d.index.end(key, sha256, stored);
                 if evicted.0 > 0 {
                     Metrics::add(&ing.metrics.idempotency_keys_evicted, evicted.0 as u64);
-                    tracing::warn!(listener = %ing.listener.name, evicted = evicted.0, keys_max = d.index.len(), "idempotency index full (dedupe_keys_max): the oldest keys were dropped before their window ended");
+                    tracing::warn!(listener = %ing.listener.name, evicted = evicted.0, keys_max = d.index.keys_max(), "idempotency index full (dedupe_keys_max): the oldest keys were dropped before their window ended");
                 }
             }
         }
