@@ -40,8 +40,12 @@ pub struct LogOriginals(pub Arc<Log>);
 
 impl Originals for LogOriginals {
     fn original(&self, offset: Offset) -> Option<Original> {
-        let rec = self.0.read(offset).ok()?;
-        stored_original(&rec.meta, rec.timestamp_ms)
+        // Borrowed from the reader's window: the payload is not copied.
+        let mut reader = self.0.reader(offset);
+        let rec = reader.next().ok()??;
+        (rec.offset == offset)
+            .then(|| stored_original(rec.meta, rec.timestamp_ms))
+            .flatten()
     }
 }
 
