@@ -379,3 +379,155 @@ fn socket_reset(stream: &std::net::TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER");
 }
+
+/// The session alone (no sockets, no log): K1 is sent, then a changed K1
+/// arrives while the first is still being stored, and the first's append
+/// then fails. The key was never accepted, so the change must not be
+/// answered as a conflict (AE, ERR-3 205: a content error the sender would
+/// not retry) but as "not stored, resend later" (AR, HL7 table 0008), and
+/// the resend is then stored as new.
+#[test]
+fn a_conflict_with_a_version_that_then_fails_to_store_is_answered_resend_later() {
+    use orderly::config::{Config, KeyConflict};
+    use orderly::hl7::ack::parse_ack;
+    use orderly::metrics::Metrics;
+    use orderly::mllp::{Decoded, FrameDecoder};
+    use orderly::server::dedupe::{stored_original, DedupeIndex, Original, Originals, QueueDedupe};
+    use orderly::server::ingest::AckIds;
+    use orderly::server::session::{Ingest, Session, Step};
+    use orderly::wal::AppendError;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    type Store = Arc<Mutex<BTreeMap<u64, Original>>>;
+    struct Stored(Store);
+    impl Originals for Stored {
+        fn original(&self, offset: Offset) -> Option<Original> {
+            self.0.lock().unwrap().get(&offset.0).cloned()
+        }
+    }
+    let config = Config::parse(
+        "[[listener]]\nname='l'\nlisten='127.0.0.1:1'\nqueue='q'\nack_mode='original'\n",
+        "test",
+    )
+    .unwrap();
+    let listener = &config.listeners[0];
+    let metrics = Metrics::default();
+    let mut ids = AckIds::new();
+    let store: Store = Arc::default();
+    let mut dedupe = QueueDedupe {
+        index: DedupeIndex::new(u64::MAX, 1024),
+        paths: vec![orderly::hl7::FieldPath::parse("MSH-10").unwrap()],
+        on_conflict: KeyConflict::Reject,
+        originals: Box::new(Stored(store.clone())),
+        log: None,
+    };
+    let mut session = Session::new(listener.max_frame_bytes);
+    let mut asked: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let feed = |session: &mut Session,
+                dedupe: &mut QueueDedupe,
+                asked: &mut Vec<(Vec<u8>, Vec<u8>)>,
+                ids: &mut AckIds,
+                bytes: &[u8]| {
+        let mut framed = vec![0x0b];
+        framed.extend_from_slice(bytes);
+        framed.extend_from_slice(&[0x1c, 0x0d]);
+        session.rbuf.extend_from_slice(&framed);
+        let mut ing = Ingest {
+            listener,
+            peer: "test",
+            ids,
+            metrics: &metrics,
+            now_ms: 0,
+            refused: None,
+            dedupe: Some(dedupe),
+        };
+        let mut append = |p: &[u8], m: Vec<u8>| asked.push((p.to_vec(), m));
+        while !matches!(session.step(&mut ing, &mut append), Step::NeedMore) {}
+        session.compact();
+    };
+    feed(
+        &mut session,
+        &mut dedupe,
+        &mut asked,
+        &mut ids,
+        &msg("K1", "first"),
+    );
+    feed(
+        &mut session,
+        &mut dedupe,
+        &mut asked,
+        &mut ids,
+        &msg("K1", "changed"),
+    );
+    assert_eq!(asked.len(), 2, "the first version and the conflict event");
+    let complete = |session: &mut Session,
+                    dedupe: &mut QueueDedupe,
+                    (payload, meta): &(Vec<u8>, Vec<u8>),
+                    result: Result<u64, AppendError>| {
+        let mut ids = AckIds::new();
+        let mut ing = Ingest {
+            listener,
+            peer: "test",
+            ids: &mut ids,
+            metrics: &metrics,
+            now_ms: 0,
+            refused: None,
+            dedupe: Some(dedupe),
+        };
+        match result {
+            Ok(o) => {
+                if let Some(orig) = stored_original(meta, 0) {
+                    store.lock().unwrap().insert(o, orig);
+                }
+                session.complete(Ok(Offset(o)), payload, &mut ing);
+            }
+            Err(e) => session.complete(Err(&e), payload, &mut ing),
+        }
+    };
+    let full = AppendError::StorageFull("test".into());
+    complete(&mut session, &mut dedupe, &asked[0].clone(), Err(full));
+    complete(&mut session, &mut dedupe, &asked[1].clone(), Ok(0));
+
+    let answers = |session: &Session| -> Vec<(AckCode, String, String)> {
+        let out = &session.out[session.written..];
+        let mut decoder = FrameDecoder::for_acks(1 << 20);
+        let mut acks = Vec::new();
+        while let Decoded::Frame(r) = decoder.decode(out) {
+            let a = parse_ack(&out[r.clone()]).unwrap();
+            acks.push((
+                a.code,
+                String::from_utf8_lossy(a.control_id).into_owned(),
+                err_segment(&out[r]),
+            ));
+        }
+        acks
+    };
+    let acks = answers(&session);
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0].0, AckCode::ApplicationReject, "K1 not stored: AR");
+    assert_eq!(
+        (acks[1].0, acks[1].1.as_str()),
+        (AckCode::ApplicationReject, "K1"),
+        "the key was never accepted: resend later, not a conflict ({})",
+        acks[1].2
+    );
+    assert!(!acks[1].2.contains("|205^"), "{}", acks[1].2);
+    assert!(acks[1].2.contains("resend later"), "{}", acks[1].2);
+
+    // The resend is a new message now.
+    feed(
+        &mut session,
+        &mut dedupe,
+        &mut asked,
+        &mut ids,
+        &msg("K1", "changed"),
+    );
+    assert_eq!(asked.len(), 3);
+    let meta = MetaView::new(&asked[2].1);
+    assert_eq!(
+        meta.get(MetaKey::Event),
+        None,
+        "stored as a message, not an event"
+    );
+}

@@ -253,6 +253,14 @@ impl DedupeIndex {
         }
     }
 
+    /// The payload hash of the newest version of `key` still in flight.
+    pub fn in_flight_version(&self, key: &[u8]) -> Option<[u8; 32]> {
+        self.in_flight
+            .get(&self.hash(key))
+            .and_then(|v| v.iter().rev().find(|c| c.key == key))
+            .map(|c| c.sha256)
+    }
+
     /// A keyed message was handed to the log: later copies wait on it.
     pub fn begin(&mut self, key: &[u8], sha256: &[u8; 32]) {
         let h = self.hash(key);

@@ -130,8 +130,12 @@ pub enum Ticket {
         msh: Vec<u8>,
     },
     /// The event record of a refused conflict: its answer is negative
-    /// whatever the append's outcome.
-    Refused,
+    /// whatever the append's outcome. `waited`: the version it conflicts
+    /// with was still in flight (key, payload hash); if that is then not
+    /// stored, the key was never accepted, so the answer becomes "not
+    /// stored, resend later" instead of a content error the sender would
+    /// not retry.
+    Refused { waited: Option<(Vec<u8>, [u8; 32])> },
 }
 
 /// A connection's decoder, read buffer, answer queue and write buffer.
@@ -667,6 +671,13 @@ fn plan_keyed<'a>(
             Metrics::inc(&ing.metrics.messages_rejected);
             tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "key conflict: same idempotency key, different payload; refused (on_key_conflict = reject)");
             let meta = event_meta("conflict-rejected", original);
+            let waited = if original.is_none() {
+                d.index
+                    .in_flight_version(&key)
+                    .map(|sha| (key.clone(), sha))
+            } else {
+                None
+            };
             let error = AckError {
                 code: ErrorCode::DuplicateKeyIdentifier,
                 severity: Severity::Error,
@@ -682,7 +693,7 @@ fn plan_keyed<'a>(
             );
             return Plan::Store {
                 meta,
-                ticket: Ticket::Refused,
+                ticket: Ticket::Refused { waited },
                 payload: true,
             };
         }
@@ -773,7 +784,20 @@ pub(super) fn settle(
                 ));
             }
         }
-        Ticket::Refused => return result.map(|_| ()).map_err(Clone::clone),
+        Ticket::Refused { waited } => {
+            let conflicted_unstored = waited.as_ref().is_some_and(|(key, sha256)| {
+                !ing.dedupe
+                    .as_deref()
+                    .is_some_and(|d| d.index.holds(key, sha256, d.originals.as_ref()))
+            });
+            if stored.is_some() && conflicted_unstored {
+                tracing::warn!(listener = %ing.listener.name, peer = %ing.peer, "key conflict with a version that was then not stored: answered 'not stored, resend later' instead of a conflict");
+                return Err(AppendError::Failed(
+                    "the version its key conflicts with was not stored".into(),
+                ));
+            }
+            return result.map(|_| ()).map_err(Clone::clone);
+        }
     }
     match result {
         Ok(_) => {
