@@ -720,11 +720,24 @@ fn row_r22_a_bad_block_at_the_tail_after_a_crash_is_a_hole_not_a_cut() {
     let in_active = records_of(&image, &last);
     assert!(!in_active.is_empty() && in_active.last().unwrap().1 < 4096);
     image.fail_reads(&last, 64 + 900, 1);
+    // `verify` before recovery: the same verdict recovery reaches, not "a
+    // torn tail recovery cuts".
+    let report = verify_dir(&image, dir()).unwrap();
+    assert!(!report.is_clean(), "{report:?}");
+    assert!(
+        report.notes.iter().all(|n| !n.contains("cuts")),
+        "{report:?}"
+    );
     let log = open_sim(&image, cfg());
     let end = log.end_offset();
     assert!(end >= Offset(66), "acknowledged offsets kept: end {end}");
     let (ok, bad) = read_each(&log);
     assert_eq!(ok.len() as u64 + bad.len() as u64, end.0);
+    assert_eq!(
+        (report.unreadable, report.next_offset),
+        (bad.len() as u64, Some(end)),
+        "verify counts the offsets recovery keeps unreadable: {report:?}"
+    );
     assert!(
         ok.len() >= 66 - in_active.len(),
         "every readable record served"

@@ -13,7 +13,6 @@
 use super::checkpoint::Checkpoint;
 use super::fence::Fence;
 use super::files::{self, IndexFiles};
-use super::record::RECORD_HEADER_BYTES;
 use super::segment::{
     self, file_path, parse_segment_name, SegmentBytes, SegmentHeader, Stop, SEGMENT_HEADER_BYTES,
 };
@@ -564,8 +563,7 @@ fn keep_unreadable_tail(scan: &mut segment::Scan, file: &dyn StorageFile, readab
         window: &mut window,
         end: readable,
     };
-    let to = segment::nonzero_end(&mut src, from).min(readable).max(from);
-    let most = (to - from).div_ceil(RECORD_HEADER_BYTES as u64).max(1);
+    let (to, most) = segment::unreadable_tail_span(&mut src, from);
     let end_offset = Offset(scan.next_offset.0 + most);
     tracing::error!(position = from, bytes = to - from, first = scan.next_offset.0, end = end_offset.0, "unreadable bytes at the end of the active segment: kept as a quarantined hole of up to {most} offset(s), never cut (they may hold acknowledged records); appends continue after it");
     scan.holes.push(segment::Hole {

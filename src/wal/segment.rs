@@ -429,6 +429,18 @@ pub fn resync<S: SegmentBytes + ?Sized>(
     None
 }
 
+/// The hole recovery keeps for unreadable bytes at `from` with nothing
+/// intact after them (FORMAT.md r22): they end at the last nonzero (or
+/// unreadable) byte, and may hold one record per record header that fits.
+/// Returns `(end position, offsets it spans)`.
+pub fn unreadable_tail_span<S: SegmentBytes + ?Sized>(src: &mut S, from: u64) -> (u64, u64) {
+    let to = nonzero_end(src, from).max(from);
+    let most = (to - from)
+        .div_ceil(super::record::RECORD_HEADER_BYTES as u64)
+        .max(1);
+    (to, most)
+}
+
 /// One past the last byte in `[from, end)` that is not zero (unreadable
 /// bytes count as not zero); `from` if there is none.
 pub fn nonzero_end<S: SegmentBytes + ?Sized>(src: &mut S, from: u64) -> u64 {

@@ -206,6 +206,11 @@ fn verify_segment(
         None => scan.next_offset,
         Some(tail) => {
             let next = scan.next_offset;
+            let tail = Tail {
+                position: tail.0,
+                reason: tail.1,
+                unreadable: scan.tail_unreadable,
+            };
             verify_tail(
                 &mut src, &path, tail, next, next_base, proven, writer, report,
             )
@@ -215,16 +220,30 @@ fn verify_segment(
     Ok(next)
 }
 
+/// Where a segment's scan stopped with nothing intact after it, and why.
+struct Tail {
+    position: u64,
+    reason: &'static str,
+    /// The bytes there could not be read (an I/O error), as opposed to
+    /// read and found damaged.
+    unreadable: bool,
+}
+
 /// Damage with nothing intact after it: in a sealed segment the records up
 /// to the next segment are unreadable; in the active one it is corruption
-/// where a checkpoint vouches for it, else a torn tail recovery cuts (or,
-/// beside a running broker, possibly a write in progress). Returns the
+/// where a checkpoint vouches for it, bytes that cannot be read (recovery
+/// keeps them as a hole, FORMAT.md r22), else a torn tail recovery cuts
+/// (or, beside a running broker, possibly a write in progress). Returns the
 /// offset after what the segment holds or claims.
 #[allow(clippy::too_many_arguments)]
 fn verify_tail<S: segment::SegmentBytes>(
     src: &mut S,
     path: &Path,
-    (position, reason): (u64, &'static str),
+    Tail {
+        position,
+        reason,
+        unreadable,
+    }: Tail,
     next: Offset,
     next_base: Option<Offset>,
     proven: Option<(u64, Offset)>,
@@ -266,6 +285,16 @@ fn verify_tail<S: segment::SegmentBytes>(
             ));
         }
         return proven_next;
+    }
+    if unreadable {
+        let (to, most) = segment::unreadable_tail_span(src, position);
+        let end = Offset(next.0 + most);
+        report.unreadable += most;
+        report.problems.push(problem(format!(
+            "{} byte(s) cannot be read ({reason}); recovery keeps them as a quarantined hole of up to {most} offset(s), {next}..{end}, never cut: they were synced and may hold acknowledged records",
+            to - position
+        )));
+        return end;
     }
     if segment::nonzero_end(src, position) > position {
         let what = if writer == Writer::Running {
