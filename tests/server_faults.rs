@@ -287,3 +287,65 @@ fn wait_status(engine: &orderly::delivery::Engine, done: impl Fn(&str) -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A long damaged run on a partitioned destination: lane 0 blocks on its
+/// first record (a damaged record's key cannot be read), the other lanes
+/// pass over the whole run in one move and deliver their messages after
+/// it; one `skip` dead-letters the run (one letter per offset) and lane 0
+/// delivers the rest. Every intact message arrives.
+#[test]
+fn a_long_damaged_run_costs_only_its_own_records_on_a_partitioned_destination() {
+    use delivery_common::{accept_all, Sink};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new();
+    let sink = Sink::start(accept_all());
+    let partitioned = "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4";
+    let config = ehr_config(dir.path(), sink.addr, "", partitioned);
+    let (addr, engine, stop, join) = serve(&config, &sim);
+    engine.pause("ehr", true).unwrap();
+    let mut c = Client::connect(addr);
+    let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for id in &ids {
+        assert!(c.roundtrip(&oru(id, 800)).0.is_positive());
+    }
+    // Records 10..30 overwritten as one stretch (found by their lengths).
+    let first = dir.path().join("queues/lab/00000000000000000000.log");
+    let bytes = sim.contents(&first).unwrap();
+    let start_of = |n: usize| {
+        (0..n).fold(64usize, |p, _| {
+            p + u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize
+        })
+    };
+    let (from, to) = (start_of(10), start_of(30));
+    sim.overwrite(&first, from as u64, &vec![0x5A; to - from]);
+    engine.pause("ehr", false).unwrap();
+    let status = wait_status(&engine, |s| s.contains("BLOCKED"));
+    assert_eq!(blocked_at(&status), 10, "{status}");
+    let intact: Vec<String> = ids[..10].iter().chain(&ids[30..]).cloned().collect();
+    // Lanes 1..3 deliver theirs from after the run while lane 0 waits.
+    let after_run = |sink: &Sink| {
+        sink.received()
+            .iter()
+            .filter(|r| ids[30..].contains(&r.control_id))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while after_run(&sink) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(after_run(&sink) > 0, "the other lanes passed the run");
+    engine.skip("ehr", 0, "test: bad stretch").unwrap();
+    sink.wait_accepted(&intact, std::time::Duration::from_secs(30));
+    let mut got: Vec<String> = sink.received().into_iter().map(|r| r.control_id).collect();
+    got.sort();
+    got.dedup();
+    let mut want = intact.clone();
+    want.sort();
+    assert_eq!(got, want, "every intact message, no damaged one");
+    let (letters, _) = engine
+        .dlq_list(&orderly::delivery::dlq_query::DlqFilter::default())
+        .unwrap();
+    assert_eq!(letters.len(), 20, "one dead letter per damaged offset");
+    stop.shutdown();
+    join.join().unwrap();
+}

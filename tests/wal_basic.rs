@@ -276,3 +276,54 @@ fn a_scan_passes_over_damage_and_says_when_it_stopped_at_its_limit() {
     });
     assert_eq!((first, end.complete), (vec![0, 1, 2], false));
 }
+
+/// A damaged run of many records (a bad stretch of disk) is one hole: a
+/// scan counts every offset in it but steps over it in one move, where it
+/// used to re-read the segment from its index point once per offset
+/// (quadratic in the hole's size).
+#[test]
+fn a_scan_steps_over_a_long_damaged_run_in_one_move() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q");
+    let log = Log::open(&path, small_config(false)).expect("open");
+    for i in 0..250u64 {
+        log.append(&meta(i), &payload(i, 200)).expect("append");
+    }
+    log.close().expect("close");
+    let seg = path.join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Record i starts 32 header bytes and its metadata before its payload.
+    let start = |bytes: &[u8], i: u64| {
+        let needle = payload(i, 200);
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .unwrap_or_else(|| panic!("record {i} in the first segment"));
+        at - meta(i).len() - 32
+    };
+    let (from, to) = (start(&bytes, 20), start(&bytes, 200));
+    bytes[from..to].fill(0x5A);
+    std::fs::write(&seg, bytes).unwrap();
+    let log = Log::open(&path, small_config(false)).expect("reopen");
+
+    let mut reader = log.reader(Offset(20));
+    assert!(reader.next().is_err());
+    assert_eq!(reader.damage_end(), Some(Offset(200)));
+
+    let mut seen = Vec::new();
+    let end = log.scan(Offset(0), u64::MAX, |r| {
+        seen.push(r.offset.0);
+        true
+    });
+    let expected: Vec<u64> = (0..20).chain(200..250).collect();
+    assert_eq!(seen, expected);
+    assert_eq!((end.damaged, end.complete), (180, true));
+    // The hole costs one step of a scan's budget, not 180.
+    let mut first = Vec::new();
+    let end = log.scan(Offset(0), 22, |r| {
+        first.push(r.offset.0);
+        true
+    });
+    assert_eq!(first.last(), Some(&200), "{first:?}");
+    assert_eq!((end.damaged, end.complete), (180, false));
+}

@@ -253,8 +253,16 @@ impl Lane {
                     self.stalled = true;
                     return Ok(false);
                 }
-                Err(WalError::Corrupt { .. } | WalError::Unreadable { .. }) if self.lane != 0 => {
-                    self.pass_over();
+                Err(e @ (WalError::Corrupt { .. } | WalError::Unreadable { .. }))
+                    if self.lane != 0 =>
+                {
+                    // The whole damaged run at once (a read error only as
+                    // far as lane 0 has passed it, as above).
+                    let mut past = self.reader.damage_end().unwrap_or(Offset(self.next.0 + 1));
+                    if matches!(e, WalError::Unreadable { .. }) {
+                        past = past.min(self.dest.lanes[0].status.lock().next_offset);
+                    }
+                    self.pass_over_to(past.max(Offset(self.next.0 + 1)));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -271,8 +279,14 @@ impl Lane {
 
     /// Moves past a record that is not this lane's.
     fn pass_over(&mut self) {
-        self.next = Offset(self.next.0 + 1);
-        self.skipped_uncommitted += 1;
+        self.pass_over_to(Offset(self.next.0 + 1));
+    }
+
+    /// Moves past records up to `end` that are not this lane's.
+    fn pass_over_to(&mut self, end: Offset) {
+        debug_assert!(end > self.next, "passing over moves forward");
+        self.skipped_uncommitted += end.0 - self.next.0;
+        self.next = end;
         if self.skipped_uncommitted >= SKIPPED_BEFORE_COMMIT {
             self.commit();
         }

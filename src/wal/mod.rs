@@ -372,8 +372,13 @@ impl Log {
                 }
                 Ok(None) => return out,
                 Err(_) => {
-                    out.damaged += 1;
-                    let next = Offset(reader.position().0 + 1);
+                    // The failed offset (position() has not moved past it).
+                    let at = reader.position();
+                    let next = reader
+                        .damage_end()
+                        .unwrap_or(Offset(at.0 + 1))
+                        .min(end.max(Offset(at.0 + 1)));
+                    out.damaged += next.0 - at.0;
                     if next >= end {
                         return out;
                     }

@@ -49,6 +49,8 @@ pub struct LogReader {
     next: Offset,
     cur: Option<Cursor>,
     window: Window,
+    /// After an error for damage: the first offset past the damaged run.
+    damage_end: Option<Offset>,
 }
 
 impl LogReader {
@@ -58,7 +60,16 @@ impl LogReader {
             next: from,
             cur: None,
             window: Window::new(),
+            damage_end: None,
         }
+    }
+
+    /// After [`next`](Self::next) failed on damage: the first offset past
+    /// the damaged run it belongs to (every offset from the failed one up
+    /// to it is unreadable), so scans step over a hole in one move instead
+    /// of one offset at a time. `None` after any other outcome.
+    pub fn damage_end(&self) -> Option<Offset> {
+        self.damage_end
     }
 
     /// Offset of the record the next call returns.
@@ -74,6 +85,7 @@ impl LogReader {
     /// The next durable record, `Ok(None)` at the durable end.
     #[allow(clippy::should_implement_trait)] // lending: the item borrows the reader
     pub fn next(&mut self) -> Result<Option<RecordView<'_>>, WalError> {
+        self.damage_end = None;
         let tail = self.shared.tail();
         if self.next < tail.start_offset {
             return Err(WalError::Deleted {
@@ -91,6 +103,7 @@ impl LogReader {
             next,
             cur,
             window,
+            damage_end,
         } = self;
         let cur = cur.as_mut().expect("positioned above");
         let end = readable_end(&cur.seg, &tail);
@@ -116,6 +129,10 @@ impl LogReader {
             }
             Err(d) => {
                 cur.known = d.resume.filter(|(o, _)| *o > target);
+                // Without an intact record after it, the damage runs to the
+                // segment's limit (as of this read's tail).
+                let past = d.resume.map_or(limit, |(o, _)| Some(o));
+                *damage_end = past.filter(|o| *o > target);
                 Err(report_damage(shared, &cur.seg, &d, target))
             }
         }
@@ -291,7 +308,8 @@ pub fn offset_for_time(
             Ok(None) => return Ok(None),
             // A damaged record has no trustworthy time: look past it.
             Err(WalError::Corrupt { offset, .. } | WalError::Unreadable { offset, .. }) => {
-                reader.seek(Offset(offset.0 + 1))
+                let past = reader.damage_end().unwrap_or(Offset(offset.0 + 1));
+                reader.seek(past)
             }
             Err(e) => return Err(e),
         }
