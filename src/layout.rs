@@ -84,6 +84,11 @@ impl DataDir {
         self.root.join("cursors")
     }
 
+    /// Which filter judged which offsets (`delivery/filter_history.rs`).
+    pub fn filter_history(&self, destination: &str) -> PathBuf {
+        self.cursors().join(format!("{destination}.filters"))
+    }
+
     pub fn cursor_file(&self, destination: &str) -> PathBuf {
         self.cursors().join(format!("{destination}.cur"))
     }

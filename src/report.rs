@@ -587,6 +587,12 @@ fn print_reconcile(r: &crate::delivery::reconcile::ReconcileReport) {
         "destination {} queue {} at {}: {} selected: {} delivered, {} pending, {} dead-lettered, {} blocked, {} missing",
         r.destination, r.queue, r.at_ms, c.selected, c.delivered, c.pending, c.dead_lettered, c.blocked, c.missing
     );
+    if c.filtered_then > 0 {
+        println!(
+            "  {} passed under an earlier filter that left them out (never sent; `ctl replay` sends them)",
+            c.filtered_then
+        );
+    }
     for (what, items) in [
         ("missing", &r.missing),
         ("blocked", &r.blocked),

@@ -370,6 +370,9 @@ fn a_queued_replay_and_the_journal_survive_kill_9() {
 fn a_damaged_replay_record_blocks_only_the_replay_lane_until_skipped() {
     let (dir, sink, config, mut broker) = started("");
     delivered(&broker, &sink, "D", 3);
+    // The sink's receipt precedes the lane's durable cursor: until that is
+    // past D2, replay calls D2 pending on the live lane and skips it.
+    ctl_status_until(&config, WAIT, |s| s.contains(" durable=3 "));
     // Queue the replay while delivery is paused, then stop cleanly.
     ctl(&config, &["pause", "ehr"]);
     let out = replay_last_hour(&config, &["--force", "--reason", "drill"]);
@@ -459,4 +462,50 @@ fn what_the_live_lanes_will_send_again_is_never_replayed_nor_queued_twice() {
         (&5.into(), &0.into()),
         "{out}"
     );
+}
+
+/// A destination's filter widened between two runs: the lane passed the
+/// messages the old filter left out, never sending them. Reconcile must not
+/// call them missing (they were not wanted then, and "missing" means a bug
+/// or tampering) but counts them apart; what the new filter wants from the
+/// change on is delivered and counted as usual.
+#[test]
+fn messages_an_earlier_filter_left_out_are_not_missing_after_it_is_widened() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(accept_all());
+    let narrow = "[destination.filter]\nmessage_types = [\"ADT\"]";
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, narrow));
+    let mut broker = Broker::start(&config);
+    let adt = |id: &str| {
+        format!("MSH|^~\\&|REG|HOSP|EHR|HOSP|20261127||ADT^A01|{id}|P|2.5\rPID|1||P{id}^^^HOSP^MR||DOE^J\r")
+            .into_bytes()
+    };
+    let mut c = Client::connect(broker.addr());
+    for id in ["R1", "R2", "R3"] {
+        assert!(c.roundtrip(&oru(id, "DOE^J")).0.is_positive());
+    }
+    assert!(c.roundtrip(&adt("A1")).0.is_positive());
+    sink.wait_accepted(&["A1".to_string()], WAIT);
+    // The lane's durable cursor is past all four (R1..R3 passed, A1 sent).
+    let status = ctl_status_until(&config, WAIT, |s| s.contains(" durable=4 "));
+    assert!(status.contains(" durable=4 "), "{status}");
+    broker.kill9();
+    drop(broker);
+
+    // The same destination, now taking every message type.
+    let config = config_with(dir.path(), &destination("ehr", sink.addr, ""));
+    let broker = Broker::start(&config);
+    let mut c = Client::connect(broker.addr());
+    assert!(c.roundtrip(&oru("R4", "DOE^J")).0.is_positive());
+    sink.wait_accepted(&["R4".to_string()], WAIT);
+    let status = ctl_status_until(&config, WAIT, |s| s.contains(" durable=5 "));
+    assert!(status.contains(" durable=5 "), "{status}");
+    let (code, r) = reconcile_json(&config, &["--destination", "ehr"]);
+    let counts = &r["counts"];
+    assert_eq!(counts["missing"], 0, "{r}");
+    assert_eq!(counts["filtered_then"], 3, "{r}");
+    assert_eq!(counts["delivered"], 2, "A1 and R4: {r}");
+    assert_eq!(code, 0, "clean: {r}");
+    let received: Vec<String> = sink.received().into_iter().map(|r| r.control_id).collect();
+    assert_eq!(received, vec!["A1", "R4"], "the old filter's choice stands");
 }

@@ -8,6 +8,7 @@
 //! in its lane is delivered; other lanes and destinations are unaffected.
 pub mod dlq;
 pub mod dlq_query;
+pub mod filter_history;
 pub mod journal;
 mod lane;
 pub mod link;
@@ -157,6 +158,8 @@ pub struct Destination {
     last_reconcile: Mutex<Option<reconcile::ReconcileReport>>,
     pub cursors: CursorStore,
     pub router: Router,
+    /// Earlier filters and where they judged (for reconciliation).
+    pub filter_history: filter_history::FilterHistory,
     pub breaker: Breaker,
     pub limiter: RateLimiter,
     pub paused: AtomicBool,
@@ -769,6 +772,13 @@ fn open_destination(
         source,
     })?;
     cursors.attach_journal(journal.clone());
+    let filter_history = filter_history::record(
+        storage.as_ref(),
+        &layout.filter_history(&d.name),
+        &d.name,
+        &d.filter,
+        &starts.iter().map(|c| c.next_offset.0).collect::<Vec<_>>(),
+    );
     let replay_position =
         replay_log.register_reader(&format!("{}/replay", d.name), replay_log.start_offset());
     let (replay_cursors, replay_starts) = CursorStore::open(
@@ -801,6 +811,7 @@ fn open_destination(
         },
         cursors,
         router: Router::new(d.filter.clone(), d.ordering.clone()),
+        filter_history,
         breaker: Breaker::new(d.circuit_breaker.clone()),
         limiter: RateLimiter::new(d.rate_limit_per_s),
         paused: AtomicBool::new(false),
@@ -875,8 +886,13 @@ fn report(d: &Destination) -> DestinationReport {
     let last_reconcile = d.last_reconcile.lock().as_ref().map(|r| {
         let c = &r.counts;
         format!(
-            "at {}: {} selected, {} delivered, {} pending, {} dead-lettered, {} blocked, {} missing",
-            r.at_ms, c.selected, c.delivered, c.pending, c.dead_lettered, c.blocked, c.missing
+            "at {}: {} selected, {} delivered, {} pending, {} dead-lettered, {} blocked, {} missing{}",
+            r.at_ms, c.selected, c.delivered, c.pending, c.dead_lettered, c.blocked, c.missing,
+            if c.filtered_then > 0 {
+                format!(", {} filtered out then", c.filtered_then)
+            } else {
+                String::new()
+            }
         )
     });
     let circuit = match d.breaker.state() {

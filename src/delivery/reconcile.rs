@@ -4,8 +4,9 @@
 //! wants, the journal, the dead-letter log and the lanes' durable cursors
 //! say where it stands: `delivered` (an attempt was acknowledged),
 //! `dead-lettered`, `blocked` (a lane holds it), `pending` (no lane has
-//! passed it yet), or `missing`: passed by its lane's durable cursor with
-//! neither an acknowledged attempt nor a dead letter. The cursor store
+//! passed it yet), `filtered-then` (passed under an earlier filter that
+//! left it out: `filter_history.rs`), or `missing`: passed by its lane's
+//! durable cursor with neither an acknowledged attempt nor a dead letter. The cursor store
 //! makes journal entries durable before the cursor that passes them, so
 //! `missing` is a bug or tampering and must be zero.
 //!
@@ -42,6 +43,10 @@ pub struct Counts {
     pub dead_lettered: u64,
     pub blocked: u64,
     pub missing: u64,
+    /// Wanted by today's filter, passed by its lane under an earlier one
+    /// that left it out (never sent; `ctl replay` sends such messages).
+    #[serde(default)]
+    pub filtered_then: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,7 +97,7 @@ impl ReconcileReport {
             && self.against.as_ref().is_none_or(|a| {
                 a.missing_downstream
                     .iter()
-                    .all(|i| i.state == "pending" || i.state == "blocked")
+                    .all(|i| matches!(i.state.as_str(), "pending" | "blocked" | "filtered-then"))
             })
     }
 }
@@ -157,6 +162,9 @@ pub fn reconcile(
                 "blocked"
             } else if cursors[usize::from(lane)] <= offset {
                 "pending"
+            } else if d.filter_history.filtered_then(lane, offset, meta, payload) {
+                // Passed under an earlier filter that left it out.
+                "filtered-then"
             } else {
                 "missing"
             };
@@ -174,6 +182,7 @@ pub fn reconcile(
                     Some(&mut report.dead_lettered),
                 ),
                 "blocked" => (&mut report.counts.blocked, Some(&mut report.blocked)),
+                "filtered-then" => (&mut report.counts.filtered_then, None),
                 _ => (&mut report.counts.missing, Some(&mut report.missing)),
             };
             *count += 1;
@@ -209,6 +218,7 @@ pub fn reconcile(
             // lane it sends: queueing either again would send it twice.
             let live_sends = cursors[usize::from(lane)] <= offset;
             let replayable = !live_sends
+                && state != "filtered-then"
                 && !queued.contains(&offset.0)
                 && match &listed {
                     Some(_) => lacking,
