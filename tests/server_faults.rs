@@ -240,24 +240,12 @@ fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
 /// theirs, and nobody delivered them.
 #[test]
 fn a_transient_read_error_costs_no_message_on_a_partitioned_destination() {
-    use delivery_common::{accept_all, Sink};
     let dir = tempfile::tempdir().unwrap();
     let sim = SimStorage::new();
-    let sink = Sink::start(accept_all());
-    let partitioned = "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4";
-    let config = ehr_config(dir.path(), sink.addr, "", partitioned);
-    let (addr, engine, stop, join) = serve(&config, &sim);
-    engine.pause("ehr", true).unwrap();
-    let mut c = Client::connect(addr);
-    let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
-    for id in &ids {
-        assert!(c.roundtrip(&oru(id, 800)).0.is_positive());
-    }
+    let sink = delivery_common::Sink::start(delivery_common::accept_all());
+    let (engine, stop, join, ids) = partitioned_holding_40(dir.path(), &sim, &sink);
     let first = dir.path().join("queues/lab/00000000000000000000.log");
-    let bytes = sim.contents(&first).unwrap();
-    let pos = (0..10).fold(64usize, |p, _| {
-        p + u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize
-    });
+    let pos = record_start(&sim.contents(&first).unwrap(), 10);
     sim.fail_reads(&first, pos as u64 + 100, 1);
     engine.pause("ehr", false).unwrap();
     let status = wait_status(&engine, |s| s.contains("BLOCKED"));
@@ -268,6 +256,38 @@ fn a_transient_read_error_costs_no_message_on_a_partitioned_destination() {
     sink.wait_accepted(&ids, std::time::Duration::from_secs(30));
     stop.shutdown();
     join.join().unwrap();
+}
+
+/// A broker over `sim` with a 4-lane partitioned destination to `sink`,
+/// paused, holding m0..m39 (800 bytes each, distinct patients) in the
+/// first segment of queue `lab`.
+fn partitioned_holding_40(
+    dir: &std::path::Path,
+    sim: &SimStorage,
+    sink: &delivery_common::Sink,
+) -> (
+    Arc<orderly::delivery::Engine>,
+    orderly::server::ShutdownHandle,
+    std::thread::JoinHandle<()>,
+    Vec<String>,
+) {
+    let partitioned = "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4";
+    let config = ehr_config(dir, sink.addr, "", partitioned);
+    let (addr, engine, stop, join) = serve(&config, sim);
+    engine.pause("ehr", true).unwrap();
+    let mut c = Client::connect(addr);
+    let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for id in &ids {
+        assert!(c.roundtrip(&oru(id, 800)).0.is_positive());
+    }
+    (engine, stop, join, ids)
+}
+
+/// Where record `n` of a segment starts, walking the records' lengths.
+fn record_start(segment: &[u8], n: usize) -> usize {
+    (0..n).fold(64usize, |p, _| {
+        p + u32::from_le_bytes(segment[p..p + 4].try_into().unwrap()) as usize
+    })
 }
 
 fn blocked_at(status: &str) -> u64 {
@@ -295,35 +315,21 @@ fn wait_status(engine: &orderly::delivery::Engine, done: impl Fn(&str) -> bool) 
 /// delivers the rest. Every intact message arrives.
 #[test]
 fn a_long_damaged_run_costs_only_its_own_records_on_a_partitioned_destination() {
-    use delivery_common::{accept_all, Sink};
     let dir = tempfile::tempdir().unwrap();
     let sim = SimStorage::new();
-    let sink = Sink::start(accept_all());
-    let partitioned = "ordering = \"partitioned\"\npartition_key = \"PID-3.1\"\nlanes = 4";
-    let config = ehr_config(dir.path(), sink.addr, "", partitioned);
-    let (addr, engine, stop, join) = serve(&config, &sim);
-    engine.pause("ehr", true).unwrap();
-    let mut c = Client::connect(addr);
-    let ids: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
-    for id in &ids {
-        assert!(c.roundtrip(&oru(id, 800)).0.is_positive());
-    }
+    let sink = delivery_common::Sink::start(delivery_common::accept_all());
+    let (engine, stop, join, ids) = partitioned_holding_40(dir.path(), &sim, &sink);
     // Records 10..30 overwritten as one stretch (found by their lengths).
     let first = dir.path().join("queues/lab/00000000000000000000.log");
     let bytes = sim.contents(&first).unwrap();
-    let start_of = |n: usize| {
-        (0..n).fold(64usize, |p, _| {
-            p + u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize
-        })
-    };
-    let (from, to) = (start_of(10), start_of(30));
+    let (from, to) = (record_start(&bytes, 10), record_start(&bytes, 30));
     sim.overwrite(&first, from as u64, &vec![0x5A; to - from]);
     engine.pause("ehr", false).unwrap();
     let status = wait_status(&engine, |s| s.contains("BLOCKED"));
     assert_eq!(blocked_at(&status), 10, "{status}");
     let intact: Vec<String> = ids[..10].iter().chain(&ids[30..]).cloned().collect();
     // Lanes 1..3 deliver theirs from after the run while lane 0 waits.
-    let after_run = |sink: &Sink| {
+    let after_run = |sink: &delivery_common::Sink| {
         sink.received()
             .iter()
             .filter(|r| ids[30..].contains(&r.control_id))

@@ -406,104 +406,95 @@ fn a_conflict_with_a_version_that_then_fails_to_store_is_answered_resend_later()
             self.0.lock().unwrap().get(&offset.0).cloned()
         }
     }
+    /// A session, its queue's index and what it asked to append.
+    struct Harness {
+        config: Config,
+        metrics: Metrics,
+        ids: AckIds,
+        store: Store,
+        dedupe: QueueDedupe,
+        session: Session,
+        asked: Vec<(Vec<u8>, Vec<u8>)>,
+    }
+    impl Harness {
+        fn with_ingest<R>(
+            &mut self,
+            f: impl FnOnce(&mut Session, &mut Ingest<'_>, &mut Vec<(Vec<u8>, Vec<u8>)>) -> R,
+        ) -> R {
+            let mut ing = Ingest {
+                listener: &self.config.listeners[0],
+                peer: "test",
+                ids: &mut self.ids,
+                metrics: &self.metrics,
+                now_ms: 0,
+                refused: None,
+                dedupe: Some(&mut self.dedupe),
+            };
+            f(&mut self.session, &mut ing, &mut self.asked)
+        }
+        fn feed(&mut self, message: &[u8]) {
+            let mut framed = vec![0x0b];
+            framed.extend_from_slice(message);
+            framed.extend_from_slice(&[0x1c, 0x0d]);
+            self.session.rbuf.extend_from_slice(&framed);
+            self.with_ingest(|session, ing, asked| {
+                let mut append = |p: &[u8], m: Vec<u8>| asked.push((p.to_vec(), m));
+                while !matches!(session.step(ing, &mut append), Step::NeedMore) {}
+                session.compact();
+            });
+        }
+        /// Completes append `i` as stored at offset `Ok(o)` or failed.
+        fn complete(&mut self, i: usize, result: Result<u64, AppendError>) {
+            let (payload, meta) = self.asked[i].clone();
+            if let (Ok(o), Some(orig)) = (&result, stored_original(&meta, 0)) {
+                self.store.lock().unwrap().insert(*o, orig);
+            }
+            self.with_ingest(|session, ing, _| match result {
+                Ok(o) => session.complete(Ok(Offset(o)), &payload, ing),
+                Err(e) => session.complete(Err(&e), &payload, ing),
+            });
+        }
+        /// (MSA-1, MSA-2, ERR segment) of each answer written.
+        fn answers(&self) -> Vec<(AckCode, String, String)> {
+            let out = &self.session.out[self.session.written..];
+            let mut decoder = FrameDecoder::for_acks(1 << 20);
+            let mut acks = Vec::new();
+            while let Decoded::Frame(r) = decoder.decode(out) {
+                let a = parse_ack(&out[r.clone()]).unwrap();
+                let id = String::from_utf8_lossy(a.control_id).into_owned();
+                acks.push((a.code, id, err_segment(&out[r])));
+            }
+            acks
+        }
+    }
     let config = Config::parse(
         "[[listener]]\nname='l'\nlisten='127.0.0.1:1'\nqueue='q'\nack_mode='original'\n",
         "test",
     )
     .unwrap();
-    let listener = &config.listeners[0];
-    let metrics = Metrics::default();
-    let mut ids = AckIds::new();
     let store: Store = Arc::default();
-    let mut dedupe = QueueDedupe {
-        index: DedupeIndex::new(u64::MAX, 1024),
-        paths: vec![orderly::hl7::FieldPath::parse("MSH-10").unwrap()],
-        on_conflict: KeyConflict::Reject,
-        originals: Box::new(Stored(store.clone())),
-        log: None,
+    let mut h = Harness {
+        session: Session::new(config.listeners[0].max_frame_bytes),
+        config,
+        metrics: Metrics::default(),
+        ids: AckIds::new(),
+        dedupe: QueueDedupe {
+            index: DedupeIndex::new(u64::MAX, 1024),
+            paths: vec![orderly::hl7::FieldPath::parse("MSH-10").unwrap()],
+            on_conflict: KeyConflict::Reject,
+            originals: Box::new(Stored(store.clone())),
+            log: None,
+        },
+        store,
+        asked: Vec::new(),
     };
-    let mut session = Session::new(listener.max_frame_bytes);
-    let mut asked: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let feed = |session: &mut Session,
-                dedupe: &mut QueueDedupe,
-                asked: &mut Vec<(Vec<u8>, Vec<u8>)>,
-                ids: &mut AckIds,
-                bytes: &[u8]| {
-        let mut framed = vec![0x0b];
-        framed.extend_from_slice(bytes);
-        framed.extend_from_slice(&[0x1c, 0x0d]);
-        session.rbuf.extend_from_slice(&framed);
-        let mut ing = Ingest {
-            listener,
-            peer: "test",
-            ids,
-            metrics: &metrics,
-            now_ms: 0,
-            refused: None,
-            dedupe: Some(dedupe),
-        };
-        let mut append = |p: &[u8], m: Vec<u8>| asked.push((p.to_vec(), m));
-        while !matches!(session.step(&mut ing, &mut append), Step::NeedMore) {}
-        session.compact();
-    };
-    feed(
-        &mut session,
-        &mut dedupe,
-        &mut asked,
-        &mut ids,
-        &msg("K1", "first"),
-    );
-    feed(
-        &mut session,
-        &mut dedupe,
-        &mut asked,
-        &mut ids,
-        &msg("K1", "changed"),
-    );
-    assert_eq!(asked.len(), 2, "the first version and the conflict event");
-    let complete = |session: &mut Session,
-                    dedupe: &mut QueueDedupe,
-                    (payload, meta): &(Vec<u8>, Vec<u8>),
-                    result: Result<u64, AppendError>| {
-        let mut ids = AckIds::new();
-        let mut ing = Ingest {
-            listener,
-            peer: "test",
-            ids: &mut ids,
-            metrics: &metrics,
-            now_ms: 0,
-            refused: None,
-            dedupe: Some(dedupe),
-        };
-        match result {
-            Ok(o) => {
-                if let Some(orig) = stored_original(meta, 0) {
-                    store.lock().unwrap().insert(o, orig);
-                }
-                session.complete(Ok(Offset(o)), payload, &mut ing);
-            }
-            Err(e) => session.complete(Err(&e), payload, &mut ing),
-        }
-    };
-    let full = AppendError::StorageFull("test".into());
-    complete(&mut session, &mut dedupe, &asked[0].clone(), Err(full));
-    complete(&mut session, &mut dedupe, &asked[1].clone(), Ok(0));
+    h.feed(&msg("K1", "first"));
+    h.feed(&msg("K1", "changed"));
+    assert_eq!(h.asked.len(), 2, "the first version and the conflict event");
+    h.complete(0, Err(AppendError::StorageFull("test".into())));
+    h.complete(1, Ok(0));
 
-    let answers = |session: &Session| -> Vec<(AckCode, String, String)> {
-        let out = &session.out[session.written..];
-        let mut decoder = FrameDecoder::for_acks(1 << 20);
-        let mut acks = Vec::new();
-        while let Decoded::Frame(r) = decoder.decode(out) {
-            let a = parse_ack(&out[r.clone()]).unwrap();
-            acks.push((
-                a.code,
-                String::from_utf8_lossy(a.control_id).into_owned(),
-                err_segment(&out[r]),
-            ));
-        }
-        acks
-    };
-    let acks = answers(&session);
+    let acks = h.answers();
     assert_eq!(acks.len(), 2);
     assert_eq!(acks[0].0, AckCode::ApplicationReject, "K1 not stored: AR");
     assert_eq!(
@@ -516,15 +507,9 @@ fn a_conflict_with_a_version_that_then_fails_to_store_is_answered_resend_later()
     assert!(acks[1].2.contains("resend later"), "{}", acks[1].2);
 
     // The resend is a new message now.
-    feed(
-        &mut session,
-        &mut dedupe,
-        &mut asked,
-        &mut ids,
-        &msg("K1", "changed"),
-    );
-    assert_eq!(asked.len(), 3);
-    let meta = MetaView::new(&asked[2].1);
+    h.feed(&msg("K1", "changed"));
+    assert_eq!(h.asked.len(), 3);
+    let meta = MetaView::new(&h.asked[2].1);
     assert_eq!(
         meta.get(MetaKey::Event),
         None,
