@@ -17,6 +17,7 @@ pub mod layout;
 pub mod metrics;
 pub mod mllp;
 pub mod report;
+pub mod sched;
 pub mod server;
 pub mod storage;
 pub mod timearg;

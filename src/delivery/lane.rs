@@ -206,6 +206,8 @@ impl Lane {
     }
 
     pub fn run(mut self) {
+        // Sleeps on every downstream round trip, runs briefly between them.
+        crate::sched::request_short_slice("delivery lane");
         while !self.stop.load(Ordering::Relaxed) {
             self.handle_commands(Duration::ZERO);
             if (self.channel == Channel::Live && self.dest.halted())

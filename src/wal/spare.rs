@@ -175,7 +175,9 @@ impl Drop for Preparer {
 }
 
 fn run(storage: &dyn Storage, dir: &Path, segment_bytes: u64, kicked: &Receiver<()>) {
-    lower_own_priority();
+    // Background work: CPU and disk only when the writer, the event loop
+    // and delivery leave some.
+    crate::sched::lower_own_priority("WAL spare");
     while kicked.recv().is_ok() {
         // Pause as long as each step took: the fill uses at most half the
         // disk's time; the Preparer's drop ends the pause (and the fill).
@@ -194,34 +196,6 @@ fn run(storage: &dyn Storage, dir: &Path, segment_bytes: u64, kicked: &Receiver<
                 tracing::warn!(dir = %dir.display(), error = %e, "could not prepare a spare segment")
             }
         }
-    }
-}
-
-/// The fill is background work: it should take CPU and disk time only when
-/// the writer, the event loop and delivery leave some. SCHED_IDLE (a waking
-/// ordinary thread always preempts it; nice 19 alone can still hold a CPU
-/// until its slice ends) and the idle I/O class, for this thread only (on
-/// Linux both apply per thread). Failure is harmless and only logged.
-fn lower_own_priority() {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: the calls take plain integers and a pointer to a live
-    // sched_param, and affect only the calling thread (pid/who = 0).
-    let (sched, io) = unsafe {
-        (
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param),
-            libc::syscall(
-                libc::SYS_ioprio_set,
-                IOPRIO_WHO_PROCESS,
-                0,
-                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-            ),
-        )
-    };
-    if sched != 0 || io != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "could not lower the spare thread's priority");
     }
 }
 
