@@ -1,6 +1,6 @@
 //! Offline checks of a whole data directory for `orderly verify`: every
 //! queue's log, every dead-letter log, delivery journal and replay log, and
-//! every cursor file (live and replay lanes). Read-only and
+//! every cursor file (live and replay lanes) and filter history. Read-only and
 //! safe beside a running broker.
 use crate::cursor;
 use crate::layout::DataDir;
@@ -18,6 +18,7 @@ pub enum Kind {
     Replay,
     Cursors,
     ReplayCursors,
+    FilterHistory,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             Kind::Replay => "replay",
             Kind::Cursors => "cursors",
             Kind::ReplayCursors => "replay-cursors",
+            Kind::FilterHistory => "filters",
         }
     }
 }
@@ -44,6 +46,8 @@ pub struct Checked {
 pub enum Outcome {
     Log(VerifyReport),
     Cursors(cursor::CursorFileReport),
+    /// A filter history holding this many filters.
+    Filters(usize),
     /// The item could not be read at all.
     Unusable(String),
 }
@@ -52,7 +56,7 @@ impl Checked {
     pub fn is_clean(&self) -> bool {
         match &self.outcome {
             Outcome::Log(r) => r.is_clean(),
-            Outcome::Cursors(_) => true,
+            Outcome::Cursors(_) | Outcome::Filters(_) => true,
             Outcome::Unusable(_) => false,
         }
     }
@@ -103,6 +107,19 @@ pub fn data_dir(
     for d in dir.list_replay_cursor_files(storage)? {
         let path = dir.replay_cursors().join(format!("{d}.cur"));
         out.push(check_cursors(storage, Kind::ReplayCursors, d, path));
+    }
+    for d in dir.list_filter_histories(storage)? {
+        let path = dir.filter_history(&d);
+        let outcome = match crate::delivery::filter_history::check_file(storage, &path) {
+            Ok(n) => Outcome::Filters(n),
+            Err(reason) => Outcome::Unusable(reason),
+        };
+        out.push(Checked {
+            kind: Kind::FilterHistory,
+            name: d,
+            path,
+            outcome,
+        });
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@
 //!   queues/<queue>/           a queue's log (docs/FORMAT.md)
 //!   dlq/<destination>/        a destination's dead-letter log
 //!   cursors/<destination>.cur a destination's cursors
+//!   cursors/<destination>.filters  which filter judged which offsets
 //!   journal/<destination>/    a destination's delivery journal (one record per attempt)
 //!   replay/<destination>/     a destination's replay log (replays, resubmissions)
 //!   replay-cursors/<destination>.cur  the replay lane's cursor
@@ -118,6 +119,11 @@ impl DataDir {
         cur_files(storage, &self.cursors())
     }
 
+    /// Names of the destinations that have a filter history, sorted.
+    pub fn list_filter_histories(&self, storage: &dyn Storage) -> std::io::Result<Vec<String>> {
+        files_ending(storage, &self.cursors(), ".filters")
+    }
+
     /// Names of the destinations whose replay lane has a cursor file, sorted.
     pub fn list_replay_cursor_files(&self, storage: &dyn Storage) -> std::io::Result<Vec<String>> {
         cur_files(storage, &self.replay_cursors())
@@ -125,13 +131,18 @@ impl DataDir {
 }
 
 fn cur_files(storage: &dyn Storage, dir: &Path) -> std::io::Result<Vec<String>> {
+    files_ending(storage, dir, ".cur")
+}
+
+/// Names (without `suffix`) of the files in `dir` ending in `suffix`, sorted.
+fn files_ending(storage: &dyn Storage, dir: &Path, suffix: &str) -> std::io::Result<Vec<String>> {
     if !storage.exists(dir) {
         return Ok(Vec::new());
     }
     let mut names: Vec<String> = storage
         .list(dir)?
         .into_iter()
-        .filter_map(|n| n.strip_suffix(".cur").map(str::to_string))
+        .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
         .collect();
     names.sort();
     Ok(names)

@@ -170,6 +170,9 @@ fn print_checked(c: &check::Checked) {
                 );
             }
         }
+        Outcome::Filters(n) => {
+            println!("{label} {name}: OK: {n} filter(s) recorded");
+        }
         Outcome::Unusable(reason) => {
             println!("{label} {name}: CORRUPT: {}: {reason}", c.path.display());
         }

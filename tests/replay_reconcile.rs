@@ -508,4 +508,31 @@ fn messages_an_earlier_filter_left_out_are_not_missing_after_it_is_widened() {
     assert_eq!(code, 0, "clean: {r}");
     let received: Vec<String> = sink.received().into_iter().map(|r| r.control_id).collect();
     assert_eq!(received, vec!["A1", "R4"], "the old filter's choice stands");
+
+    // verify reads the history; a garbled one is reported, and the broker
+    // still starts on it (reconcile then judges by today's filter alone).
+    let verify = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .args(["verify", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text)
+    };
+    let (ok, text) = verify();
+    assert!(
+        ok && text.contains("filters ehr: OK: 2 filter(s)"),
+        "{text}"
+    );
+    drop(broker);
+    std::fs::write(dir.path().join("data/cursors/ehr.filters"), "garbage\n").unwrap();
+    let (ok, text) = verify();
+    assert!(!ok && text.contains("filters ehr: CORRUPT"), "{text}");
+    let broker = Broker::start(&config);
+    let mut c = Client::connect(broker.addr());
+    assert!(c.roundtrip(&oru("R5", "DOE^J")).0.is_positive());
+    sink.wait_accepted(&["R5".to_string()], WAIT);
+    let kept = std::fs::read_to_string(dir.path().join("data/cursors/ehr.filters")).unwrap();
+    assert_eq!(kept, "garbage\n", "left as it is, as evidence");
 }

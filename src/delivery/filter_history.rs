@@ -184,6 +184,15 @@ pub fn record(
     history(&entries)
 }
 
+/// For `orderly verify`: how many filters the history at `path` holds,
+/// or why it does not parse.
+pub fn check_file(storage: &dyn Storage, path: &Path) -> Result<usize, String> {
+    if !storage.exists(path) {
+        return Err("no such file".into());
+    }
+    read(storage, path).map(|entries| entries.len())
+}
+
 fn read(storage: &dyn Storage, path: &Path) -> Result<Vec<(Vec<u64>, String)>, String> {
     if !storage.exists(path) {
         return Ok(Vec::new());
