@@ -355,3 +355,43 @@ fn a_long_damaged_run_costs_only_its_own_records_on_a_partitioned_destination() 
     stop.shutdown();
     join.join().unwrap();
 }
+
+/// `dlq list` returns at most its bound over all destinations together,
+/// not per destination: with 3 letters in each of two destinations and a
+/// bound of 4, the first destination's 3 and the second's first one.
+#[test]
+fn the_dead_letter_list_bound_holds_over_all_destinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new();
+    let sink = delivery_common::Sink::start(delivery_common::accept_all());
+    let dest = |name: &str| {
+        format!(
+            "[[destination]]\nname = \"{name}\"\nqueue = \"lab\"\nconnect = \"{}\"\n",
+            sink.addr
+        )
+    };
+    let text = format!(
+        "data_dir = {:?}\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\n{}{}",
+        dir.path().display().to_string(),
+        dest("ehr"),
+        dest("lis")
+    );
+    let config = Config::parse(&text, "test.toml").expect("config");
+    let (addr, engine, stop, join) = serve(&config, &sim);
+    engine.pause("ehr", true).unwrap();
+    engine.pause("lis", true).unwrap();
+    let mut c = Client::connect(addr);
+    for id in ["m0", "m1", "m2"] {
+        assert!(c.roundtrip(&oru(id, 300)).0.is_positive());
+    }
+    engine.clear("ehr", None, "test").unwrap();
+    engine.clear("lis", None, "test").unwrap();
+    let all = orderly::delivery::dlq_query::DlqFilter::default();
+    let (letters, _) = engine.dlq_list(&all).unwrap();
+    assert_eq!(letters.len(), 6, "3 cleared from each destination");
+    let (letters, _) = engine.dlq_list_at_most(&all, 4).unwrap();
+    let ids: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(ids, vec!["ehr:0", "ehr:1", "ehr:2", "lis:0"], "{ids:?}");
+    stop.shutdown();
+    join.join().unwrap();
+}

@@ -386,11 +386,20 @@ impl Engine {
     }
 
     /// Dead-letter records matching `filter`, oldest first per destination,
-    /// at most [`dlq_query::DLQ_LIST_MAX`]; with how many damaged records
-    /// were passed over.
+    /// at most [`dlq_query::DLQ_LIST_MAX`] over all destinations; with how
+    /// many damaged records were passed over.
     pub fn dlq_list(
         &self,
         filter: &dlq_query::DlqFilter,
+    ) -> Result<(Vec<dlq_query::DlqEntry>, u64), String> {
+        self.dlq_list_at_most(filter, dlq_query::DLQ_LIST_MAX)
+    }
+
+    /// [`dlq_list`](Self::dlq_list) with the bound given (for tests of it).
+    pub fn dlq_list_at_most(
+        &self,
+        filter: &dlq_query::DlqFilter,
+        most: usize,
     ) -> Result<(Vec<dlq_query::DlqEntry>, u64), String> {
         if let Some(d) = &filter.destination {
             self.find(d)?;
@@ -401,11 +410,12 @@ impl Engine {
                 &d.config.name,
                 &d.dlq,
                 filter,
-                dlq_query::DLQ_LIST_MAX.saturating_sub(out.len()),
+                most.saturating_sub(out.len()),
                 &mut out,
                 &mut skipped,
             );
         }
+        debug_assert!(out.len() <= most);
         Ok((out, skipped))
     }
 
