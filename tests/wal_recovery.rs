@@ -760,3 +760,45 @@ fn row_r22_a_bad_block_at_the_tail_after_a_crash_is_a_hole_not_a_cut() {
         Err(WalError::Unreadable { .. })
     ));
 }
+
+/// r22 with the bad stretch starting before the last checkpoint and running
+/// past it to the end of the records: `verify` (which scans the segment from
+/// its start) and recovery (which resumes at the checkpoint) must agree on
+/// the hole: the same offsets unreadable, the same end, nothing "cut".
+#[test]
+fn row_r22_a_bad_stretch_across_the_checkpoint_is_the_same_hole_for_verify_and_recovery() {
+    let config = || LogConfig {
+        checkpoint_interval_bytes: 8 * 1024,
+        ..cfg()
+    };
+    let sim = SimStorage::new();
+    let log = open_sim(&sim, config());
+    append_n(&log, 0, 43);
+    let image = sim.crash(None);
+    drop(log);
+    let checkpoint = image.contents(&dir().join("checkpoint")).unwrap();
+    let position = u64::from_le_bytes(checkpoint[24..32].try_into().unwrap());
+    let last = files(&image, ".log").last().unwrap().clone();
+    let in_active = records_of(&image, &last);
+    let (_, pos, len) = *in_active.last().unwrap();
+    let data_end = pos + len as u64;
+    assert!(
+        position > 64 + 2 * LEN as u64 && position < data_end,
+        "a checkpoint inside the active segment's records: {position} < {data_end}"
+    );
+    image.fail_reads(&last, position - 100, data_end - (position - 100));
+    let report = verify_dir(&image, dir()).unwrap();
+    let log = open_sim(&image, config());
+    let end = log.end_offset();
+    assert!(end >= Offset(43), "acknowledged offsets kept: end {end}");
+    let (_, bad) = read_each(&log);
+    assert_eq!(
+        (report.unreadable, report.next_offset),
+        (bad.len() as u64, Some(end)),
+        "verify counts the offsets recovery keeps unreadable: {report:?}"
+    );
+    assert!(
+        report.notes.iter().all(|n| !n.contains("cuts")),
+        "{report:?}"
+    );
+}

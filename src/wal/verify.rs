@@ -278,6 +278,18 @@ fn verify_tail<S: segment::SegmentBytes>(
         report.problems.push(problem(format!(
             "{n} unreadable record(s), offsets {next}..{proven_next} (synced: the checkpoint vouches for them): {reason}"
         )));
+        // Recovery resumes at the checkpoint: unreadable bytes there are
+        // kept as a hole too (r22), not cut.
+        if src.get(end, 1).is_err() {
+            let (to, most) = segment::unreadable_tail_span(src, end);
+            let hole_end = Offset(proven_next.0 + most);
+            report.unreadable += most;
+            report.problems.push(problem(format!(
+                "{} byte(s) from the checkpoint at byte {end} cannot be read; recovery keeps them as a quarantined hole of up to {most} offset(s), {proven_next}..{hole_end}, never cut: they were synced and may hold acknowledged records",
+                to - end
+            )));
+            return hole_end;
+        }
         if segment::nonzero_end(src, end) > end {
             report.notes.push(format!(
                 "{}: unfinished tail after byte {end}; recovery cuts it (never acknowledged)",
