@@ -248,20 +248,22 @@ impl Lane {
                 // (visibly); the other lanes pass over it. A read error may
                 // be transient, and then the record may be theirs: they
                 // wait until lane 0 has passed it (delivered, skipped or
-                // found it another lane's) and read it again first.
-                Err(WalError::Unreadable { .. })
-                    if self.lane != 0 && !lane_zero_passed(&self.dest, self.next) =>
-                {
-                    self.stalled = true;
-                    return Ok(false);
-                }
+                // found it another lane's) and read it again first. So
+                // does a damaged run holding a read error anywhere, even
+                // when its first record failed its checks.
                 Err(e @ (WalError::Corrupt { .. } | WalError::Unreadable { .. }))
                     if self.lane != 0 =>
                 {
-                    // The whole damaged run at once (a read error only as
-                    // far as lane 0 has passed it, as above).
+                    let read_error = matches!(e, WalError::Unreadable { .. })
+                        || self.reader.damage_had_read_error();
+                    if read_error && !lane_zero_passed(&self.dest, self.next) {
+                        self.stalled = true;
+                        return Ok(false);
+                    }
+                    // The whole damaged run at once (with a read error only
+                    // as far as lane 0 has passed it).
                     let mut past = self.reader.damage_end().unwrap_or(Offset(self.next.0 + 1));
-                    if matches!(e, WalError::Unreadable { .. }) {
+                    if read_error {
                         past = past.min(self.dest.lanes[0].status.lock().next_offset);
                     }
                     self.pass_over_to(past.max(Offset(self.next.0 + 1)));

@@ -49,8 +49,9 @@ pub struct LogReader {
     next: Offset,
     cur: Option<Cursor>,
     window: Window,
-    /// After an error for damage: the first offset past the damaged run.
-    damage_end: Option<Offset>,
+    /// After an error for damage: the first offset past the damaged run,
+    /// and whether bytes in the run could not be read.
+    damage_end: Option<(Offset, bool)>,
 }
 
 impl LogReader {
@@ -69,7 +70,14 @@ impl LogReader {
     /// to it is unreadable), so scans step over a hole in one move instead
     /// of one offset at a time. `None` after any other outcome.
     pub fn damage_end(&self) -> Option<Offset> {
-        self.damage_end
+        self.damage_end.map(|(o, _)| o)
+    }
+
+    /// After [`next`](Self::next) failed on damage: whether some bytes of
+    /// the damaged run could not be read (a read error, perhaps transient),
+    /// even when its first record failed its checks.
+    pub fn damage_had_read_error(&self) -> bool {
+        self.damage_end.is_some_and(|(_, io)| io)
     }
 
     /// Offset of the record the next call returns.
@@ -132,7 +140,9 @@ impl LogReader {
                 // Without an intact record after it, the damage runs to the
                 // segment's limit (as of this read's tail).
                 let past = d.resume.map_or(limit, |(o, _)| Some(o));
-                *damage_end = past.filter(|o| *o > target);
+                *damage_end = past
+                    .filter(|o| *o > target)
+                    .map(|o| (o, d.read_error_in_run));
                 Err(report_damage(shared, &cur.seg, &d, target))
             }
         }

@@ -400,12 +400,27 @@ pub fn resync<S: SegmentBytes + ?Sized>(
     limit: Option<Offset>,
     until: u64,
 ) -> Option<(u64, Offset)> {
+    resync_noting_read_errors(src, bad_position, expected, limit, until, &mut false)
+}
+
+/// [`resync`], setting `read_error` when it stepped over bytes that could
+/// not be read (the damaged run then holds a read error somewhere, which
+/// may be transient, whatever its first record's damage was).
+fn resync_noting_read_errors<S: SegmentBytes + ?Sized>(
+    src: &mut S,
+    bad_position: u64,
+    expected: Offset,
+    limit: Option<Offset>,
+    until: u64,
+    read_error: &mut bool,
+) -> Option<(u64, Offset)> {
     let limit = limit.map_or(u64::MAX, |l| l.0);
     let until = until.min(src.end());
     let mut pos = bad_position + 1;
     while pos < until {
         let probe = match src.get(pos, RESYNC_PROBE_BYTES) {
             Err(u) => {
+                *read_error = true;
                 pos = u.resume.max(pos + 1);
                 continue;
             }
@@ -490,6 +505,9 @@ pub struct Damage {
     pub reason: &'static str,
     /// The damage is a read error, not bytes that fail their checks.
     pub io: bool,
+    /// Somewhere in the damaged run (up to `resume`) bytes could not be
+    /// read: offsets there may read again later.
+    pub read_error_in_run: bool,
 }
 
 /// Finds the record with `target` offset, scanning from `from` (an index
@@ -521,7 +539,10 @@ pub fn find_record<S: SegmentBytes + ?Sized>(
             At::Unreadable(_) => ("unreadable (I/O error)", true),
         };
         let end = src.end();
-        let resume = resync(src, pos, expected, limit, end).map(|(p, o)| (o, p));
+        let mut read_error_in_run = io;
+        let resume =
+            resync_noting_read_errors(src, pos, expected, limit, end, &mut read_error_in_run)
+                .map(|(p, o)| (o, p));
         match resume {
             Some((o, p)) if o <= target => (expected, pos) = (o, p),
             _ => {
@@ -531,6 +552,7 @@ pub fn find_record<S: SegmentBytes + ?Sized>(
                     resume,
                     reason,
                     io,
+                    read_error_in_run,
                 })
             }
         }
