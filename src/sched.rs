@@ -29,6 +29,16 @@ pub fn request_short_slice(who: &str) {
     }
     /// The shortest slice the kernel grants.
     const SLICE_NS: u64 = 100_000;
+    // Only for an ordinary thread: a policy the operator chose (chrt,
+    // systemd CPUSchedulingPolicy=) stays as it is.
+    // SAFETY: takes a plain integer; pid 0 is the calling thread.
+    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+        tracing::debug!(
+            thread = who,
+            "not SCHED_OTHER: scheduler slice left as configured"
+        );
+        return;
+    }
     // SAFETY: getpriority takes plain integers; it reads this thread's nice
     // value, which the call below must restate.
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
