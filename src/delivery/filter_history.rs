@@ -8,8 +8,11 @@
 //! start the broker compares the configured filter with the last entry
 //! here and, when it differs, appends an entry holding the new filter and
 //! each lane's durable cursor: the first offset the new filter judges on
-//! that lane. The file is small and rewritten whole (temp file, fsync,
-//! rename); its layout is in docs/FORMAT.md.
+//! that lane. Lane numbers mean something only under one routing (queue,
+//! lane count, partition key): when the routing changes the history starts
+//! again, so older messages are judged by today's filter (at worst a false
+//! `missing`, never a hidden one). The file is small and rewritten whole
+//! (temp file, fsync, rename); its layout is in docs/FORMAT.md.
 use super::route::Router;
 use crate::config::{FilterConfig, Ordering};
 use crate::storage::{self, Storage};
@@ -28,7 +31,7 @@ struct Epoch {
     router: Router,
 }
 
-/// The filters a destination had, oldest first.
+/// The filters a destination had under today's routing, oldest first.
 #[derive(Default)]
 pub struct FilterHistory {
     epochs: Vec<Epoch>,
@@ -36,25 +39,34 @@ pub struct FilterHistory {
 
 impl FilterHistory {
     /// Whether the lane that passed `offset` did so under an earlier
-    /// filter that did not want the message.
+    /// filter that did not want the message. The filter that judged an
+    /// offset last is the newest one that started at or before it (a later
+    /// one that started past it never saw it; one that started before it,
+    /// after a cursor was moved back, saw it again).
     pub fn filtered_then(&self, lane: u16, offset: Offset, meta: &[u8], payload: &[u8]) -> bool {
         let lane = usize::from(lane);
-        // The last entry is the filter in force now: only earlier ones.
-        let n = self.epochs.len().saturating_sub(1);
-        (0..n).any(|i| {
-            let (Some(&from), Some(&to)) = (
-                self.epochs[i].from.get(lane),
-                self.epochs[i + 1].from.get(lane),
-            ) else {
-                return false;
-            };
-            (from..to).contains(&offset.0)
-                && self.epochs[i]
-                    .router
-                    .lane_of(offset, meta, payload)
-                    .is_none()
-        })
+        let judge = self
+            .epochs
+            .iter()
+            .rposition(|e| e.from.get(lane).is_some_and(|&from| from <= offset.0));
+        match judge {
+            // The last entry is the filter in force now, not history.
+            Some(i) if i + 1 < self.epochs.len() => self.epochs[i]
+                .router
+                .lane_of(offset, meta, payload)
+                .is_none(),
+            _ => false,
+        }
     }
+}
+
+/// One line of the file: the routing, the lanes' starting offsets, the
+/// filter as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    routing: String,
+    from: Vec<u64>,
+    filter: String,
 }
 
 /// The filter as one line of text (lists comma-separated, `*` for empty;
@@ -120,8 +132,8 @@ fn parse_filter(text: &str) -> Option<FilterConfig> {
     })
 }
 
-/// Lines: `<from offsets per lane, comma-separated>\t<filter text>`.
-fn parse(text: &str) -> Result<Vec<(Vec<u64>, String)>, String> {
+/// Lines: `<routing>\t<from offsets per lane, comma-separated>\t<filter>`.
+fn parse(text: &str) -> Result<Vec<Entry>, String> {
     let mut lines = text.lines();
     if lines.next() != Some(MAGIC) {
         return Err(format!("does not start with {MAGIC:?}"));
@@ -129,37 +141,49 @@ fn parse(text: &str) -> Result<Vec<(Vec<u64>, String)>, String> {
     lines
         .enumerate()
         .map(|(i, line)| {
-            let bad = || format!("line {}: not `<offsets>\\t<filter>`", i + 2);
-            let (from, filter) = line.split_once('\t').ok_or_else(bad)?;
+            let bad = || format!("line {}: not `<routing>\\t<offsets>\\t<filter>`", i + 2);
+            let (routing, rest) = line.split_once('\t').ok_or_else(bad)?;
+            let (from, filter) = rest.split_once('\t').ok_or_else(bad)?;
             let from: Vec<u64> = from
                 .split(',')
                 .map(|o| o.parse().map_err(|_| bad()))
                 .collect::<Result<_, _>>()?;
             parse_filter(filter).ok_or_else(bad)?;
-            Ok((from, filter.to_string()))
+            Ok(Entry {
+                routing: unescape(routing).ok_or_else(bad)?,
+                from,
+                filter: filter.to_string(),
+            })
         })
         .collect()
 }
 
-fn render(entries: &[(Vec<u64>, String)]) -> String {
+fn render(entries: &[Entry]) -> String {
     let mut out = format!("{MAGIC}\n");
-    for (from, filter) in entries {
-        let from: Vec<String> = from.iter().map(u64::to_string).collect();
-        out.push_str(&format!("{}\t{filter}\n", from.join(",")));
+    for e in entries {
+        let from: Vec<String> = e.from.iter().map(u64::to_string).collect();
+        out.push_str(&format!(
+            "{}\t{}\t{}\n",
+            escape(&e.routing),
+            from.join(","),
+            e.filter
+        ));
     }
     out
 }
 
 /// Loads the history at `path` and, when `filter` differs from its last
 /// entry (or there is none), appends `filter` from the lanes' durable
-/// cursors `from` on. A file that does not parse is left as it is (it is
-/// evidence) and the history is empty: reconciliation then judges every
-/// message by today's filter, as without a history. Errors are logged,
-/// never fatal: the broker starts on a full disk.
+/// cursors `from` on; when `routing` differs, the history starts again. A
+/// file that does not parse is left as it is (it is evidence) and the
+/// history is empty: reconciliation then judges every message by today's
+/// filter, as without a history. Errors are logged, never fatal: the
+/// broker starts on a full disk.
 pub fn record(
     storage: &dyn Storage,
     path: &Path,
     destination: &str,
+    routing: &str,
     filter: &FilterConfig,
     from: &[u64],
 ) -> FilterHistory {
@@ -170,9 +194,20 @@ pub fn record(
             return FilterHistory::default();
         }
     };
-    let now = filter_text(filter);
-    if entries.last().is_none_or(|(_, f)| *f != now) {
-        entries.push((from.to_vec(), now));
+    let now = Entry {
+        routing: routing.to_string(),
+        from: from.to_vec(),
+        filter: filter_text(filter),
+    };
+    if entries.last().is_some_and(|e| e.routing != now.routing) {
+        tracing::info!(
+            destination,
+            "destination routing changed: its filter history starts again"
+        );
+        entries.clear();
+    }
+    if entries.last().is_none_or(|e| e.filter != now.filter) {
+        entries.push(now);
         let drop = entries.len().saturating_sub(FILTER_EPOCHS_MAX);
         entries.drain(..drop);
         if let Err(e) = storage::replace_file(storage, path, render(&entries).as_bytes()) {
@@ -193,7 +228,7 @@ pub fn check_file(storage: &dyn Storage, path: &Path) -> Result<usize, String> {
     read(storage, path).map(|entries| entries.len())
 }
 
-fn read(storage: &dyn Storage, path: &Path) -> Result<Vec<(Vec<u64>, String)>, String> {
+fn read(storage: &dyn Storage, path: &Path) -> Result<Vec<Entry>, String> {
     if !storage.exists(path) {
         return Ok(Vec::new());
     }
@@ -209,13 +244,13 @@ fn read(storage: &dyn Storage, path: &Path) -> Result<Vec<(Vec<u64>, String)>, S
     parse(&String::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?)
 }
 
-fn history(entries: &[(Vec<u64>, String)]) -> FilterHistory {
+fn history(entries: &[Entry]) -> FilterHistory {
     let epochs = entries
         .iter()
-        .filter_map(|(from, text)| {
-            let filter = parse_filter(text)?;
+        .filter_map(|e| {
+            let filter = parse_filter(&e.filter)?;
             Some(Epoch {
-                from: from.clone(),
+                from: e.from.clone(),
                 router: Router::new(filter, Ordering::Strict),
             })
         })
@@ -247,33 +282,70 @@ mod tests {
     }
 
     #[test]
-    fn each_offset_is_judged_by_the_filter_its_lane_passed_it_under() {
+    fn each_offset_is_judged_by_the_filter_that_last_passed_it() {
         let adt_only = filter_text(&filter(&["ADT"], &[]));
         let all = filter_text(&filter(&[], &[]));
-        // ADT only from 0, everything from 10, ADT only again from 20.
+        let entry = |from: u64, filter: &str| Entry {
+            routing: "queue=lab;lanes=1".into(),
+            from: vec![from],
+            filter: filter.to_string(),
+        };
+        // ADT only from 0, everything from 10, ADT only from 20, then
+        // everything again from 15 (a cursor moved back to 15).
         let h = history(&[
-            (vec![0], adt_only.clone()),
-            (vec![10], all),
-            (vec![20], adt_only),
+            entry(0, &adt_only),
+            entry(10, &all),
+            entry(20, &adt_only),
+            entry(15, &all),
         ]);
         let oru = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|C1|P|2.5\r";
         let adt = b"MSH|^~\\&|REG|HOSP|EHR|HOSP|20261127||ADT^A01|C2|P|2.5\r";
         let at = |o: u64, p: &[u8]| h.filtered_then(0, Offset(o), &[], p);
         assert!(at(0, oru) && at(9, oru), "left out by the first filter");
-        assert!(!at(10, oru) && !at(19, oru), "wanted by the second");
-        assert!(!at(25, oru), "today's filter is not history");
+        assert!(!at(10, oru) && !at(14, oru), "wanted by the second");
+        assert!(
+            !at(15, oru) && !at(25, oru),
+            "judged again by today's filter"
+        );
         assert!(!at(5, adt), "wanted by the first");
         assert!(!h.filtered_then(1, Offset(5), &[], oru), "no such lane");
     }
 
     #[test]
+    fn a_change_of_routing_starts_the_history_again() {
+        use crate::storage::SimStorage;
+        let sim = SimStorage::new();
+        sim.create_dir_all(Path::new("/c")).unwrap();
+        let path = Path::new("/c/d.filters");
+        let (adt, all) = (filter(&["ADT"], &[]), filter(&[], &[]));
+        record(&sim, path, "d", "lanes=2", &adt, &[0, 0]);
+        record(&sim, path, "d", "lanes=2", &adt, &[5, 5]);
+        assert_eq!(check_file(&sim, path), Ok(1), "same filter: nothing added");
+        record(&sim, path, "d", "lanes=2", &all, &[10, 12]);
+        assert_eq!(check_file(&sim, path), Ok(2));
+        // Two lanes became four: the old lane numbers mean nothing now.
+        let h = record(&sim, path, "d", "lanes=4", &all, &[10, 10, 10, 10]);
+        assert_eq!(check_file(&sim, path), Ok(1));
+        let oru = b"MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261127||ORU^R01|C1|P|2.5\r";
+        assert!(
+            !h.filtered_then(3, Offset(3), &[], oru),
+            "judged by today's filter"
+        );
+    }
+
+    #[test]
     fn a_garbled_file_is_an_error_not_a_history() {
         assert!(parse("something else\n").is_err());
-        assert!(parse(&format!("{MAGIC}\nx\ttypes=*\tfacilities=*\n")).is_err());
-        assert!(parse(&format!("{MAGIC}\n1,2\ttypes=*\n")).is_err());
+        assert!(parse(&format!("{MAGIC}\nr\tx\ttypes=*\tfacilities=*\n")).is_err());
+        assert!(parse(&format!("{MAGIC}\nr\t1,2\ttypes=*\n")).is_err());
+        assert!(parse(&format!("{MAGIC}\n1,2\ttypes=*\tfacilities=*\n")).is_err());
         assert_eq!(
-            parse(&format!("{MAGIC}\n1,2\ttypes=*\tfacilities=*\n")).unwrap(),
-            vec![(vec![1, 2], "types=*\tfacilities=*".to_string())]
+            parse(&format!("{MAGIC}\nq%2Cx\t1,2\ttypes=*\tfacilities=*\n")).unwrap(),
+            vec![Entry {
+                routing: "q,x".into(),
+                from: vec![1, 2],
+                filter: "types=*\tfacilities=*".into()
+            }]
         );
     }
 }

@@ -786,6 +786,7 @@ fn open_destination(
         storage.as_ref(),
         &layout.filter_history(&d.name),
         &d.name,
+        &route::routing_description(&d.queue, &d.ordering),
         &d.filter,
         &starts.iter().map(|c| c.next_offset.0).collect::<Vec<_>>(),
     );
