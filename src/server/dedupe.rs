@@ -305,15 +305,25 @@ impl DedupeIndex {
         }
     }
 
-    /// Whether a key's latest stored copy has this payload: a duplicate
-    /// answered positively only if what it duplicates was stored.
-    pub fn holds(&self, key: &[u8], sha256: &[u8; 32], originals: &dyn Originals) -> bool {
+    /// Whether a key's latest stored copy, inside the window at `now_ms`,
+    /// has this payload: a duplicate answered positively (or a conflict
+    /// refused) only if what it repeats (or conflicts with) was stored and
+    /// still counts.
+    pub fn holds(
+        &self,
+        key: &[u8],
+        sha256: &[u8; 32],
+        now_ms: u64,
+        originals: &dyn Originals,
+    ) -> bool {
         let Some(&offset) = self.durable.get(&self.hash(key)) else {
             return false;
         };
-        originals
-            .original(Offset(offset))
-            .is_some_and(|o| o.key == key && &o.sha256 == sha256)
+        originals.original(Offset(offset)).is_some_and(|o| {
+            o.key == key
+                && &o.sha256 == sha256
+                && now_ms.saturating_sub(o.timestamp_ms) <= self.window_ms
+        })
     }
 
     /// Records a stored key (at start, from the log; then from appends).
@@ -404,7 +414,7 @@ mod tests {
         // Not stored: the key is free again.
         ix.end(b"k", &sha(1), None);
         assert_eq!(ix.check(b"k", &sha(1), 0, &s), Verdict::New);
-        assert!(!ix.holds(b"k", &sha(1), &s));
+        assert!(!ix.holds(b"k", &sha(1), 0, &s));
     }
 
     /// Found by the session fuzz target: versions A, B, C of one key in
@@ -471,9 +481,10 @@ mod tests {
                 original: Some(Offset(7))
             }
         );
-        assert!(ix.holds(b"k", &sha(1), &s));
-        // Outside the window, or the original gone: new.
+        assert!(ix.holds(b"k", &sha(1), 600, &s));
+        // Outside the window, or the original gone: new, and not held.
         assert_eq!(ix.check(b"k", &sha(1), 1101, &s), Verdict::New);
+        assert!(!ix.holds(b"k", &sha(1), 1101, &s));
         s.0.borrow_mut().clear();
         assert_eq!(ix.check(b"k", &sha(1), 600, &s), Verdict::New);
     }

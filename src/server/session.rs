@@ -749,6 +749,7 @@ pub(super) fn settle(
     ing: &mut Ingest<'_>,
 ) -> Result<(), AppendError> {
     let stored = result.as_ref().ok().copied();
+    let now_ms = ing.now_ms;
     match ticket {
         Ticket::Plain => {}
         Ticket::Keyed {
@@ -777,7 +778,7 @@ pub(super) fn settle(
                 || ing
                     .dedupe
                     .as_deref()
-                    .is_some_and(|d| d.index.holds(key, sha256, d.originals.as_ref()));
+                    .is_some_and(|d| d.index.holds(key, sha256, now_ms, d.originals.as_ref()));
             if stored.is_some() && !original_stored {
                 return Err(AppendError::Failed(
                     "the message it repeats was not stored".into(),
@@ -788,7 +789,7 @@ pub(super) fn settle(
             let conflicted_unstored = waited.as_ref().is_some_and(|(key, sha256)| {
                 !ing.dedupe
                     .as_deref()
-                    .is_some_and(|d| d.index.holds(key, sha256, d.originals.as_ref()))
+                    .is_some_and(|d| d.index.holds(key, sha256, now_ms, d.originals.as_ref()))
             });
             if stored.is_some() && conflicted_unstored {
                 tracing::warn!(listener = %ing.listener.name, peer = %ing.peer, "key conflict with a version that was then not stored: answered 'not stored, resend later' instead of a conflict");
