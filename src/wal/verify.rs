@@ -281,12 +281,10 @@ fn verify_tail<S: segment::SegmentBytes>(
         // Recovery resumes at the checkpoint: unreadable bytes there are
         // kept as a hole too (r22), not cut.
         if src.get(end, 1).is_err() {
-            let (to, most) = segment::unreadable_tail_span(src, end);
-            let hole_end = Offset(proven_next.0 + most);
-            report.unreadable += most;
+            let (hole_end, what) = unreadable_hole(src, end, proven_next);
+            report.unreadable += hole_end.0 - proven_next.0;
             report.problems.push(problem(format!(
-                "{} byte(s) from the checkpoint at byte {end} cannot be read; recovery keeps them as a quarantined hole of up to {most} offset(s), {proven_next}..{hole_end}, never cut: they were synced and may hold acknowledged records",
-                to - end
+                "from the checkpoint at byte {end}: {what}"
             )));
             return hole_end;
         }
@@ -299,13 +297,9 @@ fn verify_tail<S: segment::SegmentBytes>(
         return proven_next;
     }
     if unreadable {
-        let (to, most) = segment::unreadable_tail_span(src, position);
-        let end = Offset(next.0 + most);
-        report.unreadable += most;
-        report.problems.push(problem(format!(
-            "{} byte(s) cannot be read ({reason}); recovery keeps them as a quarantined hole of up to {most} offset(s), {next}..{end}, never cut: they were synced and may hold acknowledged records",
-            to - position
-        )));
+        let (end, what) = unreadable_hole(src, position, next);
+        report.unreadable += end.0 - next.0;
+        report.problems.push(problem(format!("{what} ({reason})")));
         return end;
     }
     if segment::nonzero_end(src, position) > position {
@@ -321,6 +315,23 @@ fn verify_tail<S: segment::SegmentBytes>(
         ));
     }
     next
+}
+
+/// The hole recovery keeps for unreadable bytes at `from` (nothing intact
+/// after them), its first offset `first`: where it ends, and the problem
+/// text.
+fn unreadable_hole<S: segment::SegmentBytes>(
+    src: &mut S,
+    from: u64,
+    first: Offset,
+) -> (Offset, String) {
+    let (to, most) = segment::unreadable_tail_span(src, from);
+    let end = Offset(first.0 + most);
+    let what = format!(
+        "{} byte(s) cannot be read; recovery keeps them as a quarantined hole of up to {most} offset(s), {first}..{end}, never cut: they were synced and may hold acknowledged records",
+        to - from
+    );
+    (end, what)
 }
 
 fn header_problem(file: &dyn StorageFile, base: Offset) -> Option<String> {
