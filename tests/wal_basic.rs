@@ -327,3 +327,36 @@ fn a_scan_steps_over_a_long_damaged_run_in_one_move() {
     assert_eq!(first.last(), Some(&200), "{first:?}");
     assert_eq!((end.damaged, end.complete), (180, false));
 }
+
+/// Retention removing segments under a running scan is not damage: the scan
+/// goes on from the log's new start and counts nothing as damaged (it used
+/// to count every deleted offset, one failed read each).
+#[test]
+fn a_scan_overtaken_by_retention_goes_on_from_the_new_start() {
+    let (_dir, log) = tmp_log(true);
+    for i in 0..400u64 {
+        log.append(&meta(i), &payload(i, 1000)).expect("append");
+    }
+    let keep = log.register_reader("keeps-250-on", Offset(250));
+    let everything = orderly::wal::RetentionPolicy {
+        max_age_ms: Some(0),
+        max_bytes: Some(0),
+    };
+    let mut seen = Vec::new();
+    let end = log.scan(Offset(0), u64::MAX, |r| {
+        if r.offset == Offset(0) {
+            let deleted = log
+                .enforce_retention(&everything, orderly::wal::now_ms() + 10)
+                .expect("retention");
+            assert!(!deleted.is_empty(), "older segments deleted");
+        }
+        seen.push(r.offset.0);
+        true
+    });
+    let start = log.start_offset().0;
+    assert!(start > 1 && start <= 250, "start {start}");
+    let expected: Vec<u64> = std::iter::once(0).chain(start..400).collect();
+    assert_eq!(seen, expected);
+    assert_eq!((end.damaged, end.complete), (0, true));
+    drop(keep);
+}

@@ -371,6 +371,11 @@ impl Log {
                     }
                 }
                 Ok(None) => return out,
+                // Retention removed the segment under the scan: what is
+                // gone is not damage; go on from the new start.
+                Err(WalError::Deleted { offset, start }) if start > offset => {
+                    reader.seek(start);
+                }
                 Err(_) => {
                     // The failed offset (position() has not moved past it).
                     let at = reader.position();
