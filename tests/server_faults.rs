@@ -231,7 +231,6 @@ fn a_read_error_blocks_its_lane_visibly_while_ingest_and_restarts_continue() {
     join.join().unwrap();
 }
 
-/// The offset of the blocked head in a status text.
 /// A read error that goes away (a flaky cable, a retried controller) must
 /// not cost the messages of the other lanes: lane 0 blocks on the record it
 /// cannot read, the other lanes wait for lane 0 to pass it, and once it
@@ -290,6 +289,7 @@ fn record_start(segment: &[u8], n: usize) -> usize {
     })
 }
 
+/// The offset of the blocked head in a status text.
 fn blocked_at(status: &str) -> u64 {
     let at = status.find("BLOCKED offset=").expect("a blocked head") + "BLOCKED offset=".len();
     status[at..].split(' ').next().unwrap().parse().unwrap()

@@ -264,7 +264,7 @@ impl Lane {
                     // as far as lane 0 has passed it).
                     let mut past = self.reader.damage_end().unwrap_or(Offset(self.next.0 + 1));
                     if read_error {
-                        past = past.min(self.dest.lanes[0].status.lock().next_offset);
+                        past = past.min(lane_zero_next(&self.dest));
                     }
                     self.pass_over_to(past.max(Offset(self.next.0 + 1)));
                     continue;
@@ -749,5 +749,10 @@ impl Lane {
 
 /// Whether lane 0 of `dest` has moved past `offset`.
 fn lane_zero_passed(dest: &Destination, offset: Offset) -> bool {
-    dest.lanes[0].status.lock().next_offset > offset
+    lane_zero_next(dest) > offset
+}
+
+/// The next offset lane 0 will read: it has passed everything below.
+fn lane_zero_next(dest: &Destination) -> Offset {
+    dest.lanes[0].status.lock().next_offset
 }
