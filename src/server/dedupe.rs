@@ -233,24 +233,30 @@ impl DedupeIndex {
                 Verdict::Conflict { original: None }
             };
         }
-        let Some(&offset) = self.durable.get(&h) else {
-            return Verdict::New;
-        };
-        let offset = Offset(offset);
-        match originals.original(offset) {
-            Some(o) if o.key == key && now_ms.saturating_sub(o.timestamp_ms) <= self.window_ms => {
-                if &o.sha256 == sha256 {
-                    Verdict::Duplicate {
-                        original: Some(offset),
-                    }
-                } else {
-                    Verdict::Conflict {
-                        original: Some(offset),
-                    }
-                }
-            }
-            _ => Verdict::New,
+        match self.stored_copy(h, key, now_ms, originals) {
+            Some((offset, o)) if &o.sha256 == sha256 => Verdict::Duplicate {
+                original: Some(offset),
+            },
+            Some((offset, _)) => Verdict::Conflict {
+                original: Some(offset),
+            },
+            None => Verdict::New,
         }
+    }
+
+    /// The key's latest stored copy (hash `h`), if it really has this key
+    /// (not a hash collision) and is inside the window at `now_ms`.
+    fn stored_copy(
+        &self,
+        h: u64,
+        key: &[u8],
+        now_ms: u64,
+        originals: &dyn Originals,
+    ) -> Option<(Offset, Original)> {
+        let offset = Offset(*self.durable.get(&h)?);
+        let o = originals.original(offset)?;
+        (o.key == key && now_ms.saturating_sub(o.timestamp_ms) <= self.window_ms)
+            .then_some((offset, o))
     }
 
     /// The payload hash of the newest version of `key` still in flight.
@@ -316,14 +322,8 @@ impl DedupeIndex {
         now_ms: u64,
         originals: &dyn Originals,
     ) -> bool {
-        let Some(&offset) = self.durable.get(&self.hash(key)) else {
-            return false;
-        };
-        originals.original(Offset(offset)).is_some_and(|o| {
-            o.key == key
-                && &o.sha256 == sha256
-                && now_ms.saturating_sub(o.timestamp_ms) <= self.window_ms
-        })
+        self.stored_copy(self.hash(key), key, now_ms, originals)
+            .is_some_and(|(_, o)| &o.sha256 == sha256)
     }
 
     /// Records a stored key (at start, from the log; then from appends).
