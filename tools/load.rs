@@ -131,10 +131,13 @@ fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
         }
     };
     let rate = positive as f64 / elapsed;
+    // The load tool shares the machine with the server it measures: its own
+    // CPU per answered message says how much of the host the client took.
+    let client_cpu_us_per_msg = own_cpu_us() as f64 / (positive.max(1)) as f64;
     let errors: Vec<&str> = results.iter().filter_map(|r| r.error.as_deref()).collect();
     if args.json {
         println!(
-            "{{\"connections\":{},\"window\":{},\"size\":{},\"seconds\":{elapsed:.3},\"acked\":{positive},\"negative\":{negative},\"mismatched\":{mismatched},\"msgs_per_s\":{rate:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{}}}",
+            "{{\"connections\":{},\"window\":{},\"size\":{},\"seconds\":{elapsed:.3},\"acked\":{positive},\"negative\":{negative},\"mismatched\":{mismatched},\"msgs_per_s\":{rate:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"errors\":{},\"client_cpu_us_per_msg\":{client_cpu_us_per_msg:.1}}}",
             args.connections, args.window, args.size, pct(0.5), pct(0.99), pct(0.999), errors.len()
         );
     } else {
@@ -153,6 +156,7 @@ fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
             pct(0.99),
             pct(0.999)
         );
+        println!("load tool CPU: {client_cpu_us_per_msg:.1} us per answered message");
     }
     for e in &errors {
         eprintln!("orderly-load: connection error: {e}");
@@ -162,6 +166,18 @@ fn report(args: &Args, results: &[ConnResult], elapsed: f64) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// User + system CPU this process used so far, in microseconds (0 if the
+/// kernel will not say).
+fn own_cpu_us() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }
 
 /// Eight hex digits telling this run's messages from every earlier run's:
