@@ -30,6 +30,7 @@ counters! {
     messages_accepted: "messages stored durably and answered AA/CA",
     messages_rejected: "messages refused as unreadable, invalid (AE/CE) or not accepted by the listener (AR/CR)",
     messages_storage_failed: "messages refused because storage failed or was full (AR/CE)",
+    messages_refused_shutdown: "messages read but not yet taken when shutdown began, answered not stored, resend later (AR/CE)",
     frames_too_large: "frames over max_frame_bytes",
     frames_incomplete: "frames cut off by the peer's close or frame_timeout_s (answered AR/CE when MSH was readable)",
     frames_ended_by_pause: "frames whose 0x1C had no trailer and ended after frame_end_pause_ms",

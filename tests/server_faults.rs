@@ -438,3 +438,100 @@ fn a_corrupt_run_reaching_a_transient_read_error_costs_only_the_corrupt_records(
     stop.shutdown();
     join.join().unwrap();
 }
+
+/// Frames the broker has read but not yet taken when shutdown begins (held
+/// back by `max_inflight` behind a message still being stored), and a frame
+/// cut off because reading stopped, are answered "not stored, resend
+/// later" (AR, HL7 table 0008) in frame order, not dropped with the
+/// connection: issue 12 requires that a frame with a readable MSH never
+/// ends in a closed connection without an answer.
+#[test]
+fn shutdown_answers_frames_already_read_instead_of_closing_in_silence() {
+    use std::sync::{Condvar, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimStorage::new();
+    let text = format!("data_dir = {:?}\n[wal]\nzero_fill_segments = false\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\nmax_inflight = 1\nack_mode = \"original\"\n", dir.path().display().to_string());
+    let config = Config::parse(&text, "test.toml").expect("config");
+    let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
+    let (addr, stop, metrics) = (
+        server.bound()[0].1,
+        server.shutdown_handle(),
+        server.metrics(),
+    );
+    let join = std::thread::spawn(move || server.run().expect("run"));
+
+    // The WAL writer thread's fsyncs wait while the gate is shut, so what it
+    // was handed stays in flight. (A commit the event loop makes itself
+    // passes: the loop must stay free to begin the drain.)
+    let gate = Arc::new((Mutex::new(true), Condvar::new()));
+    let (entered_tx, entered_rx) = crossbeam_channel::unbounded();
+    let g = gate.clone();
+    sim.set_sync_hook(Some(Arc::new(move |_: &SimStorage| {
+        if std::thread::current().name() != Some("orderly-wal") {
+            return;
+        }
+        let _ = entered_tx.send(());
+        let (shut, opened) = &*g;
+        let mut shut = shut.lock().unwrap();
+        while *shut {
+            shut = opened.wait(shut).unwrap();
+        }
+    })));
+
+    let mut c = Client::connect(addr);
+    let mut bytes = Vec::new();
+    orderly::mllp::encode_frame(&oru("F1", 300), &mut bytes);
+    orderly::mllp::encode_frame(&oru("F2", 300), &mut bytes);
+    let mut third = Vec::new();
+    orderly::mllp::encode_frame(&oru("F3", 300), &mut third);
+    bytes.extend_from_slice(&third[..third.len() / 2]);
+    c.send_raw(&bytes);
+    entered_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("an append reached the writer's fsync");
+
+    stop.shutdown();
+    // The drain's answers are counted when they are made (F3's at least).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while metrics
+        .frames_incomplete
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut-off F3 was never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    *gate.0.lock().unwrap() = false;
+    gate.1.notify_all();
+    sim.set_sync_hook(None);
+
+    let mut answers = Vec::new();
+    while let Some(ack) = c.recv() {
+        let (code, id) = ack_of(&ack);
+        answers.push((code, id, String::from_utf8_lossy(&ack).into_owned()));
+    }
+    join.join().unwrap();
+    let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["F1", "F2", "F3"],
+        "one answer per frame, in frame order"
+    );
+    assert_eq!(
+        answers[0].0,
+        AckCode::ApplicationAccept,
+        "F1 was being stored"
+    );
+    // F2 was either stored before the drain (if the loop committed F1
+    // itself) or held back by max_inflight: then AR, resend later.
+    for (code, id, ack) in &answers[1..] {
+        if *code != AckCode::ApplicationAccept {
+            assert_eq!(*code, AckCode::ApplicationReject, "{id}: {ack}");
+            assert!(ack.contains("shutting down; resend later"), "{id}: {ack}");
+        }
+    }
+    assert_eq!(answers[2].0, AckCode::ApplicationReject, "F3 was cut off");
+}

@@ -11,7 +11,7 @@
 use super::conn::{Conn, ConnState};
 use super::dedupe::QueueDedupe;
 use super::ingest::{self, AckIds};
-use super::session::{settle, Appender as SessionAppender, Ingest, Session, Step, Ticket};
+use super::session::{settle, Appender as SessionAppender, Ingest, Refused, Session, Step, Ticket};
 use crate::config::ListenerConfig;
 use crate::constants::{
     INFLIGHT_BYTES_MAX, READ_BUFFER_ALLOWANCE_BYTES, READ_CHUNK_BYTES, SHUTDOWN_GRACE_S,
@@ -450,7 +450,14 @@ impl EventLoop {
         let mut pool = std::mem::take(&mut self.pool);
         let mut asked = std::mem::take(&mut self.asked);
         let listener = &self.listeners[conn.listener];
-        let refused = listener.appender.failure();
+        let failure = listener.appender.failure();
+        let refused = match failure.as_deref() {
+            Some(reason) => Some(Refused::StorageFailed(reason)),
+            None => self
+                .drain_deadline
+                .is_some()
+                .then_some(Refused::ShuttingDown),
+        };
         let result = {
             let mut ing = Ingest {
                 listener: &listener.config,
@@ -458,7 +465,7 @@ impl EventLoop {
                 ids: &mut self.ids,
                 metrics: &self.metrics,
                 now_ms: now_ms(),
-                refused: refused.as_deref(),
+                refused,
                 dedupe: self.dedupes[listener.queue].as_mut(),
             };
             let mut append = |payload: &[u8], meta: Vec<u8>| {
@@ -774,6 +781,28 @@ impl EventLoop {
             }
         }
         self.drain_deadline = Some(Instant::now() + Duration::from_secs(SHUTDOWN_GRACE_S));
+        self.answer_buffered_frames();
+    }
+
+    /// No more frames are taken once a drain begins, but some were already
+    /// read: held back by `max_inflight` or backpressure, or cut off by the
+    /// stop of reading. Each gets "not stored, resend later" (AR/CE, in
+    /// frame order behind the appends in flight) instead of a close in
+    /// silence; a partial frame with a readable MSH likewise.
+    fn answer_buffered_frames(&mut self) {
+        debug_assert!(self.drain_deadline.is_some(), "only while draining");
+        for slot in 0..self.conns.len() {
+            let Some(mut conn) = self.conns[slot].take() else {
+                continue;
+            };
+            if !conn.session.rbuf.is_empty() {
+                let before = conn.session.rbuf.len();
+                self.end_of_input(slot, &mut conn, "the broker is shutting down");
+                self.account(slot, &conn, before);
+                self.dirty.push(slot);
+            }
+            self.conns[slot] = Some(conn);
+        }
     }
 
     fn drain_finished(&self) -> bool {

@@ -44,10 +44,30 @@ pub struct Ingest<'a> {
     pub ids: &'a mut AckIds,
     pub metrics: &'a Metrics,
     pub now_ms: u64,
-    /// Why the queue refuses appends right now (a latched fsync failure).
-    pub refused: Option<&'a str>,
+    /// Why the queue takes no appends right now: answered "not stored,
+    /// resend later" without touching the log.
+    pub refused: Option<Refused<'a>>,
     /// The queue's idempotency index (`None`: no deduplication).
     pub dedupe: Option<&'a mut QueueDedupe>,
+}
+
+/// Why a session answers every message "not stored, resend later".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused<'a> {
+    /// The queue's log latched a failed fsync or write (the reason).
+    StorageFailed(&'a str),
+    /// The broker is shutting down: frames it had already read but not
+    /// yet taken are answered rather than dropped in silence.
+    ShuttingDown,
+}
+
+impl Refused<'_> {
+    fn error(&self) -> AppendError {
+        match self {
+            Refused::StorageFailed(reason) => AppendError::Failed(reason.to_string()),
+            Refused::ShuttingDown => AppendError::Closed,
+        }
+    }
 }
 
 impl Ingest<'_> {
@@ -389,12 +409,12 @@ impl Session {
             return;
         };
         tracing::warn!(peer = %ing.peer, control_id = %String::from_utf8_lossy(h.control_id()), reason = why, "frame incomplete (no 0x1C end block); not stored");
-        let framed = framed_answer(
-            Some(&h),
-            Outcome::NotStored,
-            Some(&ingest::incomplete_error()),
-            ing,
-        );
+        // Cut off by our own shutdown, the sender did nothing wrong: say so.
+        let error = match ing.refused {
+            Some(Refused::ShuttingDown) => ingest::storage_error(&AppendError::Closed),
+            _ => ingest::incomplete_error(),
+        };
+        let framed = framed_answer(Some(&h), Outcome::NotStored, Some(&error), ing);
         self.push_ready(framed);
     }
 
@@ -578,10 +598,19 @@ fn plan_message(msg: &[u8], ing: &mut Ingest<'_>, positive: &mut Vec<u8>) -> Pla
             ing,
         );
     }
-    if let Some(reason) = ing.refused {
-        Metrics::inc(&ing.metrics.messages_storage_failed);
-        tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %String::from_utf8_lossy(header.control_id()), %reason, "message refused: storage failed");
-        let error = ingest::storage_error(&AppendError::Failed(reason.to_string()));
+    if let Some(refused) = ing.refused {
+        let control_id = String::from_utf8_lossy(header.control_id());
+        match refused {
+            Refused::StorageFailed(reason) => {
+                Metrics::inc(&ing.metrics.messages_storage_failed);
+                tracing::warn!(listener = %config.name, peer = %ing.peer, %control_id, %reason, "message refused: storage failed");
+            }
+            Refused::ShuttingDown => {
+                Metrics::inc(&ing.metrics.messages_refused_shutdown);
+                tracing::info!(listener = %config.name, peer = %ing.peer, %control_id, "message refused: shutting down (resend later)");
+            }
+        }
+        let error = ingest::storage_error(&refused.error());
         let mut unframed = Vec::new();
         write_answer(
             Some(&header),
