@@ -435,6 +435,30 @@ fn idle_and_slow_drip_peers_are_closed_after_their_timeouts() {
     );
 }
 
+/// A connection with a frame in progress is not idle: frame_timeout_s
+/// judges it. Before, a sender whose previous message was longer ago than
+/// idle_timeout_s was closed mid-frame without an answer.
+#[test]
+fn a_frame_in_progress_is_not_closed_as_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&write_config(
+        dir.path(),
+        &[("lab", "lab", "idle_timeout_s = 1\nframe_timeout_s = 60")],
+    ));
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(&oru("LATE", 300));
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    let mut sender = Client::connect(broker.addr());
+    sender.send_raw(&frame[..150]);
+    // Accepted after the sender, so once the idle sweep has closed this
+    // one, it has judged the sender idle too (if it ever would).
+    let mut witness = Client::connect(broker.addr());
+    assert!(witness.is_closed_by_server(), "the idle sweep ran");
+    sender.send_raw(&frame[150..]);
+    let ack = sender.recv().expect("an answer, not a close");
+    assert_eq!(ack_of(&ack), (AckCode::ApplicationAccept, "LATE".into()));
+}
+
 #[test]
 fn connections_over_max_are_refused_and_existing_ones_keep_working() {
     let dir = tempfile::tempdir().unwrap();

@@ -701,8 +701,11 @@ impl EventLoop {
                 continue;
             };
             let cfg = &self.listeners[conn.listener].config;
+            // A frame in progress is not idleness: frame_timeout_s judges it
+            // (and answers it when it runs out), so it is never closed silently.
             let idle = conn.session.inflight() == 0
                 && conn.session.is_quiet()
+                && conn.frame_started.is_none()
                 && conn.last_read.elapsed() > Duration::from_secs(cfg.idle_timeout_s);
             let slow = conn.session.inflight() == 0
                 && conn
