@@ -221,6 +221,21 @@ fn naks_follow_the_senders_version_layout() {
         "required field missing: {text}"
     );
 
+    // v2.3 with an event to echo (MSH-10 broken instead): MSH-9 is ACK^event,
+    // without the third component (the structure, 2.4 on).
+    let m = String::from_utf8(broken("v23e", "2.3", ""))
+        .unwrap()
+        .replace("||v23e|", "|ORU^R01||")
+        .into_bytes();
+    c.send(&m);
+    let ack = c.recv().unwrap();
+    let text = String::from_utf8_lossy(&ack).into_owned();
+    assert_eq!(msh(&ack, 9), "ACK^R01", "{text}");
+    assert_eq!(fields(&ack, "MSA")[1], "AE", "{text}");
+    let err = fields(&ack, "ERR");
+    let eld: Vec<&str> = err[1].split('^').collect();
+    assert_eq!(&eld[..3], &["MSH", "1", "10"], "{text}");
+
     // v2.8: MSH-9 ACK^event^ACK; ERR-2 location, ERR-3 the table 0357 code,
     // ERR-4 severity; MSA-3 is withdrawn.
     let mut m = broken("v28", "2.8", "");
