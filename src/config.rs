@@ -1011,6 +1011,27 @@ mod tests {
         assert_eq!(c.queue_names(), vec!["lab".to_string()]);
     }
 
+    /// Issue 12: up to 1 GiB (base64 PDFs and images in OBX-5 exceed
+    /// 16 MiB), nothing above, nothing below 1 KiB.
+    #[test]
+    fn max_frame_bytes_takes_up_to_one_gib() {
+        let with = |n: u64| {
+            Config::parse(
+                &format!("[[listener]]\nname='l'\nlisten='127.0.0.1:1'\nqueue='q'\nmax_frame_bytes = {n}\n"),
+                "t.toml",
+            )
+        };
+        const GIB: u64 = 1 << 30;
+        for ok in [1024, 16 << 20, (16 << 20) + 1, 64 << 20, GIB] {
+            let c = with(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.listeners[0].max_frame_bytes as u64, ok);
+        }
+        for bad in [0, 1023, GIB + 1, 4 * GIB] {
+            let e = with(bad).expect_err("out of range").to_string();
+            assert!(e.contains("max_frame_bytes"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn destination_contract_keys_parse() {
         let text = r#"

@@ -285,4 +285,14 @@ fn a_long_control_id_and_a_v27_truncation_character_are_echoed_whole() {
     let ack = c.recv().unwrap();
     assert_eq!(msh(&ack, 2), "^~\\&#", "{}", String::from_utf8_lossy(&ack));
     assert_eq!(fields(&ack, "MSA")[1], "AA");
+
+    // Three encoding characters (no subcomponent separator, as some older
+    // senders write MSH-2): accepted, and echoed as received.
+    let three = String::from_utf8(msg("ORU^R01", "t3", "P", "2.3", ""))
+        .unwrap()
+        .replacen("^~\\&", "^~\\", 1);
+    c.send(three.as_bytes());
+    let ack = c.recv().unwrap();
+    assert_eq!(msh(&ack, 2), "^~\\", "{}", String::from_utf8_lossy(&ack));
+    assert_eq!(fields(&ack, "MSA")[1..3], ["AA", "t3"]);
 }

@@ -10,6 +10,8 @@
 //!   (with `ack_mode = "strict"`, a subsequence: table 0155 may ask for no
 //!   answer) — so ACKs keep frame order and no positive ACK ever answers a
 //!   message that was not stored.
+//! - frames taken while the queue refuses appends (a latched failure, in
+//!   some chunks) get no positive answer: they were never stored;
 //! - with an idempotency index (half the runs; keys on MSH-10 alone so
 //!   copies are frequent): a positive answer for a duplicate event only if
 //!   an earlier stored message had the same key and payload hash, none for
@@ -28,7 +30,7 @@ use orderly::metrics::Metrics;
 use orderly::mllp::{Decoded, FrameDecoder};
 use orderly::server::dedupe::{stored_original, DedupeIndex, Original, Originals, QueueDedupe};
 use orderly::server::ingest::{sha256, AckIds};
-use orderly::server::session::{Ingest, Session, Step};
+use orderly::server::session::{Ingest, Refused, Session, Step};
 use orderly::wal::meta::{MetaKey, MetaView};
 use orderly::wal::{AppendError, Offset};
 
@@ -104,8 +106,14 @@ fuzz_target!(|data: &[u8]| {
         let (chunk, tail) = rest.split_at(take.min(rest.len()));
         rest = tail;
         session.rbuf.extend_from_slice(chunk);
+        // Now and then the queue refuses (a latched fsync failure): those
+        // frames are answered without an append, so never positively.
+        let refuse = rng.next() % 8 == 0;
         loop {
             let mut ing = ingest(listener, &mut ids, &metrics, dedupe.as_mut());
+            if refuse {
+                ing.refused = Some(Refused::StorageFailed("fuzz: latched failure"));
+            }
             let mut append = |payload: &[u8], meta: Vec<u8>| {
                 asked.push_back(Asked {
                     payload: payload.to_vec(),

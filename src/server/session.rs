@@ -972,7 +972,31 @@ fn with_batch_position(
 
 #[cfg(test)]
 mod tests {
-    use super::holds_second_msh;
+    use super::{holds_second_msh, Session};
+    use crate::mllp::{Decoded, END_BLOCK, START_BLOCK, TRAILER};
+
+    /// Issue 12: a connection must not keep the capacity of its largest
+    /// frame (1,024 connections x 16 MiB).
+    #[test]
+    fn a_large_frame_s_buffer_is_given_back_once_the_frame_is_gone() {
+        let mut s = Session::new(64 << 20);
+        let mut frame = vec![START_BLOCK];
+        frame.extend_from_slice(b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.5\r");
+        frame.resize(8 << 20, b'x');
+        frame.extend_from_slice(&[END_BLOCK, TRAILER]);
+        s.rbuf.extend_from_slice(&frame);
+        let next = b"\x0bMSH|^~\\&|A|B|C|D|2026||ORU^R01|2|P|2.5\r";
+        s.rbuf.extend_from_slice(next);
+        assert!(s.rbuf.capacity() >= 8 << 20);
+        assert!(matches!(s.decoder.decode(&s.rbuf), Decoded::Frame(_)));
+        s.compact();
+        assert_eq!(s.rbuf, next, "the next frame's start is kept");
+        assert!(
+            s.rbuf.capacity() <= 1 << 20,
+            "capacity {} kept after an 8 MiB frame",
+            s.rbuf.capacity()
+        );
+    }
 
     #[test]
     fn a_second_msh_is_found_after_any_line_end() {
