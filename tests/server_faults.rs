@@ -439,6 +439,118 @@ fn a_corrupt_run_reaching_a_transient_read_error_costs_only_the_corrupt_records(
     join.join().unwrap();
 }
 
+/// A broker on simulated storage whose WAL writer thread waits in fsync
+/// while the gate is shut, so what it was handed stays in flight.
+struct GatedBroker {
+    addr: std::net::SocketAddr,
+    stop: orderly::server::ShutdownHandle,
+    metrics: Arc<orderly::metrics::Metrics>,
+    join: std::thread::JoinHandle<()>,
+    sim: SimStorage,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    entered: crossbeam_channel::Receiver<()>,
+}
+
+impl GatedBroker {
+    /// Original-mode answers, `max_inflight` appends per connection.
+    /// Commits the event loop makes itself pass the gate: the loop must
+    /// stay free to drain.
+    fn start(dir: &std::path::Path, max_inflight: usize) -> GatedBroker {
+        let text = format!("data_dir = {:?}\n[wal]\nzero_fill_segments = false\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\nmax_inflight = {max_inflight}\nack_mode = \"original\"\n", dir.display().to_string());
+        let config = Config::parse(&text, "test.toml").expect("config");
+        let sim = SimStorage::new();
+        let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
+        let (addr, stop, metrics) = (
+            server.bound()[0].1,
+            server.shutdown_handle(),
+            server.metrics(),
+        );
+        let join = std::thread::spawn(move || server.run().expect("run"));
+        let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let g = gate.clone();
+        sim.set_sync_hook(Some(Arc::new(move |_: &SimStorage| {
+            if std::thread::current().name() != Some("orderly-wal") {
+                return;
+            }
+            let _ = entered_tx.send(());
+            let (shut, opened) = &*g;
+            let mut shut = shut.lock().unwrap();
+            while *shut {
+                shut = opened.wait(shut).unwrap();
+            }
+        })));
+        GatedBroker {
+            addr,
+            stop,
+            metrics,
+            join,
+            sim,
+            gate,
+            entered,
+        }
+    }
+
+    fn wait_writer_in_fsync(&self) {
+        self.entered
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("an append reached the writer's fsync");
+    }
+
+    /// Waits (bounded) until `done` holds of the metrics.
+    fn wait_metric(&self, what: &str, done: impl Fn(&orderly::metrics::Metrics) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done(&self.metrics) {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Shutdown begun: the listener is closed at the start of the drain,
+    /// so a connect is refused from then on.
+    fn shut_down_and_wait_for_the_drain(&self) {
+        self.stop.shutdown();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.addr).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drain never began"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = false;
+        self.gate.1.notify_all();
+        self.sim.set_sync_hook(None);
+    }
+
+    /// Every answer on `c` until the broker closes it, as (code, MSA-2, text).
+    fn answers_then_stop(self, c: &mut Client) -> Vec<(AckCode, String, String)> {
+        let mut answers = Vec::new();
+        while let Some(ack) = c.recv() {
+            let (code, id) = ack_of(&ack);
+            answers.push((code, id, String::from_utf8_lossy(&ack).into_owned()));
+        }
+        self.join.join().unwrap();
+        answers
+    }
+}
+
+fn frames(ids: &[&str], then_half_of: Option<&str>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for id in ids {
+        orderly::mllp::encode_frame(&oru(id, 300), &mut bytes);
+    }
+    if let Some(id) = then_half_of {
+        let mut last = Vec::new();
+        orderly::mllp::encode_frame(&oru(id, 300), &mut last);
+        bytes.extend_from_slice(&last[..last.len() / 2]);
+    }
+    bytes
+}
+
 /// Frames the broker has read but not yet taken when shutdown begins (held
 /// back by `max_inflight` behind a message still being stored), and a frame
 /// cut off because reading stopped, are answered "not stored, resend
@@ -447,73 +559,20 @@ fn a_corrupt_run_reaching_a_transient_read_error_costs_only_the_corrupt_records(
 /// ends in a closed connection without an answer.
 #[test]
 fn shutdown_answers_frames_already_read_instead_of_closing_in_silence() {
-    use std::sync::{Condvar, Mutex};
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimStorage::new();
-    let text = format!("data_dir = {:?}\n[wal]\nzero_fill_segments = false\n[[listener]]\nname = \"lab\"\nlisten = \"127.0.0.1:0\"\nqueue = \"lab\"\nmax_inflight = 1\nack_mode = \"original\"\n", dir.path().display().to_string());
-    let config = Config::parse(&text, "test.toml").expect("config");
-    let server = Server::start_with(&config, Arc::new(sim.clone())).expect("start");
-    let (addr, stop, metrics) = (
-        server.bound()[0].1,
-        server.shutdown_handle(),
-        server.metrics(),
-    );
-    let join = std::thread::spawn(move || server.run().expect("run"));
-
-    // The WAL writer thread's fsyncs wait while the gate is shut, so what it
-    // was handed stays in flight. (A commit the event loop makes itself
-    // passes: the loop must stay free to begin the drain.)
-    let gate = Arc::new((Mutex::new(true), Condvar::new()));
-    let (entered_tx, entered_rx) = crossbeam_channel::unbounded();
-    let g = gate.clone();
-    sim.set_sync_hook(Some(Arc::new(move |_: &SimStorage| {
-        if std::thread::current().name() != Some("orderly-wal") {
-            return;
-        }
-        let _ = entered_tx.send(());
-        let (shut, opened) = &*g;
-        let mut shut = shut.lock().unwrap();
-        while *shut {
-            shut = opened.wait(shut).unwrap();
-        }
-    })));
-
-    let mut c = Client::connect(addr);
-    let mut bytes = Vec::new();
-    orderly::mllp::encode_frame(&oru("F1", 300), &mut bytes);
-    orderly::mllp::encode_frame(&oru("F2", 300), &mut bytes);
-    let mut third = Vec::new();
-    orderly::mllp::encode_frame(&oru("F3", 300), &mut third);
-    bytes.extend_from_slice(&third[..third.len() / 2]);
-    c.send_raw(&bytes);
-    entered_rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("an append reached the writer's fsync");
-
-    stop.shutdown();
+    let b = GatedBroker::start(dir.path(), 1);
+    let mut c = Client::connect(b.addr);
+    c.send_raw(&frames(&["F1", "F2"], Some("F3")));
+    b.wait_writer_in_fsync();
+    b.stop.shutdown();
     // The drain's answers are counted when they are made (F3's at least).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while metrics
-        .frames_incomplete
-        .load(std::sync::atomic::Ordering::SeqCst)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cut-off F3 was never answered"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    *gate.0.lock().unwrap() = false;
-    gate.1.notify_all();
-    sim.set_sync_hook(None);
-
-    let mut answers = Vec::new();
-    while let Some(ack) = c.recv() {
-        let (code, id) = ack_of(&ack);
-        answers.push((code, id, String::from_utf8_lossy(&ack).into_owned()));
-    }
-    join.join().unwrap();
+    b.wait_metric("the cut-off F3 was never answered", |m| {
+        m.frames_incomplete
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    });
+    b.open_gate();
+    let answers = b.answers_then_stop(&mut c);
     let ids: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
     assert_eq!(
         ids,
@@ -534,4 +593,36 @@ fn shutdown_answers_frames_already_read_instead_of_closing_in_silence() {
         }
     }
     assert_eq!(answers[2].0, AckCode::ApplicationReject, "F3 was cut off");
+}
+
+/// A frame cut off by the peer's close is answered once. Found in review
+/// of the drain above: the cut-off frame stayed in the buffer after its
+/// NAK, so a shutdown while an earlier append was in flight answered it a
+/// second time.
+#[test]
+fn a_frame_cut_off_by_the_peer_is_answered_once_even_when_shutdown_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for more appends, so the loop goes on reading and sees the close.
+    let b = GatedBroker::start(dir.path(), 64);
+    let mut c = Client::connect(b.addr);
+    c.send_raw(&frames(&["P1"], Some("P2")));
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    b.wait_writer_in_fsync();
+    b.wait_metric("the peer's close was never seen", |m| {
+        m.frames_incomplete
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    });
+    b.shut_down_and_wait_for_the_drain();
+    b.open_gate();
+    let answers = b.answers_then_stop(&mut c);
+    let got: Vec<(AckCode, &str)> = answers.iter().map(|a| (a.0, a.1.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (AckCode::ApplicationAccept, "P1"),
+            (AckCode::ApplicationReject, "P2")
+        ],
+        "one answer per frame"
+    );
 }

@@ -206,6 +206,15 @@ impl FrameDecoder {
         (start <= end).then(|| self.payload(buf, start, end))
     }
 
+    /// The frame in progress has been answered as cut off (or discarded):
+    /// forget it, so a second end of input cannot answer it again. All of
+    /// `buf` counts as consumed; later bytes are scanned from `Idle`.
+    pub fn abandon(&mut self, buf: &[u8]) {
+        self.state = State::Idle;
+        self.pos = buf.len();
+        self.consumed = buf.len();
+    }
+
     /// Drops the consumed prefix from `buf` and rebases the decoder onto it.
     /// Ranges returned earlier are invalid afterwards.
     pub fn compact(&mut self, buf: &mut Vec<u8>) {

@@ -263,6 +263,9 @@ impl Session {
             self.handle_frame(range, ing, appender);
         } else if let Some(range) = self.decoder.partial_frame(&self.rbuf) {
             self.handle_incomplete(range, why, ing);
+            // Answered (or discarded) once: a later end of input, such as a
+            // shutdown after the peer's close, must not answer it again.
+            self.decoder.abandon(&self.rbuf);
         }
         self.compact();
     }
