@@ -117,6 +117,9 @@ for _ in $(seq "$RUNS"); do
   load_cpu "$oaddr" 32 mllp "$opid" >> "$work/o32.jsonl"
   load_cpu "$raddr" 32 redis "$rpid" >> "$work/r32.jsonl"
   load_cpu "$naddr" 32 mllp "$npid" >> "$work/n32.jsonl"
+  # The fsync-off broker leaves dirty pages; write them back now, outside
+  # any timed run, rather than during the next round's Orderly run.
+  sync
 done
 median_of() { python3 -c '
 import sys, json
