@@ -10,8 +10,8 @@
 //!   (with `ack_mode = "strict"`, a subsequence: table 0155 may ask for no
 //!   answer) — so ACKs keep frame order and no positive ACK ever answers a
 //!   message that was not stored.
-//! - frames taken while the queue refuses appends (a latched failure, in
-//!   some chunks) get no positive answer: they were never stored;
+//! - frames taken while the queue refuses appends (a latched failure or a
+//!   shutdown, in some chunks) get no positive answer: never stored;
 //! - with an idempotency index (half the runs; keys on MSH-10 alone so
 //!   copies are frequent): a positive answer for a duplicate event only if
 //!   an earlier stored message had the same key and payload hash, none for
@@ -108,12 +108,14 @@ fuzz_target!(|data: &[u8]| {
         session.rbuf.extend_from_slice(chunk);
         // Now and then the queue refuses (a latched fsync failure): those
         // frames are answered without an append, so never positively.
-        let refuse = rng.next() % 8 == 0;
+        let refuse = match rng.next() % 16 {
+            0 => Some(Refused::StorageFailed("fuzz: latched failure")),
+            1 => Some(Refused::ShuttingDown),
+            _ => None,
+        };
         loop {
             let mut ing = ingest(listener, &mut ids, &metrics, dedupe.as_mut());
-            if refuse {
-                ing.refused = Some(Refused::StorageFailed("fuzz: latched failure"));
-            }
+            ing.refused = refuse;
             let mut append = |payload: &[u8], meta: Vec<u8>| {
                 asked.push_back(Asked {
                     payload: payload.to_vec(),
