@@ -141,6 +141,18 @@ fn original_listener_never_answers_with_enhanced_codes() {
         "AA"
     );
     assert_eq!(code_and_id(&mut c, &broken("o3", "2.5", "AL|AL")).0, "AE");
+    // "original" always answers (issue 12): ER does not silence a success,
+    // SU does not silence an error, and neither brings enhanced codes.
+    assert_eq!(
+        code_and_id(&mut c, &msg("ORU^R01", "o4", "P", "2.5", "ER|ER")),
+        ("AA".into(), "o4".into())
+    );
+    assert_eq!(
+        code_and_id(&mut c, &msg("ORU^R01", "o5", "P", "2.5", "SU|SU")),
+        ("AA".into(), "o5".into())
+    );
+    assert_eq!(code_and_id(&mut c, &broken("o6", "2.5", "SU|SU")).0, "AE");
+    assert_eq!(code_and_id(&mut c, &broken("o7", "2.5", "ER|ER")).0, "AE");
 }
 
 #[test]
