@@ -39,6 +39,7 @@ counters! {
     idempotency_new: "messages stored under an idempotency key not seen inside the dedupe window",
     idempotency_duplicates: "copies of accepted messages (same key, same payload) answered positively and not stored again",
     idempotency_conflicts_rejected: "messages refused because their key was accepted with a different payload (on_key_conflict = reject)",
+    idempotency_conflicts_deferred: "conflicting messages answered not stored, resend later (AR/CE) because the version they conflicted with was then not stored",
     idempotency_conflicts_accepted: "messages stored as a new version of a key accepted with a different payload (on_key_conflict = accept)",
     idempotency_keys_evicted: "idempotency keys dropped before their window ended because dedupe_keys_max was reached",
     junk_events: "runs of bytes outside MLLP frames that were discarded",

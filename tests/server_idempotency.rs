@@ -515,4 +515,20 @@ fn a_conflict_with_a_version_that_then_fails_to_store_is_answered_resend_later()
         None,
         "stored as a message, not an event"
     );
+
+    // The metrics say what the sender was told: one deferred conflict, no
+    // rejected one. Then a real conflict with the stored resend counts.
+    use std::sync::atomic::Ordering::SeqCst;
+    let counts = |m: &Metrics| {
+        (
+            m.idempotency_conflicts_deferred.load(SeqCst),
+            m.idempotency_conflicts_rejected.load(SeqCst),
+        )
+    };
+    assert_eq!(counts(&h.metrics), (1, 0));
+    h.complete(2, Ok(1));
+    h.feed(&msg("K1", "third"));
+    h.complete(3, Ok(2));
+    assert_eq!(h.answers().last().unwrap().0, AckCode::ApplicationError);
+    assert_eq!(counts(&h.metrics), (1, 1));
 }

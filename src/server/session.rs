@@ -699,8 +699,8 @@ fn plan_keyed<'a>(
             };
         }
         Verdict::Conflict { original } if on_conflict == KeyConflict::Reject => {
-            Metrics::inc(&ing.metrics.idempotency_conflicts_rejected);
-            Metrics::inc(&ing.metrics.messages_rejected);
+            // Counted in `settle`, once the answer is final: the version it
+            // conflicts with may still fail to store.
             tracing::warn!(listener = %config.name, peer = %ing.peer, control_id = %control_id(), sha256 = %digest(), original = ?original.map(|o| o.0), "key conflict: same idempotency key, different payload; refused (on_key_conflict = reject)");
             let meta = event_meta("conflict-rejected", original);
             let waited = if original.is_none() {
@@ -824,10 +824,15 @@ pub(super) fn settle(
                     .is_some_and(|d| d.index.holds(key, sha256, now_ms, d.originals.as_ref()))
             });
             if stored.is_some() && conflicted_unstored {
+                Metrics::inc(&ing.metrics.idempotency_conflicts_deferred);
                 tracing::warn!(listener = %ing.listener.name, peer = %ing.peer, "key conflict with a version that was then not stored: answered 'not stored, resend later' instead of a conflict");
                 return Err(AppendError::Failed(
                     "the version its key conflicts with was not stored".into(),
                 ));
+            }
+            if stored.is_some() {
+                Metrics::inc(&ing.metrics.idempotency_conflicts_rejected);
+                Metrics::inc(&ing.metrics.messages_rejected);
             }
             return result.map(|_| ()).map_err(Clone::clone);
         }
