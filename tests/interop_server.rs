@@ -17,7 +17,7 @@ mod node_peers;
 mod peers;
 mod server_common;
 
-use server_common::{inspect, oru, write_config, Broker};
+use server_common::{accept_code_for, inspect, oru, write_config, Broker};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -80,20 +80,6 @@ fn msa_of(ack: &[u8]) -> (String, String) {
         fields.get(1).unwrap_or(&"").to_string(),
         fields.get(2).unwrap_or(&"").to_string(),
     )
-}
-
-/// The accept code a message must get from a listener in the default
-/// `ack_mode = "auto"`, from its MSH-15 alone (HL7 table 0155 and table
-/// 0008): an enhanced-mode request (AL, ER, SU) is answered CA, an empty
-/// MSH-15 or NE with the original-mode AA. A field of blanks (one corpus
-/// message has MSH-15 = " ", a padded template) is read as not valued.
-fn accept_code_for(msg: &[u8]) -> &'static str {
-    let fields = msh_fields(msg).expect("message has MSH");
-    match fields.get(14).map(|f| f.trim()).unwrap_or("") {
-        "AL" | "ER" | "SU" => "CA",
-        "" | "NE" => "AA",
-        other => panic!("MSH-15 {other:?} is not a table 0155 value this test covers"),
-    }
 }
 
 /// Corpus files marked `accept` that `mllp_send` can carry unchanged: one

@@ -67,29 +67,6 @@ fn batch_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// MSA-1 of an accepted message from a listener in the default
-/// `ack_mode = "auto"`, from its MSH-15 alone (HL7 tables 0155 and 0008):
-/// AL, ER, SU ask for enhanced mode (CA); empty or NE get original mode
-/// (AA). MSH-15 is read with a splitter of this test's own; a field of
-/// blanks (a padded template) counts as not valued.
-fn accept_code_for(msg: &[u8]) -> &'static str {
-    let at = msg
-        .windows(3)
-        .position(|w| w == b"MSH")
-        .expect("a message has MSH");
-    let line = msg[at..]
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or_default();
-    let sep = line[3];
-    let msh15 = line.split(|&b| b == sep).nth(14).unwrap_or_default();
-    match String::from_utf8_lossy(msh15).trim() {
-        "AL" | "ER" | "SU" => "CA",
-        "" | "NE" => "AA",
-        other => panic!("MSH-15 {other:?} is not a table 0155 value this test covers"),
-    }
-}
-
 #[test]
 fn every_corpus_message_gets_the_ack_its_manifest_implies_and_is_stored_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();

@@ -256,3 +256,26 @@ pub fn oru(id: &str, size: usize) -> Vec<u8> {
 pub fn is_positive(code: AckCode) -> bool {
     code.is_positive()
 }
+
+/// MSA-1 of an accepted message from a listener in the default
+/// `ack_mode = "auto"`, from its MSH-15 alone (HL7 tables 0155 and 0008):
+/// AL, ER, SU ask for enhanced mode (CA); empty or NE get original mode
+/// (AA). MSH-15 is read with this splitter, not Orderly's parser; a field of
+/// blanks (a padded template) counts as not valued.
+pub fn accept_code_for(msg: &[u8]) -> &'static str {
+    let at = msg
+        .windows(3)
+        .position(|w| w == b"MSH")
+        .expect("a message has MSH");
+    let line = msg[at..]
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let sep = line[3];
+    let msh15 = line.split(|&b| b == sep).nth(14).unwrap_or_default();
+    match String::from_utf8_lossy(msh15).trim() {
+        "AL" | "ER" | "SU" => "CA",
+        "" | "NE" => "AA",
+        other => panic!("MSH-15 {other:?} is not a table 0155 value this test covers"),
+    }
+}
