@@ -64,7 +64,8 @@ pub fn request_short_slice(who: &str) {
 /// (a join at shutdown, a lock or kernel resource it holds) waits as long.
 /// A CI run hung so. Nice 19 still gets a small, steady share.
 pub fn lower_priority(tid: ThreadId, who: &str) {
-    let cpu = set_fair(tid, LOWEST_NICE, SHORT_SLICE_NS);
+    // A kernel that refuses the slice still takes the nice value alone.
+    let cpu = set_fair(tid, LOWEST_NICE, SHORT_SLICE_NS).or_else(|_| set_nice(tid, LOWEST_NICE));
     let io = set_ioprio(tid, IOPRIO_IDLE);
     if let Err(e) = cpu.and(io) {
         tracing::debug!(thread = who, error = %e, "could not lower the thread's priority");
@@ -123,6 +124,16 @@ fn set_fair(tid: ThreadId, nice: i32, runtime_ns: u64) -> io::Result<()> {
             0,
         )
     };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_nice(tid: ThreadId, nice: i32) -> io::Result<()> {
+    // SAFETY: plain integers; it affects thread `tid` only.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
     if rc == 0 {
         Ok(())
     } else {
