@@ -124,21 +124,13 @@ fn set_fair(tid: ThreadId, nice: i32, runtime_ns: u64) -> io::Result<()> {
             0,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    os_result(rc)
 }
 
 fn set_nice(tid: ThreadId, nice: i32) -> io::Result<()> {
     // SAFETY: plain integers; it affects thread `tid` only.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    os_result(rc.into())
 }
 
 fn set_ioprio(tid: ThreadId, ioprio: libc::c_long) -> io::Result<()> {
@@ -151,6 +143,11 @@ fn set_ioprio(tid: ThreadId, ioprio: libc::c_long) -> io::Result<()> {
             ioprio,
         )
     };
+    os_result(rc)
+}
+
+/// A raw call's return value: 0 is success, anything else leaves errno.
+fn os_result(rc: i64) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {

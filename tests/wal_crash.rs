@@ -95,25 +95,13 @@ fn crash_at_every_byte(config: LogConfig, bursts: usize) {
             .map(|w| {
                 let (captures, config) = (&captures, &config);
                 scope.spawn(move || {
-                    let mut points = 0u64;
-                    for (ci, cap) in captures.iter().enumerate() {
-                        if ci % CRASH_CHECK_THREADS != w {
-                            continue;
-                        }
-                        let pending = cap.storage.pending_bytes();
-                        for kept in 0..=pending {
-                            let image = cap.storage.crash(Some(kept));
-                            check_recovery(
-                                &image,
-                                cap.acked,
-                                total,
-                                config,
-                                &format!("capture {ci}, {kept}/{pending} pending bytes kept"),
-                            );
-                            points += 1;
-                        }
-                    }
-                    points
+                    captures
+                        .iter()
+                        .enumerate()
+                        .skip(w)
+                        .step_by(CRASH_CHECK_THREADS)
+                        .map(|(ci, cap)| crash_capture_at_every_byte(ci, cap, total, config))
+                        .sum::<u64>()
                 })
             })
             .collect();
@@ -127,6 +115,23 @@ fn crash_at_every_byte(config: LogConfig, bursts: usize) {
         points > captures.len() as u64,
         "some captures had unsynced bytes to tear"
     );
+}
+
+/// Crashes one capture at every byte of its pending writes and checks each
+/// recovery; returns how many crash points it checked.
+fn crash_capture_at_every_byte(ci: usize, cap: &Capture, total: u64, config: &LogConfig) -> u64 {
+    let pending = cap.storage.pending_bytes();
+    for kept in 0..=pending {
+        let image = cap.storage.crash(Some(kept));
+        check_recovery(
+            &image,
+            cap.acked,
+            total,
+            config,
+            &format!("capture {ci}, {kept}/{pending} pending bytes kept"),
+        );
+    }
+    pending + 1
 }
 
 #[test]
